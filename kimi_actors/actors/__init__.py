@@ -1,0 +1,1 @@
+"""The supervisor and its request and stream actors."""

@@ -1,0 +1,212 @@
+"""One exception tree for everything kimi_actors raises.
+
+::
+
+    KimiError
+    ├── APIError                      the server answered with an error
+    │   ├── BadRequestError           400 invalid_request_error: fix the request
+    │   │   └── ContextLengthError    prompt + max_tokens over the model's context
+    │   ├── ContentFilterError        400 content_filter
+    │   ├── AuthenticationError       401: fatal for the whole run
+    │   ├── PermissionDeniedError     403 permission_denied_error
+    │   ├── NotFoundError             404 resource_not_found_error
+    │   │   └── ModelNotFoundError    "Not found the model X"
+    │   ├── RateLimitError            429 rate_limit_reached_error (.dimension says which limit)
+    │   ├── EngineOverloadedError     429 engine_overloaded_error
+    │   ├── QuotaExhaustedError       exceeded_current_quota_error, suspended: fatal for the run
+    │   └── ServerError               5xx, unexpected_output
+    ├── TransportError                no usable HTTP answer
+    │   ├── ConnectionFailedError     connect refused, reset, dropped
+    │   └── RequestTimeoutError       connect, first-byte or read-idle timeout
+    ├── StreamError                   the stream itself went wrong
+    │   ├── IncompleteStreamError     ended without ``data: [DONE]``
+    │   └── ProtocolError             malformed SSE, invalid UTF-8, bad JSON
+    ├── CircuitOpenError              the breaker is open longer than the caller may wait
+    └── SupervisorClosedError         the supervisor stopped before the request ran
+
+Every error carries structured fields rather than only a message, and ``fatal_for_run`` tells
+the runtime when every further request would fail the same way. When retries run out (attempts
+or retry budget) the last error itself is raised, with ``attempts`` set and a note saying why.
+Messages never contain the API key: they are built from the server's message and our own text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .limits import Dimension
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CircuitOpenError",
+    "ConnectionFailedError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "EngineOverloadedError",
+    "IncompleteStreamError",
+    "KimiError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "QuotaExhaustedError",
+    "RateLimitError",
+    "RequestTimeoutError",
+    "ServerError",
+    "StreamError",
+    "SupervisorClosedError",
+    "TransportError",
+]
+
+
+class KimiError(Exception):
+    """Root of every error kimi_actors raises."""
+
+    #: True when every further request of the run would fail the same way.
+    fatal_for_run: bool = False
+    #: True when sending the same request again may succeed.
+    retryable: bool = False
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        #: How many attempts were made before this error was final (set by the actor).
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        if self.request_id:
+            return f"{self.message} (request id {self.request_id})"
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.__dict__.copy()))
+
+
+def _rebuild(cls: type[KimiError], state: dict[str, Any]) -> KimiError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, state.get("message", ""))
+    err.__dict__.update(state)
+    return err
+
+
+class APIError(KimiError):
+    """The server answered with an HTTP or in-body error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        error_type: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.status = status
+        self.error_type = error_type
+        self.retry_after = retry_after
+        #: The raw body (capped), for fields the library does not model.
+        self.body = body
+
+    def __str__(self) -> str:
+        kind = f" {self.error_type}" if self.error_type else ""
+        return f"HTTP {self.status}{kind}: {super().__str__()}"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(status={self.status}, error_type={self.error_type!r}, "
+                f"message={self.message!r}, request_id={self.request_id!r}, "
+                f"retry_after={self.retry_after!r})")
+
+
+class BadRequestError(APIError):
+    pass
+
+
+class ContextLengthError(BadRequestError):
+    pass
+
+
+class ContentFilterError(APIError):
+    pass
+
+
+class AuthenticationError(APIError):
+    fatal_for_run = True
+
+
+class PermissionDeniedError(APIError):
+    pass
+
+
+class NotFoundError(APIError):
+    pass
+
+
+class ModelNotFoundError(NotFoundError):
+    pass
+
+
+class RateLimitError(APIError):
+    retryable = True
+
+    def __init__(self, message: str, *, dimension: Dimension | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Which account limit the server says was hit, when it says so.
+        self.dimension = dimension
+
+
+class EngineOverloadedError(APIError):
+    retryable = True
+
+
+class QuotaExhaustedError(APIError):
+    fatal_for_run = True
+
+
+class ServerError(APIError):
+    retryable = True
+
+
+class TransportError(KimiError):
+    retryable = True
+
+
+class ConnectionFailedError(TransportError):
+    pass
+
+
+class RequestTimeoutError(TransportError):
+    def __init__(self, message: str, *, phase: str, timeout: float | None = None,
+                 request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        #: "connect", "first_byte" or "read_idle".
+        self.phase = phase
+        self.timeout = timeout
+
+
+class StreamError(KimiError):
+    retryable = True
+
+
+class IncompleteStreamError(StreamError):
+    """The stream ended (or stalled) before ``data: [DONE]``."""
+
+
+class ProtocolError(StreamError):
+    """The server sent bytes that are not valid SSE, UTF-8 or JSON."""
+
+
+class CircuitOpenError(KimiError):
+    def __init__(self, message: str, *, retry_in: float) -> None:
+        super().__init__(message)
+        #: Seconds until the breaker lets a probe through.
+        self.retry_in = retry_in
+
+
+class SupervisorClosedError(KimiError):
+    pass

@@ -1,0 +1,1 @@
+"""The rate brain: pure state machines (bucket, backoff, breaker) and the governor around them."""

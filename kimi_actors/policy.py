@@ -1,0 +1,125 @@
+"""Frozen policies: how to retry, when to open the circuit, how to recover a broken stream."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+__all__ = ["BreakerPolicy", "ResumeMode", "ResumePolicy", "RetryPolicy", "Timeouts"]
+
+
+def _positive(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value) and value > 0):
+            raise ValueError(f"{owner}.{name} must be a positive finite number, got {value!r}")
+
+
+def _non_negative(owner: str, **values: float) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{owner}.{name} must be a finite number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff with a cap, a maximum of attempts and a retry budget.
+
+    The budget allows at most ``budget_ratio`` retries per first attempt over the last
+    ``budget_window`` seconds, plus ``budget_floor`` retries, so retries can never multiply the
+    request rate whatever fails.
+    """
+
+    max_attempts: int = 6
+    base: float = 0.5
+    cap: float = 60.0
+    budget_ratio: float = 0.1
+    budget_floor: int = 10
+    budget_window: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be an int >= 1, "
+                             f"got {self.max_attempts!r}")
+        _positive("RetryPolicy", base=self.base, cap=self.cap, budget_window=self.budget_window)
+        _non_negative("RetryPolicy", budget_ratio=self.budget_ratio,
+                      budget_floor=self.budget_floor)
+        if self.base > self.cap:
+            raise ValueError(f"RetryPolicy.base ({self.base}) must not exceed cap ({self.cap})")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerPolicy:
+    """Circuit breaker: trips when failures reach ``failure_rate`` of at least ``min_calls``
+    outcomes in the last ``window`` seconds; stays open ``open_for`` seconds (or the server's
+    Retry-After when longer), growing by ``growth`` on each consecutive trip up to
+    ``max_open_for``; then lets ``half_open_probes`` calls through to test the water."""
+
+    window: float = 30.0
+    failure_rate: float = 0.5
+    min_calls: int = 20
+    open_for: float = 5.0
+    max_open_for: float = 60.0
+    growth: float = 2.0
+    half_open_probes: int = 3
+
+    def __post_init__(self) -> None:
+        _positive("BreakerPolicy", window=self.window, open_for=self.open_for,
+                  max_open_for=self.max_open_for)
+        if not 0 < self.failure_rate <= 1:
+            raise ValueError(f"BreakerPolicy.failure_rate must be in (0, 1], "
+                             f"got {self.failure_rate!r}")
+        if self.min_calls < 1 or self.half_open_probes < 1:
+            raise ValueError("BreakerPolicy.min_calls and half_open_probes must be >= 1")
+        if self.growth < 1:
+            raise ValueError(f"BreakerPolicy.growth must be >= 1, got {self.growth!r}")
+        if self.open_for > self.max_open_for:
+            raise ValueError("BreakerPolicy.open_for must not exceed max_open_for")
+
+
+class ResumeMode(enum.StrEnum):
+    """What a stream actor does when its stream breaks mid-way."""
+
+    #: Continue with Partial Mode from the text received; the consumer sees only new text.
+    RESUME = "resume"
+    #: Send the request again from scratch; the consumer gets a ``restart`` delta and must
+    #: discard what it received.
+    RESTART = "restart"
+    #: Fail the stream with the error.
+    FAIL = "fail"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumePolicy:
+    """How broken streams are recovered.
+
+    ``continue_on_length`` > 0 continues an answer cut by ``max_tokens`` (finish_reason
+    "length") through Partial Mode up to that many times.
+    """
+
+    mode: ResumeMode = ResumeMode.RESUME
+    max_resumes: int = 5
+    continue_on_length: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_resumes < 0 or self.continue_on_length < 0:
+            raise ValueError("ResumePolicy.max_resumes and continue_on_length must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Seconds. ``first_byte`` waits for response headers; ``read_idle`` is the longest gap
+    between stream reads (a stall); ``response`` bounds a whole non-stream answer (Kimi itself
+    gives up after two hours)."""
+
+    connect: float = 10.0
+    first_byte: float = 120.0
+    read_idle: float = 60.0
+    response: float = 7200.0
+
+    def __post_init__(self) -> None:
+        _positive("Timeouts", connect=self.connect, first_byte=self.first_byte,
+                  read_idle=self.read_idle, response=self.response)
