@@ -22,7 +22,8 @@
     │   ├── IncompleteStreamError     ended without ``data: [DONE]``
     │   └── ProtocolError             malformed SSE, invalid UTF-8, bad JSON
     ├── CircuitOpenError              the breaker is open longer than the caller may wait
-    └── SupervisorClosedError         the supervisor stopped before the request ran
+    ├── SupervisorClosedError         the supervisor stopped before the request ran
+    └── BatchInputError               a batch input file has bad lines (.problems lists them)
 
 Every error carries structured fields rather than only a message, and ``fatal_for_run`` tells
 the runtime when every further request would fail the same way. When retries run out (attempts
@@ -40,6 +41,7 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchInputError",
     "CircuitOpenError",
     "ConnectionFailedError",
     "ContentFilterError",
@@ -210,3 +212,12 @@ class CircuitOpenError(KimiError):
 
 class SupervisorClosedError(KimiError):
     pass
+
+
+class BatchInputError(KimiError):
+    """A batch input file has lines that cannot be sent; ``problems`` holds
+    ``(line_number, reason)`` pairs, in file order."""
+
+    def __init__(self, message: str, *, problems: tuple[tuple[int, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
