@@ -1,0 +1,646 @@
+"""Assemble streamed chat chunks (and parse non-stream bodies) into one :class:`ChatResult`.
+
+A stream is a sequence of OpenAI-style ``chat.completion.chunk`` objects. Kimi adds its own
+habits, all handled here: ``role`` only in a choice's first chunk; ``reasoning_content`` before
+``content`` on thinking models; tool calls as fragments joined per (choice, tool index); choices
+of ``n > 1`` interleaved and routed by ``choices[].index``; ``usage`` either inside
+``choices[i].usage`` or at top level in an extra chunk with ``choices: []``. A stream is
+complete only after ``data: [DONE]``: a ``finish_reason`` alone proves nothing, since truncated
+streams end with one too.
+
+Resuming through Partial Mode continues the same answer in a new stream:
+:meth:`ChunkAssembler.begin_continuation` keeps what was received, and the continuation's
+deltas append to it. The usage of each segment is billed separately, so the segments' usages
+are summed.
+
+Speed matters: :meth:`ChunkAssembler.feed` runs for every chunk of thousands of concurrent
+streams, so it parses each event once, appends text pieces to lists (joined only on demand)
+and never copies a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ..errors import IncompleteStreamError, ProtocolError
+from .classify import error_from_payload
+
+if TYPE_CHECKING:
+    from .sse import SSEEvent
+
+__all__ = [
+    "ChatResult",
+    "Choice",
+    "ChunkAssembler",
+    "Delta",
+    "ToolCall",
+    "Usage",
+    "parse_completion",
+]
+
+_TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _token_count(value: Any) -> int | None:
+    """A token count from JSON, or None when the value is not a non-negative whole number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Tokens billed for one answer (or, summed, for several attempts or segments).
+
+    ``cached_tokens`` is Kimi's context-cache hit count (``usage.cached_tokens``, or OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``); ``None`` when the server did not say.
+    ``raw`` is the server's dict, for fields not modelled here; a sum has no single raw dict.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in _TOKEN_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"Usage.{name} must be an int >= 0, got {value!r}")
+        cached = self.cached_tokens
+        if cached is not None and (isinstance(cached, bool) or not isinstance(cached, int)
+                                   or cached < 0):
+            raise ValueError(f"Usage.cached_tokens must be an int >= 0 or None, got {cached!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Usage | None:
+        """The usage a server dict reports, or ``None`` when ``data`` is not a usage dict.
+
+        Fields that are missing or not whole numbers count as absent; a missing
+        ``total_tokens`` is the sum of the other two.
+        """
+        if not isinstance(data, Mapping):
+            return None
+        prompt = _token_count(data.get("prompt_tokens"))
+        completion = _token_count(data.get("completion_tokens"))
+        total = _token_count(data.get("total_tokens"))
+        if prompt is None and completion is None and total is None:
+            return None
+        prompt = prompt or 0
+        completion = completion or 0
+        cached = _token_count(data.get("cached_tokens"))
+        if cached is None:
+            details = data.get("prompt_tokens_details")
+            if isinstance(details, Mapping):
+                cached = _token_count(details.get("cached_tokens"))
+        return cls(prompt_tokens=prompt, completion_tokens=completion,
+                   total_tokens=prompt + completion if total is None else total,
+                   cached_tokens=cached, raw=data)
+
+    def __add__(self, other: Usage) -> Usage:
+        if not isinstance(other, Usage):
+            return NotImplemented
+        cached = None
+        if self.cached_tokens is not None or other.cached_tokens is not None:
+            cached = (self.cached_tokens or 0) + (other.cached_tokens or 0)
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens,
+                     total_tokens=self.total_tokens + other.total_tokens,
+                     cached_tokens=cached)
+
+
+def _combine_choice_usages(usages: list[Usage]) -> Usage | None:
+    """One request's usage from the usages its choices carried.
+
+    Identical usages are the request's total repeated on each choice and count once. Different
+    ones can only be per-choice counts of one shared prompt: the prompt counts once and the
+    completions add up.
+    """
+    if not usages:
+        return None
+    first = usages[0]
+    if all(usage == first for usage in usages):
+        return first
+    prompt = max(usage.prompt_tokens for usage in usages)
+    completion = sum(usage.completion_tokens for usage in usages)
+    cached_counts = [u.cached_tokens for u in usages if u.cached_tokens is not None]
+    return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                 total_tokens=prompt + completion,
+                 cached_tokens=max(cached_counts) if cached_counts else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """One complete tool call; ``arguments`` is the JSON text exactly as the model wrote it."""
+
+    index: int
+    id: str | None
+    type: str
+    name: str
+    arguments: str
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"ToolCall.index must be >= 0, got {self.index}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Choice:
+    """One assembled choice (``n > 1`` gives several)."""
+
+    index: int
+    role: str = "assistant"
+    content: str = ""
+    reasoning_content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"Choice.index must be >= 0, got {self.index}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatResult:
+    """A complete answer; the properties read the first choice, which is all most callers use.
+
+    ``raw`` is the parsed body of a non-stream answer, or the last chunk of a stream.
+    """
+
+    id: str | None = None
+    model: str | None = None
+    created: int | None = None
+    choices: tuple[Choice, ...] = ()
+    usage: Usage | None = None
+    request_id: str | None = None
+    raw: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        indices = [choice.index for choice in self.choices]
+        if indices != sorted(set(indices)):
+            raise ValueError("ChatResult.choices must be sorted by index without duplicates, "
+                             f"got indices {indices}")
+
+    @property
+    def content(self) -> str:
+        return self.choices[0].content if self.choices else ""
+
+    @property
+    def reasoning_content(self) -> str:
+        return self.choices[0].reasoning_content if self.choices else ""
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return self.choices[0].tool_calls if self.choices else ()
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.choices[0].finish_reason if self.choices else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delta:
+    """What one chunk added to one choice, as published to a stream's consumer.
+
+    ``role`` is set only the first time a choice names it (a continuation does not repeat it).
+    ``tool_calls`` holds the raw fragments of this chunk; the assembled calls are in the result.
+    ``restart`` is set by the stream actor when it had to start over: the consumer discards
+    everything received so far.
+    """
+
+    index: int = 0
+    role: str | None = None
+    content: str = ""
+    reasoning_content: str = ""
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    restart: bool = False
+    raw: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"Delta.index must be >= 0, got {self.index}")
+
+
+class _ToolState:
+    __slots__ = ("arguments", "id", "name", "type")
+
+    def __init__(self) -> None:
+        self.id: str | None = None
+        self.type = "function"
+        self.name = ""
+        self.arguments: list[str] = []
+
+    def build(self, index: int) -> ToolCall:
+        return ToolCall(index=index, id=self.id, type=self.type, name=self.name,
+                        arguments="".join(self.arguments))
+
+
+class _ChoiceState:
+    __slots__ = ("content", "finish_reason", "last_tool", "reasoning", "role", "tools", "usage")
+
+    def __init__(self) -> None:
+        self.role: str | None = None
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tools: dict[int, _ToolState] = {}
+        self.last_tool = 0
+        self.finish_reason: str | None = None
+        #: The usage this choice carried in the current segment.
+        self.usage: Usage | None = None
+
+    def build(self, index: int) -> Choice:
+        tools = self.tools
+        return Choice(index=index, role=self.role or "assistant", content="".join(self.content),
+                      reasoning_content="".join(self.reasoning),
+                      tool_calls=tuple(tools[i].build(i) for i in sorted(tools)),
+                      finish_reason=self.finish_reason)
+
+
+def _joined(parts: list[str]) -> str:
+    """Join text pieces, keeping the joined text so the next call does not redo the work."""
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
+def _text_field(owner: Mapping[str, Any], name: str, where: str) -> str:
+    value = owner.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}.{name} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _arguments_text(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping | list):
+        return json.dumps(value, ensure_ascii=False)
+    raise ProtocolError(f"{where}.function.arguments must be a string, got {type(value).__name__}")
+
+
+class ChunkAssembler:
+    """Joins the chunks of one stream (and of its Partial-Mode continuations) into one answer.
+
+    Feed it SSE events with :meth:`feed_event` (or parsed chunks with :meth:`feed`); each call
+    returns the :class:`Delta` objects to publish. :meth:`result` returns the answer once
+    ``[DONE]`` arrived; :meth:`snapshot` returns what was received so far, e.g. to build the
+    prefix of a resume request. Malformed input raises :class:`ProtocolError`; an ``error``
+    object inside the stream raises the typed :class:`~kimi_actors.errors.APIError` it names.
+    """
+
+    __slots__ = ("_choices", "_chunks", "_created", "_done", "_id", "_identity_missing",
+                 "_last_chunk", "_model", "_prior_usage", "_top_usage")
+
+    def __init__(self) -> None:
+        self._choices: dict[int, _ChoiceState] = {}
+        self._done = False
+        self._chunks = 0
+        self._id: str | None = None
+        self._model: str | None = None
+        self._created: int | None = None
+        self._identity_missing = True
+        #: Top-level usage of the current segment.
+        self._top_usage: Usage | None = None
+        #: Sum of the usages of the segments before the current one.
+        self._prior_usage: Usage | None = None
+        self._last_chunk: Mapping[str, Any] | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once ``data: [DONE]`` arrived (and no continuation began since)."""
+        return self._done
+
+    @property
+    def chunks(self) -> int:
+        """Chunks that carried content, reasoning or tool-call text: a cheap token count proxy."""
+        return self._chunks
+
+    def feed_event(self, event: SSEEvent) -> list[Delta]:
+        """The deltas one SSE event carries; ``[DONE]`` marks the stream complete."""
+        if event.is_done:
+            self._done = True
+            return []
+        try:
+            chunk = json.loads(event.data)
+        except (ValueError, RecursionError) as exc:
+            shown = event.data if len(event.data) <= 200 else event.data[:200] + "..."
+            raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") from exc
+        if not isinstance(chunk, dict):
+            raise ProtocolError(f"stream event data must be a JSON object, got "
+                                f"{type(chunk).__name__}")
+        return self.feed(chunk)
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
+        """The deltas one parsed chunk carries, after adding them to the assembled answer."""
+        if not isinstance(chunk, Mapping):
+            raise ProtocolError(f"a stream chunk must be a JSON object, got "
+                                f"{type(chunk).__name__}")
+        if chunk.get("error"):
+            raise error_from_payload(200, chunk)
+        if self._done:
+            raise ProtocolError("a chunk arrived after data: [DONE]")
+        self._last_chunk = chunk
+        if self._identity_missing:
+            self._read_identity(chunk)
+        raw_usage = chunk.get("usage")
+        top_usage = Usage.from_dict(raw_usage) if raw_usage is not None else None
+        if top_usage is not None:
+            self._top_usage = top_usage
+        deltas: list[Delta] = []
+        choices = chunk.get("choices")
+        carried_text = False
+        if choices:
+            if not isinstance(choices, list):
+                raise ProtocolError(f"chunk 'choices' must be a list, got "
+                                    f"{type(choices).__name__}")
+            for position, entry in enumerate(choices):
+                delta, has_text = self._feed_choice(chunk, position, entry)
+                carried_text = carried_text or has_text
+                if delta is not None:
+                    deltas.append(delta)
+        if carried_text:
+            self._chunks += 1
+        if top_usage is not None and all(delta.usage is None for delta in deltas):
+            if deltas:
+                deltas[0] = replace(deltas[0], usage=top_usage)
+            else:
+                deltas.append(Delta(index=0, usage=top_usage, raw=chunk))
+        return deltas
+
+    def _read_identity(self, chunk: Mapping[str, Any]) -> None:
+        """Take id, model and created from the first chunk that has a valid one of each."""
+        if self._id is None and isinstance(chunk_id := chunk.get("id"), str):
+            self._id = chunk_id
+        if self._model is None and isinstance(model := chunk.get("model"), str):
+            self._model = model
+        if self._created is None and type(created := chunk.get("created")) is int:
+            self._created = created
+        self._identity_missing = None in (self._id, self._model, self._created)
+
+    def _feed_choice(self, chunk: Mapping[str, Any], position: int,
+                     entry: Any) -> tuple[Delta | None, bool]:
+        if not isinstance(entry, Mapping):
+            raise ProtocolError(f"choices[{position}] must be an object, got "
+                                f"{type(entry).__name__}")
+        index = entry.get("index", position)
+        if type(index) is not int or index < 0:
+            raise ProtocolError(f"choices[{position}].index must be an int >= 0, got {index!r}")
+        state = self._choices.get(index)
+        if state is None:
+            state = self._choices[index] = _ChoiceState()
+        role: str | None = None
+        content = reasoning = ""
+        fragments: tuple[Mapping[str, Any], ...] = ()
+        delta = entry.get("delta")
+        if delta:
+            if not isinstance(delta, Mapping):
+                raise ProtocolError(f"choices[{position}].delta must be an object, got "
+                                    f"{type(delta).__name__}")
+            where = f"choices[{position}].delta"
+            if state.role is None:
+                role = _text_field(delta, "role", where) or None
+                state.role = role
+            content = _text_field(delta, "content", where)
+            if content:
+                state.content.append(content)
+            reasoning = _text_field(delta, "reasoning_content", where)
+            if reasoning:
+                state.reasoning.append(reasoning)
+            raw_tools = delta.get("tool_calls")
+            if raw_tools:
+                fragments = self._merge_tool_fragments(state, raw_tools, where)
+        finish_reason = entry.get("finish_reason")
+        if finish_reason is not None:
+            if not isinstance(finish_reason, str):
+                raise ProtocolError(f"choices[{position}].finish_reason must be a string, got "
+                                    f"{type(finish_reason).__name__}")
+            state.finish_reason = finish_reason
+        raw_usage = entry.get("usage")
+        usage = Usage.from_dict(raw_usage) if raw_usage is not None else None
+        if usage is not None:
+            state.usage = usage
+        has_text = bool(content or reasoning or fragments)
+        if not (has_text or role is not None or finish_reason is not None or usage is not None):
+            return None, False
+        return Delta(index=index, role=role, content=content, reasoning_content=reasoning,
+                     tool_calls=fragments, finish_reason=finish_reason, usage=usage,
+                     raw=chunk), has_text
+
+    @staticmethod
+    def _merge_tool_fragments(state: _ChoiceState, raw_tools: Any,
+                              where: str) -> tuple[Mapping[str, Any], ...]:
+        if not isinstance(raw_tools, list):
+            raise ProtocolError(f"{where}.tool_calls must be a list, got "
+                                f"{type(raw_tools).__name__}")
+        tools = state.tools
+        for number, fragment in enumerate(raw_tools):
+            fragment_where = f"{where}.tool_calls[{number}]"
+            if not isinstance(fragment, Mapping):
+                raise ProtocolError(f"{fragment_where} must be an object, got "
+                                    f"{type(fragment).__name__}")
+            tool_id = fragment.get("id")
+            tool_index = fragment.get("index")
+            if tool_index is None:
+                tool_index = _implicit_tool_index(state, tool_id)
+            elif type(tool_index) is not int or tool_index < 0:
+                raise ProtocolError(f"{fragment_where}.index must be an int >= 0, "
+                                    f"got {tool_index!r}")
+            tool = tools.get(tool_index)
+            if tool is None:
+                tool = tools[tool_index] = _ToolState()
+            state.last_tool = tool_index
+            if isinstance(tool_id, str) and tool_id:
+                tool.id = tool_id
+            tool_type = fragment.get("type")
+            if isinstance(tool_type, str) and tool_type:
+                tool.type = tool_type
+            function = fragment.get("function")
+            if function is None:
+                continue
+            if not isinstance(function, Mapping):
+                raise ProtocolError(f"{fragment_where}.function must be an object, got "
+                                    f"{type(function).__name__}")
+            name = function.get("name")
+            if isinstance(name, str) and name:
+                tool.name = name
+            arguments = _arguments_text(function.get("arguments"), fragment_where)
+            if arguments:
+                tool.arguments.append(arguments)
+        return tuple(raw_tools)
+
+    def content(self, index: int = 0) -> str:
+        """The content of choice ``index`` received so far."""
+        state = self._choices.get(index)
+        return _joined(state.content) if state is not None else ""
+
+    def choice_indices(self) -> tuple[int, ...]:
+        return tuple(sorted(self._choices))
+
+    def has_tool_calls(self, index: int = 0) -> bool:
+        state = self._choices.get(index)
+        return state is not None and bool(state.tools)
+
+    def has_reasoning(self, index: int = 0) -> bool:
+        state = self._choices.get(index)
+        return state is not None and bool(state.reasoning)
+
+    def begin_continuation(self) -> None:
+        """The next chunks continue this answer from a Partial-Mode stream.
+
+        Text, tool calls and roles are kept (the continuation's own ``role`` is not repeated to
+        the consumer); ``done`` and the finish reasons are cleared, since only the continuation
+        can say how the answer ends; this segment's usage is set aside to be summed with the
+        next one's, because each segment is billed.
+        """
+        segment = self._segment_usage()
+        if segment is not None:
+            prior = self._prior_usage
+            self._prior_usage = segment if prior is None else prior + segment
+        self._top_usage = None
+        for state in self._choices.values():
+            state.usage = None
+            state.finish_reason = None
+        self._done = False
+
+    def _segment_usage(self) -> Usage | None:
+        if self._top_usage is not None:
+            return self._top_usage
+        choices = self._choices
+        return _combine_choice_usages(
+            [usage for i in sorted(choices) if (usage := choices[i].usage) is not None])
+
+    def _total_usage(self) -> Usage | None:
+        segment = self._segment_usage()
+        prior = self._prior_usage
+        if prior is None:
+            return segment
+        return prior if segment is None else prior + segment
+
+    def result(self, *, request_id: str | None = None) -> ChatResult:
+        """The complete answer; :class:`IncompleteStreamError` when ``[DONE]`` never came."""
+        if not self._done:
+            content_chars = sum(len(self.content(i)) for i in self._choices)
+            reasoning_chars = sum(len(_joined(s.reasoning)) for s in self._choices.values())
+            finish = sorted({s.finish_reason for s in self._choices.values()
+                             if s.finish_reason is not None})
+            said = f" (finish_reason {', '.join(finish)} without it)" if finish else ""
+            raise IncompleteStreamError(
+                f"the stream ended before data: [DONE]{said}: received {self._chunks} chunks "
+                f"with {content_chars} characters of content and {reasoning_chars} of reasoning",
+                request_id=request_id)
+        return self.snapshot(request_id=request_id)
+
+    def snapshot(self, *, request_id: str | None = None) -> ChatResult:
+        """What has been assembled so far, complete or not."""
+        choices = self._choices
+        return ChatResult(id=self._id, model=self._model, created=self._created,
+                          choices=tuple(choices[i].build(i) for i in sorted(choices)),
+                          usage=self._total_usage(), request_id=request_id,
+                          raw=self._last_chunk)
+
+
+def _implicit_tool_index(state: _ChoiceState, tool_id: Any) -> int:
+    """Where a fragment without ``index`` belongs: a new id opens a call, else the last one."""
+    tools = state.tools
+    if not tools:
+        return 0
+    if isinstance(tool_id, str) and tool_id and all(t.id != tool_id for t in tools.values()):
+        return max(tools) + 1
+    return state.last_tool
+
+
+def _parse_tool_call(position: int, raw: Any, where: str) -> ToolCall:
+    if not isinstance(raw, Mapping):
+        raise ProtocolError(f"{where} must be an object, got {type(raw).__name__}")
+    function = raw.get("function")
+    if not isinstance(function, Mapping):
+        raise ProtocolError(f"{where}.function must be an object, got "
+                            f"{type(function).__name__}")
+    name = function.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(f"{where}.function.name must be a non-empty string, got {name!r}")
+    tool_id = raw.get("id")
+    tool_type = raw.get("type")
+    index = raw.get("index", position)
+    return ToolCall(index=index if type(index) is int and index >= 0 else position,
+                    id=tool_id if isinstance(tool_id, str) else None,
+                    type=tool_type if isinstance(tool_type, str) and tool_type else "function",
+                    name=name, arguments=_arguments_text(function.get("arguments"), where))
+
+
+def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
+    where = f"choices[{position}]"
+    if not isinstance(raw, Mapping):
+        raise ProtocolError(f"{where} must be an object, got {type(raw).__name__}")
+    index = raw.get("index", position)
+    if type(index) is not int or index < 0:
+        raise ProtocolError(f"{where}.index must be an int >= 0, got {index!r}")
+    message = raw.get("message")
+    if not isinstance(message, Mapping):
+        raise ProtocolError(f"{where}.message must be an object, got {type(message).__name__}")
+    role = _text_field(message, "role", f"{where}.message") or "assistant"
+    content = _text_field(message, "content", f"{where}.message")
+    reasoning = _text_field(message, "reasoning_content", f"{where}.message")
+    raw_tools = message.get("tool_calls")
+    if raw_tools is None:
+        raw_tools = []
+    if not isinstance(raw_tools, list):
+        raise ProtocolError(f"{where}.message.tool_calls must be a list, got "
+                            f"{type(raw_tools).__name__}")
+    tool_calls = tuple(_parse_tool_call(i, tool, f"{where}.message.tool_calls[{i}]")
+                       for i, tool in enumerate(raw_tools))
+    finish_reason = raw.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise ProtocolError(f"{where}.finish_reason must be a string, got "
+                            f"{type(finish_reason).__name__}")
+    choice = Choice(index=index, role=role, content=content, reasoning_content=reasoning,
+                    tool_calls=tool_calls, finish_reason=finish_reason)
+    return choice, Usage.from_dict(raw.get("usage"))
+
+
+def parse_completion(body: Mapping[str, Any], *, request_id: str | None = None) -> ChatResult:
+    """The :class:`ChatResult` of a non-stream answer.
+
+    A malformed body raises :class:`ProtocolError` naming the field, never ``KeyError``; an
+    ``error`` object raises the typed API error it names.
+    """
+    if not isinstance(body, Mapping):
+        raise ProtocolError(f"a chat completion must be a JSON object, got "
+                            f"{type(body).__name__}")
+    if body.get("error"):
+        raise error_from_payload(200, body, request_id=request_id)
+    raw_choices = body.get("choices")
+    if not isinstance(raw_choices, list):
+        raise ProtocolError(f"a chat completion needs a 'choices' list, got "
+                            f"{type(raw_choices).__name__}")
+    if not raw_choices:
+        raise ProtocolError("a chat completion has an empty 'choices' list")
+    parsed = [_parse_choice(position, raw) for position, raw in enumerate(raw_choices)]
+    choices = sorted((choice for choice, _ in parsed), key=lambda choice: choice.index)
+    if len({choice.index for choice in choices}) != len(choices):
+        raise ProtocolError("a chat completion repeats a choice index: "
+                            f"{[choice.index for choice in choices]}")
+    usage = Usage.from_dict(body.get("usage"))
+    if usage is None:
+        usage = _combine_choice_usages([u for _, u in parsed if u is not None])
+    body_id = body.get("id")
+    model = body.get("model")
+    created = body.get("created")
+    return ChatResult(id=body_id if isinstance(body_id, str) else None,
+                      model=model if isinstance(model, str) else None,
+                      created=created if type(created) is int else None,
+                      choices=tuple(choices), usage=usage, request_id=request_id, raw=body)
