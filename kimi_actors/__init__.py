@@ -7,6 +7,7 @@ through Kimi's Partial Mode.
 
 from __future__ import annotations
 
+from .actors.supervisor import DEFAULT_BASE_URL, MapResult, Stream, Supervisor, SupervisorStats
 from .clock import Clock, FakeClock, MonotonicClock
 from .errors import (
     APIError,
@@ -20,6 +21,7 @@ from .errors import (
     EngineOverloadedError,
     IncompleteStreamError,
     KimiError,
+    LimitExceededError,
     ModelNotFoundError,
     NotFoundError,
     PermissionDeniedError,
@@ -32,29 +34,40 @@ from .errors import (
     SupervisorClosedError,
     TransportError,
 )
+from .governance.governor import DimensionStats, GovernorStats
 from .limits import TIERS, Dimension, Limits
 from .policy import BreakerPolicy, ResumeMode, ResumePolicy, RetryPolicy, Timeouts
+from .protocol.chunks import ChatResult, Choice, Delta, ToolCall, Usage
+from .protocol.tokens import admission_tokens, estimate_prompt_tokens, estimate_text_tokens
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "TIERS",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
     "BatchInputError",
     "BreakerPolicy",
+    "ChatResult",
+    "Choice",
     "CircuitOpenError",
     "Clock",
     "ConnectionFailedError",
     "ContentFilterError",
     "ContextLengthError",
+    "Delta",
     "Dimension",
+    "DimensionStats",
     "EngineOverloadedError",
     "FakeClock",
+    "GovernorStats",
     "IncompleteStreamError",
     "KimiError",
+    "LimitExceededError",
     "Limits",
+    "MapResult",
     "ModelNotFoundError",
     "MonotonicClock",
     "NotFoundError",
@@ -67,9 +80,17 @@ __all__ = [
     "ResumePolicy",
     "RetryPolicy",
     "ServerError",
+    "Stream",
     "StreamError",
+    "Supervisor",
     "SupervisorClosedError",
+    "SupervisorStats",
     "Timeouts",
+    "ToolCall",
     "TransportError",
+    "Usage",
     "__version__",
+    "admission_tokens",
+    "estimate_prompt_tokens",
+    "estimate_text_tokens",
 ]

@@ -1,7 +1,7 @@
-"""Time, injected: the runtime reads the time and sleeps only through a Clock.
+"""Time, injected: the runtime reads the time, sleeps and sets timers only through a Clock.
 
 ``MonotonicClock`` is the real one. ``FakeClock`` lets tests move time with ``advance()``
-instead of sleeping, and tells them when tasks are asleep, so no test waits on wall time.
+instead of sleeping, and tells them when tasks are waiting on it, so no test waits on wall time.
 """
 
 from __future__ import annotations
@@ -10,9 +10,15 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "MonotonicClock"]
+__all__ = ["Clock", "FakeClock", "MonotonicClock", "TimerHandle"]
+
+
+@runtime_checkable
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
 
 
 @runtime_checkable
@@ -23,9 +29,13 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
+        """Run ``callback`` (in the running loop) once ``seconds`` have passed."""
+        ...
+
 
 class MonotonicClock:
-    """The real clock: ``time.monotonic`` and ``asyncio.sleep``."""
+    """The real clock: ``time.monotonic``, ``asyncio.sleep`` and the loop's timers."""
 
     __slots__ = ()
 
@@ -35,59 +45,84 @@ class MonotonicClock:
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+
     def __repr__(self) -> str:
         return "MonotonicClock()"
 
 
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "deadline")
+
+    def __init__(self, deadline: float, callback: Callable[[], object]) -> None:
+        self.deadline = deadline
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeClock:
-    """A clock that moves only when told to. Sleepers wake when ``advance()`` passes their
-    deadline, in deadline order."""
+    """A clock that moves only when told to. Timers and sleepers fire when ``advance()`` passes
+    their deadline, in deadline order."""
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
         self._changed: asyncio.Event | None = None
 
     def now(self) -> float:
         return self._now
 
+    def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
+        timer = _FakeTimer(self._now + max(0.0, seconds), callback)
+        heapq.heappush(self._timers, (timer.deadline, next(self._seq), timer))
+        self._notify()
+        return timer
+
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
-        self._notify()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        timer = self.call_later(seconds, wake)
         try:
             await fut
         finally:
-            if not fut.done():
-                fut.cancel()
+            timer.cancel()
             self._notify()
 
     @property
     def sleepers(self) -> int:
-        """How many tasks are asleep on this clock now."""
-        return sum(1 for _, _, fut in self._sleepers if not fut.done())
+        """How many timers (sleeping tasks included) are pending on this clock now."""
+        return sum(1 for _, _, timer in self._timers if not timer.cancelled)
 
     def next_deadline(self) -> float | None:
-        live = [deadline for deadline, _, fut in self._sleepers if not fut.done()]
+        live = [deadline for deadline, _, timer in self._timers if not timer.cancelled]
         return min(live) if live else None
 
     def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper whose deadline has come."""
+        """Move time forward and fire every timer whose deadline has come."""
         if seconds < 0:
             raise ValueError("time only moves forward")
         self._now += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
+        while self._timers and self._timers[0][0] <= self._now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                timer.cancelled = True
+                timer.callback()
         self._notify()
 
     async def wait_for_sleepers(self, count: int = 1) -> None:
-        """Return once at least ``count`` tasks are asleep on this clock."""
+        """Return once at least ``count`` timers are pending on this clock."""
         while self.sleepers < count:
             if self._changed is None:
                 self._changed = asyncio.Event()

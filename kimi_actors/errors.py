@@ -22,6 +22,7 @@
     │   ├── IncompleteStreamError     ended without ``data: [DONE]``
     │   └── ProtocolError             malformed SSE, invalid UTF-8, bad JSON
     ├── CircuitOpenError              the breaker is open longer than the caller may wait
+    ├── LimitExceededError            the request alone is larger than a configured limit
     ├── SupervisorClosedError         the supervisor stopped before the request ran
     └── BatchInputError               a batch input file has bad lines (.problems lists them)
 
@@ -49,6 +50,7 @@ __all__ = [
     "EngineOverloadedError",
     "IncompleteStreamError",
     "KimiError",
+    "LimitExceededError",
     "ModelNotFoundError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -208,6 +210,17 @@ class CircuitOpenError(KimiError):
         super().__init__(message)
         #: Seconds until the breaker lets a probe through.
         self.retry_in = retry_in
+
+
+class LimitExceededError(KimiError):
+    """The request needs more of a dimension (e.g. TPM tokens) than its limit allows at all,
+    so waiting can never admit it."""
+
+    def __init__(self, message: str, *, dimension: Dimension, amount: int, limit: int) -> None:
+        super().__init__(message)
+        self.dimension = dimension
+        self.amount = amount
+        self.limit = limit
 
 
 class SupervisorClosedError(KimiError):

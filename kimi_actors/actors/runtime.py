@@ -1,0 +1,251 @@
+"""What every actor of one supervisor shares, and the one retry policy they all follow.
+
+The decisions come from the pure cores (classify, breaker, backoff, bucket); this module only
+applies them: it waits where they say wait, records what happened, and logs it. Every wait
+here can be interrupted by shutdown or by a run-fatal error, so queued work fails at once
+instead of sleeping out its backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..clock import Clock
+from ..errors import (
+    CircuitOpenError,
+    EngineOverloadedError,
+    KimiError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
+from ..governance.backoff import RetryBudget, retry_delay
+from ..governance.breaker import BreakerState, CircuitBreaker, Transition
+from ..governance.governor import Governor, Permit
+from ..observe import emit
+from ..policy import BreakerPolicy, ResumePolicy, RetryPolicy
+from ..protocol.classify import Action, Outcome
+from ..transport import Transport
+
+__all__ = ["Counters", "Runtime", "Ticket"]
+
+
+class Ticket:
+    """One admitted attempt: its governor permit and the breaker epoch it was let through in.
+    Every ticket ends in exactly one ``Runtime.record`` or ``Runtime.abandon``."""
+
+    __slots__ = ("epoch", "permit", "recorded")
+
+    def __init__(self, permit: Permit, epoch: int) -> None:
+        self.permit = permit
+        self.epoch = epoch
+        self.recorded = False
+
+
+@dataclass(slots=True)
+class Counters:
+    """Mutable running totals; ``Supervisor.statistics()`` copies them into a frozen view."""
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    resumes: int = 0
+    restarts: int = 0
+    length_continuations: int = 0
+    rate_limited: int = 0
+    overloaded: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failures_by_type: dict[str, int] = field(default_factory=dict)
+
+
+class Runtime:
+    """The shared parts: transport, governor, breaker, retry budget, clock and random source."""
+
+    def __init__(self, *, transport: Transport, governor: Governor, clock: Clock,
+                 rng: random.Random, retry: RetryPolicy, breaker: BreakerPolicy,
+                 resume: ResumePolicy, default_max_tokens: int) -> None:
+        self.transport = transport
+        self.governor = governor
+        self.clock = clock
+        self.rng = rng
+        self.retry = retry
+        self.resume = resume
+        self.breaker = CircuitBreaker(breaker)
+        self.budget = RetryBudget(retry)
+        self.default_max_tokens = default_max_tokens
+        self.counters = Counters()
+        self._stopped: KimiError | None = None
+        self._waits: set[asyncio.Future[None]] = set()
+        self.waiting = 0
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    @property
+    def stopped(self) -> KimiError | None:
+        """The error every new attempt fails with, once the run is stopped."""
+        return self._stopped
+
+    def stop(self, error: KimiError) -> None:
+        """Refuse new attempts and fail every waiting actor with ``error`` now."""
+        if self._stopped is None:
+            self._stopped = error
+        self.governor.close(self._stopped)
+        waits, self._waits = self._waits, set()
+        for future in waits:
+            if not future.done():
+                future.set_exception(self._stopped)
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep on the clock; shutdown or a run-fatal error interrupts with that error."""
+        if self._stopped is not None:
+            raise self._stopped
+        if seconds <= 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        timer = self.clock.call_later(seconds, wake)
+        self._waits.add(future)
+        self.waiting += 1
+        try:
+            await future
+        finally:
+            self.waiting -= 1
+            self._waits.discard(future)
+            timer.cancel()
+
+    # -- one attempt -------------------------------------------------------------------------
+
+    async def admit(self, tokens: int, *, priority: int, first: bool,
+                    deadline: float | None) -> Ticket:
+        """Wait for the breaker, then for the governor. ``deadline`` is on the clock."""
+        while True:
+            if self._stopped is not None:
+                raise self._stopped
+            now = self.clock.now()
+            delay = self.breaker.allow(now)
+            self._log_transitions()
+            if delay <= 0:
+                epoch = self.breaker.epoch
+                break
+            if deadline is not None and now + delay > deadline:
+                raise CircuitOpenError(
+                    f"the circuit breaker is open for {delay:.1f} s more, longer than this "
+                    f"request may wait", retry_in=delay)
+            await self.wait(delay)
+        try:
+            permit = await self.governor.admit(tokens, priority=priority)
+        except BaseException:
+            self.breaker.record_ignored(self.clock.now(), epoch=epoch)
+            raise
+        if first:
+            self.budget.record_attempt(self.clock.now())
+        self.counters.attempts += 1
+        return Ticket(permit, epoch)
+
+    def abandon(self, ticket: Ticket) -> None:
+        """The attempt ended without an outcome (cancelled): free everything it holds."""
+        self.governor.release(ticket.permit)
+        if not ticket.recorded:
+            ticket.recorded = True
+            self.breaker.record_ignored(self.clock.now(), epoch=ticket.epoch)
+
+    def record(self, outcome: Outcome, ticket: Ticket) -> None:
+        """Feed an outcome to the breaker, the governor and the counters; log what matters."""
+        now = self.clock.now()
+        error = outcome.error
+        transition: Transition | None = None
+        if not ticket.recorded:
+            ticket.recorded = True
+            if outcome.action is Action.SUCCESS:
+                transition = self.breaker.record_success(now, epoch=ticket.epoch)
+            elif outcome.trips_breaker:
+                transition = self.breaker.record_failure(now, outcome.retry_after,
+                                                         epoch=ticket.epoch)
+            else:
+                self.breaker.record_ignored(now, epoch=ticket.epoch)
+        self._log_transitions(transition)
+        if error is None:
+            return
+        if isinstance(error, RateLimitError):
+            self.counters.rate_limited += 1
+            adopted = self.governor.on_rate_limited(outcome.dimension,
+                                                    retry_after=outcome.retry_after,
+                                                    message=error.message)
+            emit("warning", "rate_limited", dimension=outcome.dimension,
+                 retry_after=outcome.retry_after, request_id=error.request_id,
+                 message=error.message)
+            if adopted is not None:
+                emit("warning", "limit_lowered_to_server_limit", dimension=outcome.dimension,
+                     limit=adopted)
+        elif isinstance(error, EngineOverloadedError):
+            self.counters.overloaded += 1
+        elif isinstance(error, ServerError):
+            self.counters.server_errors += 1
+        elif isinstance(error, TransportError):
+            self.counters.transport_errors += 1
+        if outcome.action is Action.FATAL_RUN:
+            emit("error", "run_stopped", error_type=type(error).__name__, message=str(error))
+            self.stop(error)
+
+    async def before_retry(self, outcome: Outcome, *, failures: int, attempt: int,
+                           spend_budget: bool, deadline: float | None) -> None:
+        """Wait before the next attempt, or raise the outcome's error when retrying is not
+        allowed (not retryable, out of attempts, out of budget, past the deadline)."""
+        error = outcome.error
+        assert error is not None
+        error.attempts = attempt
+        if outcome.action is not Action.RETRY:
+            raise error
+        if spend_budget:
+            if attempt >= self.retry.max_attempts:
+                error.add_note(f"kimi_actors: gave up after {attempt} attempts")
+                raise error
+            if not self.budget.try_spend(self.clock.now()):
+                error.add_note("kimi_actors: not retried: the retry budget is spent "
+                               "(too many retries in the last window)")
+                raise error
+        delay = retry_delay(failures, self.retry, self.rng, outcome.retry_after)
+        if deadline is not None and self.clock.now() + delay > deadline:
+            error.add_note(f"kimi_actors: not retried: the next attempt would start after "
+                           f"this request's deadline (wait {delay:.1f} s)")
+            raise error
+        self.counters.retries += 1
+        emit("info", "retry", attempt=attempt, delay=round(delay, 3),
+             error_type=type(error).__name__, status=getattr(error, "status", None),
+             request_id=error.request_id)
+        await self.wait(delay)
+
+    def _log_transitions(self, extra: Transition | None = None) -> None:
+        transitions: list[Transition] = self.breaker.pop_transitions()
+        if extra is not None:
+            transitions.append(extra)
+        for transition in transitions:
+            level = "warning" if transition.after is BreakerState.OPEN else "info"
+            emit(level, "breaker_transition", before=transition.before.value,
+                 after=transition.after.value, open_for=transition.open_for,
+                 reason=transition.reason)
+
+    def failed(self, error: BaseException) -> None:
+        self.counters.failed += 1
+        name = type(error).__name__
+        self.counters.failures_by_type[name] = self.counters.failures_by_type.get(name, 0) + 1
+
+    def usage_seen(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.counters.prompt_tokens += prompt_tokens
+        self.counters.completion_tokens += completion_tokens
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"breaker_state": self.breaker.state(self.clock.now()).value,
+                "breaker_trips": self.breaker.trips}

@@ -1,0 +1,448 @@
+"""The supervisor: owns the TaskGroup, the shared governor and breaker, and every actor.
+
+``chat`` spawns a request actor, ``stream`` a stream actor, ``map`` fans a (possibly endless)
+iterable of bodies out through a bounded window of actors. An actor that fails, even on a bug,
+fails only its own call: its exception goes to its caller, never to the TaskGroup. Closing
+drains: no new work, queued and backing-off work fails at once with ``SupervisorClosedError``,
+in-flight work gets ``drain_timeout`` seconds to finish, and then nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ..clock import Clock, MonotonicClock
+from ..errors import RequestTimeoutError, SupervisorClosedError
+from ..governance.governor import Governor, GovernorStats
+from ..limits import Limits
+from ..observe import register_secret
+from ..policy import BreakerPolicy, ResumePolicy, RetryPolicy, Timeouts
+from ..protocol.chunks import ChatResult, Delta
+from ..protocol.tokens import DEFAULT_MAX_TOKENS
+from ..transport import Transport
+from .request import RequestActor
+from .runtime import Runtime
+from .stream import END_OF_STREAM, StreamActor
+
+__all__ = ["DEFAULT_BASE_URL", "MapResult", "Stream", "Supervisor", "SupervisorStats"]
+
+DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorStats:
+    """A snapshot of one supervisor. Token figures are Kimi's admission counts
+    (prompt + max_tokens) for ``tokens_*`` and billed usage for ``prompt/completion_tokens``."""
+
+    in_flight: int
+    queued: int
+    waiting: int
+    actors: int
+    submitted: int
+    completed: int
+    failed: int
+    attempts: int
+    retries: int
+    resumes: int
+    restarts: int
+    length_continuations: int
+    rate_limited: int
+    overloaded: int
+    server_errors: int
+    transport_errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_reserved: int
+    tokens_settled: int
+    failures_by_type: Mapping[str, int]
+    breaker_state: str
+    breaker_trips: int
+    governor: GovernorStats
+    closed: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapResult:
+    """One finished item of ``Supervisor.map``: its position, its body, and either a result
+    or the error it failed with."""
+
+    index: int
+    request: Mapping[str, Any]
+    result: ChatResult | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class _Discard(asyncio.Queue[Any]):
+    """A queue that drops deltas: ``map(stream=True)`` wants only the assembled result."""
+
+    def full(self) -> bool:
+        return False
+
+    def put_nowait(self, item: Any) -> None:
+        return None
+
+
+class Stream:
+    """An open stream. ``async for delta in stream`` yields :class:`Delta` objects as they
+    arrive; a delta with ``restart=True`` means: discard everything received so far. After
+    the iteration, ``result`` is the assembled :class:`ChatResult`. Errors are raised from
+    the iteration after every delta received before them was delivered."""
+
+    def __init__(self, supervisor: Supervisor, body: dict[str, Any], *, queue_size: int,
+                 timeout: float | None, priority: int,
+                 headers: Mapping[str, str] | None) -> None:
+        self._supervisor = supervisor
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
+        self._actor = StreamActor(supervisor._runtime, body, self._queue, priority=priority,
+                                  deadline=supervisor._deadline(timeout), headers=headers)
+        self._timeout = timeout
+        self._task: asyncio.Task[None] | None = None
+        self._finished = False
+        self._result: ChatResult | None = None
+        self._error: BaseException | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task = self._supervisor._spawn(self._run())
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _run(self) -> None:
+        try:
+            self._result = await self._supervisor._guarded(self._actor.run(), self._timeout)
+        except asyncio.CancelledError:
+            self._error = SupervisorClosedError("the supervisor closed before the stream ended")
+            raise
+        except BaseException as exc:
+            self._error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._finished = True
+            if not self._queue.full():
+                self._queue.put_nowait(END_OF_STREAM)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Delta:
+        if self._task is None:
+            raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
+        queue = self._queue
+        if queue.empty() and self._finished:
+            item = END_OF_STREAM
+        else:
+            item = await queue.get()
+        if item is END_OF_STREAM:
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        delta: Delta = item
+        return delta
+
+    @property
+    def request_id(self) -> str | None:
+        return self._actor.request_id
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    @property
+    def result(self) -> ChatResult:
+        """The assembled answer; raises the stream's error, or RuntimeError before the end."""
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RuntimeError("the stream has not finished: iterate it to the end first")
+        return self._result
+
+    async def collect(self) -> ChatResult:
+        """Drain the remaining deltas and return the result."""
+        async for _ in self:
+            pass
+        return self.result
+
+
+class Supervisor:
+    """Runs chat requests and streams against one account, within its limits.
+
+    ``api_key`` defaults to ``$MOONSHOT_API_KEY`` and ``base_url`` to ``$MOONSHOT_BASE_URL``
+    or the China endpoint. ``limits`` defaults to tier 1; a 429 that names the account's real,
+    lower limit lowers it automatically. Use it as ``async with Supervisor(...) as sup:``.
+    """
+
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
+                 limits: Limits | None = None, retry: RetryPolicy | None = None,
+                 breaker: BreakerPolicy | None = None, resume: ResumePolicy | None = None,
+                 timeouts: Timeouts | None = None, clock: Clock | None = None,
+                 rng: random.Random | None = None,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS, stream_queue_size: int = 64,
+                 window_margin: float = 0.015, headers: Mapping[str, str] | None = None,
+                 drain_timeout: float = 30.0) -> None:
+        key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
+        if not key:
+            raise ValueError("no API key: pass api_key= or set MOONSHOT_API_KEY")
+        if stream_queue_size < 1:
+            raise ValueError(f"stream_queue_size must be >= 1, got {stream_queue_size}")
+        register_secret(key)
+        self.limits = limits if limits is not None else Limits.tier(1)
+        self.timeouts = timeouts or Timeouts()
+        self.drain_timeout = drain_timeout
+        self._clock = clock or MonotonicClock()
+        self._stream_queue_size = stream_queue_size
+        base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
+        transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
+                              pool_size=self.limits.concurrency, headers=headers)
+        governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
+        self._runtime = Runtime(
+            transport=transport, governor=governor, clock=self._clock,
+            rng=rng or random.Random(), retry=retry or RetryPolicy(),
+            breaker=breaker or BreakerPolicy(), resume=resume or ResumePolicy(),
+            default_max_tokens=default_max_tokens)
+        self._group: asyncio.TaskGroup | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._actors: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "closing" if self._closing else "open"
+        return (f"Supervisor(base_url={self._runtime.transport.base_url!r}, "
+                f"limits={self.limits!r}, {state})")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._group is not None or self._closed:
+            raise RuntimeError("a Supervisor can be entered once")
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self._dispatcher = self._group.create_task(self._runtime.governor.run(),
+                                                   name="kimi_actors.governor")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Drain and stop: see the module docstring. ``timeout`` overrides ``drain_timeout``."""
+        if self._closed or self._group is None:
+            return
+        self._closing = True
+        self._runtime.stop(SupervisorClosedError("the supervisor is closed"))
+        actors = set(self._actors)
+        try:
+            if actors:
+                limit = self.drain_timeout if timeout is None else timeout
+                _, still_running = await asyncio.wait(actors, timeout=limit)
+                for task in still_running:
+                    task.cancel()
+                if still_running:
+                    await asyncio.wait(still_running)
+        finally:
+            if self._dispatcher is not None:
+                self._dispatcher.cancel()
+            await self._runtime.transport.close()
+            group, self._group = self._group, None
+            self._closed = True
+            await group.__aexit__(None, None, None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise SupervisorClosedError("the supervisor is closed")
+        if self._group is None:
+            raise SupervisorClosedError("the supervisor is not running: use it as "
+                                        "`async with Supervisor(...) as sup:`")
+        stopped = self._runtime.stopped
+        if stopped is not None:
+            raise stopped
+
+    def _spawn(self, coro: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+        assert self._group is not None
+        task = self._group.create_task(coro)
+        self._actors.add(task)
+        task.add_done_callback(self._actors.discard)
+        return task
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else self._clock.now() + timeout
+
+    async def _guarded(self, run: Awaitable[ChatResult], timeout: float | None) -> ChatResult:
+        """Run an actor body with the caller's timeout, keeping the counters."""
+        counters = self._runtime.counters
+        counters.submitted += 1
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                result = await run
+        except TimeoutError:
+            if not scope.expired():
+                self._runtime.failed(TimeoutError())
+                raise
+            error = RequestTimeoutError(f"the request did not finish within its timeout of "
+                                        f"{timeout} s", phase="deadline", timeout=timeout)
+            self._runtime.failed(error)
+            raise error from None
+        except Exception as exc:
+            self._runtime.failed(exc)
+            raise
+        counters.completed += 1
+        return result
+
+    @staticmethod
+    def _body(body: dict[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {**body, **extra_body} if extra_body else body
+
+    # -- the API -----------------------------------------------------------------------------
+
+    async def chat(self, *, timeout: float | None = None, priority: int = 0,
+                   extra_body: Mapping[str, Any] | None = None,
+                   extra_headers: Mapping[str, str] | None = None,
+                   **body: Any) -> ChatResult:
+        """Send one chat completion (keyword arguments are the OpenAI chat body) and return
+        the result once it succeeded, retrying where that can help."""
+        self._check_open()
+        actor = RequestActor(self._runtime, self._body(body, extra_body), priority=priority,
+                             deadline=self._deadline(timeout), headers=extra_headers)
+        return await self._await_actor(self._spawn(self._result_of(actor.run(), timeout)))
+
+    async def _result_of(self, run: Awaitable[ChatResult],
+                         timeout: float | None) -> tuple[ChatResult | None, BaseException | None]:
+        try:
+            return await self._guarded(run, timeout), None
+        except Exception as exc:
+            return None, exc
+
+    async def _await_actor(
+            self, task: asyncio.Task[tuple[ChatResult | None, BaseException | None]]
+    ) -> ChatResult:
+        try:
+            result, error = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and (current is None or current.cancelling() == 0):
+                raise SupervisorClosedError(
+                    "the supervisor closed before the request finished") from None
+            raise
+        if error is not None:
+            raise error
+        assert result is not None
+        return result
+
+    def stream(self, *, timeout: float | None = None, priority: int = 0,
+               queue_size: int | None = None, extra_body: Mapping[str, Any] | None = None,
+               extra_headers: Mapping[str, str] | None = None, **body: Any) -> Stream:
+        """Open a stream: ``async with sup.stream(model=..., messages=[...]) as stream:``."""
+        self._check_open()
+        return Stream(self, self._body(body, extra_body),
+                      queue_size=queue_size or self._stream_queue_size, timeout=timeout,
+                      priority=priority, headers=extra_headers)
+
+    async def map(self, requests: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
+                  *, stream: bool = False, window: int | None = None, priority: int = 0,
+                  timeout: float | None = None) -> AsyncIterator[MapResult]:
+        """Send every body of ``requests`` and yield a :class:`MapResult` for each as it
+        finishes (completion order). At most ``window`` actors exist at once (default: twice
+        the concurrency limit), so an iterable of any length runs in bounded memory. Errors
+        are reported in the results, never raised, except run-fatal ones, which end the map.
+        Stopping the iteration cancels what is still running."""
+        self._check_open()
+        limit = self.limits.concurrency
+        window = window or max(16, 2 * (limit or 256))
+        finished: asyncio.Queue[MapResult] = asyncio.Queue()
+        pending: set[asyncio.Task[Any]] = set()
+        source = _aiter(requests)
+        exhausted = False
+        index = yielded = 0
+        try:
+            while True:
+                while (not exhausted and index - yielded < window
+                       and self._runtime.stopped is None):
+                    try:
+                        body = await anext(source)
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    task = self._spawn(self._map_one(index, dict(body), stream, priority,
+                                                     timeout, finished))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    index += 1
+                if index == yielded:
+                    stopped = self._runtime.stopped
+                    if stopped is not None and not exhausted:
+                        raise stopped
+                    return
+                yielded += 1
+                yield await finished.get()
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _map_one(self, index: int, body: dict[str, Any], stream: bool, priority: int,
+                       timeout: float | None, finished: asyncio.Queue[MapResult]) -> None:
+        actor: RequestActor | StreamActor
+        if stream:
+            actor = StreamActor(self._runtime, body, _Discard(), priority=priority,
+                                deadline=self._deadline(timeout))
+        else:
+            actor = RequestActor(self._runtime, body, priority=priority,
+                                 deadline=self._deadline(timeout))
+        try:
+            result = await self._guarded(actor.run(), timeout)
+        except Exception as exc:
+            finished.put_nowait(MapResult(index=index, request=body, error=exc))
+        else:
+            finished.put_nowait(MapResult(index=index, request=body, result=result))
+
+    def statistics(self) -> SupervisorStats:
+        rt = self._runtime
+        counters = rt.counters
+        governor = rt.governor.statistics()
+        extra = rt.snapshot()
+        return SupervisorStats(
+            in_flight=governor.in_flight, queued=governor.queued, waiting=rt.waiting,
+            actors=len(self._actors), submitted=counters.submitted,
+            completed=counters.completed, failed=counters.failed, attempts=counters.attempts,
+            retries=counters.retries, resumes=counters.resumes, restarts=counters.restarts,
+            length_continuations=counters.length_continuations,
+            rate_limited=counters.rate_limited, overloaded=counters.overloaded,
+            server_errors=counters.server_errors, transport_errors=counters.transport_errors,
+            prompt_tokens=counters.prompt_tokens, completion_tokens=counters.completion_tokens,
+            tokens_reserved=governor.tokens_reserved, tokens_settled=governor.tokens_settled,
+            failures_by_type=dict(counters.failures_by_type),
+            breaker_state=extra["breaker_state"], breaker_trips=extra["breaker_trips"],
+            governor=governor, closed=self._closing)
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item

@@ -1,0 +1,342 @@
+"""The governor: one admission point for concurrency, RPM, TPM and TPD, shared by all actors.
+
+Each attempt asks ``admit(tokens)`` and gets a :class:`Permit` once every dimension has room:
+one concurrency slot (held until the response or stream ends, then ``release``), one request
+in the RPM window, and ``tokens`` (prompt estimate + max_tokens, the way Kimi counts) in the
+TPM and TPD windows. ``settle`` corrects the token reservation with the real prompt count.
+
+Waiters are served first come, first served within a priority (a lower number goes first), by
+one dispatcher task (``run()``, owned by the supervisor). When nobody is queued and everything
+fits, ``admit`` grants at once without a task switch. A 429 that names a wait pauses that
+dimension for every actor; a 429 that names the server's own limit lowers ours to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from ..clock import Clock, TimerHandle
+from ..errors import KimiError, LimitExceededError
+from ..limits import Dimension, Limits
+from .bucket import Level, Reservation, RollingWindow
+
+__all__ = ["DimensionStats", "Governor", "GovernorStats", "Permit", "server_limit_from_message"]
+
+_RATE_DIMENSIONS: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DimensionStats:
+    limit: int | None
+    used: int
+    paused_for: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GovernorStats:
+    in_flight: int
+    queued: int
+    admitted: int
+    tokens_reserved: int
+    tokens_settled: int
+    limit_adjustments: int
+    dimensions: dict[str, DimensionStats]
+
+
+class Permit:
+    """What one admission holds. Give the slot back with ``Governor.release``."""
+
+    __slots__ = ("holds_slot", "reservations", "settled", "tokens")
+
+    def __init__(self, tokens: int, reservations: dict[Dimension, Reservation]) -> None:
+        self.tokens = tokens
+        self.reservations = reservations
+        self.holds_slot = True
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return f"Permit(tokens={self.tokens}, holds_slot={self.holds_slot})"
+
+
+class _Waiter:
+    __slots__ = ("future", "tokens")
+
+    def __init__(self, tokens: int, future: asyncio.Future[Permit]) -> None:
+        self.tokens = tokens
+        self.future = future
+
+
+_SERVER_LIMIT = {
+    Dimension.CONCURRENCY: re.compile(r"max concurrency:\s*(\d+)", re.I),
+    Dimension.RPM: re.compile(r"max RPM:\s*(\d+)", re.I),
+    Dimension.TPM: re.compile(r"TPM rate limit.*?limit:\s*(\d+)", re.I),
+    Dimension.TPD: re.compile(r"TPD rate limit.*?limit:\s*(\d+)", re.I),
+}
+
+
+def server_limit_from_message(dimension: Dimension, message: str) -> int | None:
+    """The limit Kimi names in a rate-limit message ("max RPM: 3", "limit:100"), if any."""
+    match = _SERVER_LIMIT[dimension].search(message)
+    return int(match.group(1)) if match else None
+
+
+class Governor:
+    """Admission for one account's limits. ``window_margin`` stretches each rate window by that
+    share, so that network jitter between our admission and the server's receipt can never put
+    two requests in the same server window when they were a full window apart here."""
+
+    def __init__(self, limits: Limits, *, clock: Clock, window_margin: float = 0.015) -> None:
+        if not 0 <= window_margin < 1:
+            raise ValueError(f"window_margin must be in [0, 1), got {window_margin!r}")
+        self._clock = clock
+        self._limits = limits
+        self._slots = Level(limits.concurrency)
+        self._concurrency_paused_until = -math.inf
+        self._windows: dict[Dimension, RollingWindow] = {}
+        for dimension in _RATE_DIMENSIONS:
+            limit = limits.limit(dimension)
+            if limit is not None:
+                span = limits.window(dimension) * (1 + window_margin)
+                self._windows[dimension] = RollingWindow(limit, span)
+        self._queue: list[tuple[int, int, _Waiter]] = []
+        self._seq = itertools.count()
+        self._poke: asyncio.Future[None] | None = None
+        self._closed: KimiError | None = None
+        self._admitted = 0
+        self._tokens_reserved = 0
+        self._tokens_settled = 0
+        self._limit_adjustments = 0
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def check(self, tokens: int) -> None:
+        """Raise :class:`LimitExceededError` when ``tokens`` can never fit a window."""
+        for dimension in (Dimension.TPM, Dimension.TPD):
+            window = self._windows.get(dimension)
+            if window is not None and tokens > window.limit:
+                raise LimitExceededError(
+                    f"the request needs {tokens} tokens at admission (prompt estimate + "
+                    f"max_tokens) but the {dimension.value.upper()} limit is {window.limit}; "
+                    f"lower max_tokens or the prompt",
+                    dimension=dimension, amount=tokens, limit=window.limit)
+
+    async def admit(self, tokens: int, *, priority: int = 0) -> Permit:
+        """Wait until ``tokens`` (and one request, one slot) fit, then hold them."""
+        if self._closed is not None:
+            raise self._closed
+        self.check(tokens)
+        if not self._queue:
+            permit = self._try_grant(tokens, self._clock.now())
+            if permit is not None:
+                return permit
+        future: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, (priority, next(self._seq), _Waiter(tokens, future)))
+        self._wake_dispatcher()
+        try:
+            return await future
+        except BaseException:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.cancel(future.result())
+            else:
+                future.cancel()
+                self._wake_dispatcher()
+            raise
+
+    def release(self, permit: Permit) -> None:
+        """Give the concurrency slot back (the response or stream has ended). Idempotent."""
+        if permit.holds_slot:
+            permit.holds_slot = False
+            self._slots.release()
+            self._wake_dispatcher()
+
+    def cancel(self, permit: Permit) -> None:
+        """Undo an admission whose request was never sent: every unit goes back."""
+        self.release(permit)
+        for dimension, reservation in permit.reservations.items():
+            self._windows[dimension].refund(reservation)
+        self._tokens_reserved -= permit.tokens
+        permit.reservations = {}
+        self._wake_dispatcher()
+
+    def settle(self, permit: Permit, actual_tokens: int | None) -> None:
+        """Correct the token reservation with what the server counted (prompt + max_tokens).
+
+        ``None`` keeps the estimate (a stream that broke before its usage arrived)."""
+        if permit.settled or actual_tokens is None:
+            return
+        permit.settled = True
+        difference = actual_tokens - permit.tokens
+        self._tokens_settled += actual_tokens
+        if difference == 0:
+            return
+        now = self._clock.now()
+        for dimension in (Dimension.TPM, Dimension.TPD):
+            reservation = permit.reservations.get(dimension)
+            if reservation is None:
+                continue
+            if difference < 0:
+                self._windows[dimension].refund(reservation, -difference)
+            else:
+                self._windows[dimension].charge(reservation, difference, now)
+        if difference < 0:
+            self._wake_dispatcher()
+
+    def on_rate_limited(self, dimension: Dimension | None, *, retry_after: float | None,
+                        message: str) -> int | None:
+        """A 429 named ``dimension``: pause it for everyone for ``retry_after`` seconds, and
+        adopt the server's limit when it names a lower one. Returns the adopted limit."""
+        if dimension is None:
+            return None
+        now = self._clock.now()
+        adopted: int | None = None
+        server_limit = server_limit_from_message(dimension, message)
+        if dimension is Dimension.CONCURRENCY:
+            if retry_after:
+                self._concurrency_paused_until = max(self._concurrency_paused_until,
+                                                     now + retry_after)
+            current = self._slots.limit
+            if server_limit is not None and (current is None or server_limit < current):
+                self._slots.set_limit(server_limit)
+                adopted = server_limit
+        else:
+            window = self._windows.get(dimension)
+            if window is None and server_limit is not None:
+                span = self._limits.window(dimension)
+                window = self._windows[dimension] = RollingWindow(server_limit, span)
+                adopted = server_limit
+            if window is not None:
+                if retry_after:
+                    window.pause_until(now + retry_after)
+                if server_limit is not None and server_limit < window.limit:
+                    window.set_limit(server_limit)
+                    adopted = server_limit
+        if adopted is not None:
+            self._limit_adjustments += 1
+        return adopted
+
+    def close(self, error: KimiError) -> None:
+        """Refuse every further admission and fail every queued waiter with ``error``."""
+        if self._closed is None:
+            self._closed = error
+        queue, self._queue = self._queue, []
+        for _, _, waiter in queue:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        self._wake_dispatcher()
+
+    @property
+    def closed(self) -> KimiError | None:
+        return self._closed
+
+    # -- the dispatcher ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve queued waiters in order. Runs until cancelled (the supervisor owns it)."""
+        while True:
+            waiter = self._head()
+            if waiter is None:
+                await self._sleep(None)
+                continue
+            try:
+                self.check(waiter.tokens)  # a 429 may have lowered a limit below this request
+            except LimitExceededError as exc:
+                heapq.heappop(self._queue)
+                waiter.future.set_exception(exc)
+                continue
+            now = self._clock.now()
+            permit = self._try_grant(waiter.tokens, now)
+            if permit is not None:
+                heapq.heappop(self._queue)
+                waiter.future.set_result(permit)
+                continue
+            await self._sleep(self._delay(waiter.tokens, now))
+
+    def _slot_free(self) -> bool:
+        limit = self._slots.limit
+        return limit is None or self._slots.held < limit
+
+    def _head(self) -> _Waiter | None:
+        while self._queue and self._queue[0][2].future.done():
+            heapq.heappop(self._queue)
+        return self._queue[0][2] if self._queue else None
+
+    def _delay(self, tokens: int, now: float) -> float | None:
+        """Seconds until ``tokens`` fit the rate windows; ``None`` when only a released slot
+        (no clock) can unblock it."""
+        delay = max(0.0, self._concurrency_paused_until - now)
+        for dimension, window in self._windows.items():
+            amount = 1 if dimension is Dimension.RPM else tokens
+            delay = max(delay, window.delay(amount, now))
+        if delay == 0 and not self._slot_free():
+            return None
+        return delay
+
+    def _try_grant(self, tokens: int, now: float) -> Permit | None:
+        if now < self._concurrency_paused_until or not self._slot_free():
+            return None
+        for dimension, window in self._windows.items():
+            if window.delay(1 if dimension is Dimension.RPM else tokens, now) > 0:
+                return None
+        reservations: dict[Dimension, Reservation] = {}
+        for dimension, window in self._windows.items():
+            reservation = window.reserve(1 if dimension is Dimension.RPM else tokens, now)
+            if reservation is None:  # pragma: no cover - delay() said it fits
+                raise AssertionError(f"{dimension} refused an admission its delay allowed")
+            reservations[dimension] = reservation
+        acquired = self._slots.try_acquire()
+        assert acquired
+        self._admitted += 1
+        self._tokens_reserved += tokens
+        return Permit(tokens, reservations)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._poke = future
+        timer: TimerHandle | None = None
+        if seconds is not None:
+            timer = self._clock.call_later(seconds, self._wake_dispatcher)
+        try:
+            await future
+        finally:
+            self._poke = None
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_dispatcher(self) -> None:
+        if self._poke is not None and not self._poke.done():
+            self._poke.set_result(None)
+
+    # -- observation -------------------------------------------------------------------------
+
+    def statistics(self) -> GovernorStats:
+        now = self._clock.now()
+        dimensions = {
+            Dimension.CONCURRENCY.value: DimensionStats(
+                limit=self._slots.limit, used=self._slots.held,
+                paused_for=max(0.0, self._concurrency_paused_until - now)),
+        }
+        for dimension in _RATE_DIMENSIONS:
+            window = self._windows.get(dimension)
+            dimensions[dimension.value] = DimensionStats(
+                limit=None if window is None else window.limit,
+                used=0 if window is None else window.used(now),
+                paused_for=0.0 if window is None else max(0.0, window.paused_until() - now))
+        return GovernorStats(
+            in_flight=self._slots.held,
+            queued=sum(1 for _, _, waiter in self._queue if not waiter.future.done()),
+            admitted=self._admitted,
+            tokens_reserved=self._tokens_reserved,
+            tokens_settled=self._tokens_settled,
+            limit_adjustments=self._limit_adjustments,
+            dimensions=dimensions,
+        )

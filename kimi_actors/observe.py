@@ -1,0 +1,106 @@
+"""Structured events and secret redaction.
+
+kimi_actors is a library, so it does not configure global logging. Its events go through a
+structlog logger wrapped around the stdlib logger ``kimi_actors`` (so unconfigured programs see
+warnings and errors only, on stderr), unless the application hands its own structlog logger to
+``set_logger``. Every event passes through ``emit``, which redacts first: any registered
+secret (the API key) in any value is replaced, so no key reaches a log whatever a server
+echoes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+__all__ = [
+    "REDACTED",
+    "emit",
+    "get_logger",
+    "redact",
+    "redact_text",
+    "register_secret",
+    "set_logger",
+]
+
+REDACTED = "[redacted]"
+_secrets: set[str] = set()
+_lock = threading.Lock()
+
+
+def register_secret(secret: str | None) -> None:
+    """Redact ``secret`` from every event from now on (short strings are ignored: they would
+    redact ordinary words)."""
+    if secret and len(secret) >= 8:
+        with _lock:
+            _secrets.add(secret)
+
+
+def redact_text(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value(item) for item in value)
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor; add it to your own chain to redact kimi_actors' secrets there."""
+    if _secrets:
+        for key, value in event_dict.items():
+            event_dict[key] = _redact_value(value)
+    return event_dict
+
+
+def _default_logger() -> Any:
+    return structlog.wrap_logger(
+        logging.getLogger("kimi_actors"),
+        processors=[
+            redact,
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=True),
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+
+
+_logger: Any = None
+
+
+def set_logger(logger: Any | None) -> None:
+    """Send kimi_actors' events to ``logger`` (a structlog logger); ``None`` restores the
+    default. Keep ``redact`` in that logger's processor chain."""
+    global _logger
+    _logger = logger
+
+
+def get_logger() -> Any:
+    global _logger
+    if _logger is None:
+        _logger = _default_logger()
+    return _logger
+
+
+def emit(level: str, event: str, **fields: Any) -> None:
+    """Log one event at ``level`` ("debug", "info", "warning", "error"), secrets redacted."""
+    logger = get_logger()
+    if _secrets:
+        fields = {key: _redact_value(value) for key, value in fields.items()}
+    getattr(logger, level)(event, **fields)
