@@ -1,0 +1,225 @@
+"""The governor on a FakeClock: admission order, windows, pauses, cancellation, closing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+
+from kimi_actors import Dimension, FakeClock, LimitExceededError, Limits, SupervisorClosedError
+from kimi_actors.governance.governor import Governor, server_limit_from_message
+
+
+async def run_ready() -> None:
+    """Let every ready task run up to its next await (no wall time involved)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@asynccontextmanager
+async def started(governor: Governor) -> AsyncIterator[Governor]:
+    async with asyncio.TaskGroup() as group:
+        dispatcher = group.create_task(governor.run())
+        try:
+            yield governor
+        finally:
+            dispatcher.cancel()
+
+
+async def test_concurrency_is_held_until_release_and_served_in_order(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=2), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        first = await gov.admit(10)
+        second = await gov.admit(10)
+        waiters = [asyncio.create_task(gov.admit(10)) for _ in range(3)]
+        await run_ready()
+        assert not any(w.done() for w in waiters)
+        assert gov.statistics().queued == 3
+        gov.release(first)
+        await run_ready()
+        assert [w.done() for w in waiters] == [True, False, False]
+        gov.release(second)
+        gov.release(second)  # idempotent: must not free a second slot
+        await run_ready()
+        assert [w.done() for w in waiters] == [True, True, False]
+        for w in waiters[:2]:
+            gov.release(w.result())
+        await run_ready()
+        assert waiters[2].done()
+        assert gov.statistics().in_flight == 1
+
+
+async def test_rpm_window_blocks_until_the_oldest_request_expires(clock: FakeClock) -> None:
+    governor = Governor(Limits(rpm=3, minute=10.0), clock=clock, window_margin=0.1)
+    async with started(governor) as gov:
+        for _ in range(3):
+            gov.release(await gov.admit(1))
+        clock.advance(4.0)
+        late = asyncio.create_task(gov.admit(1))
+        await clock.wait_for_sleepers(1)
+        assert not late.done()
+        # The window is 10 s stretched by the 10% margin: the first three expire at 11 s.
+        clock.advance(6.9)
+        await run_ready()
+        assert not late.done()
+        clock.advance(0.2)
+        await run_ready()
+        assert late.done()
+        assert gov.statistics().dimensions["rpm"].used == 1
+
+
+async def test_tokens_are_first_come_first_served(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        await gov.admit(900)
+        big = asyncio.create_task(gov.admit(800))
+        await run_ready()
+        small = asyncio.create_task(gov.admit(50))  # would fit now, but must not overtake
+        await run_ready()
+        assert not big.done()
+        assert not small.done()
+        clock.advance(10.0)
+        await run_ready()
+        assert big.done()
+        assert small.done()
+
+
+async def test_lower_priority_number_goes_first(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1), clock=clock)
+    async with started(governor) as gov:
+        holder = await gov.admit(1)
+        order: list[str] = []
+
+        async def ask(name: str, priority: int) -> None:
+            permit = await gov.admit(1, priority=priority)
+            order.append(name)
+            gov.release(permit)
+
+        tasks = [asyncio.create_task(ask("background", 5)), asyncio.create_task(ask("user", 0))]
+        await run_ready()
+        gov.release(holder)
+        await asyncio.gather(*tasks)
+        assert order == ["user", "background"]
+
+
+async def test_a_cancelled_waiter_leaves_no_reservation(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1, rpm=10, tpm=1000), clock=clock)
+    async with started(governor) as gov:
+        holder = await gov.admit(100)
+        waiter = asyncio.create_task(gov.admit(500))
+        await run_ready()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        stats = gov.statistics()
+        assert stats.queued == 0
+        assert stats.dimensions["rpm"].used == 1
+        assert stats.dimensions["tpm"].used == 100
+        gov.release(holder)
+        assert gov.statistics().in_flight == 0
+
+
+async def test_cancel_returns_every_unit_of_an_unsent_admission(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1, rpm=10, tpm=1000), clock=clock)
+    async with started(governor) as gov:
+        permit = await gov.admit(300)
+        gov.cancel(permit)
+        stats = gov.statistics()
+        assert (stats.in_flight, stats.dimensions["rpm"].used, stats.dimensions["tpm"].used) \
+            == (0, 0, 0)
+
+
+async def test_settle_corrects_the_token_reservation(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000, tpd=5000), clock=clock)
+    async with started(governor) as gov:
+        permit = await gov.admit(400)
+        gov.settle(permit, 250)
+        assert gov.statistics().dimensions["tpm"].used == 250
+        assert gov.statistics().dimensions["tpd"].used == 250
+        other = await gov.admit(100)
+        gov.settle(other, 180)  # an under-estimate is charged on top
+        assert gov.statistics().dimensions["tpm"].used == 430
+        gov.settle(other, 10)  # settling twice changes nothing
+        assert gov.statistics().dimensions["tpm"].used == 430
+        assert gov.statistics().tokens_settled == 430
+
+
+async def test_a_request_larger_than_the_tpm_limit_fails_clearly(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000), clock=clock)
+    with pytest.raises(LimitExceededError, match="1001 tokens") as info:
+        await governor.admit(1001)
+    assert info.value.dimension is Dimension.TPM
+    assert info.value.limit == 1000
+
+
+async def test_rate_limit_pause_holds_everyone_and_server_limit_is_adopted(
+        clock: FakeClock) -> None:
+    governor = Governor(Limits(rpm=100, minute=60.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        gov.release(await gov.admit(1))
+        adopted = gov.on_rate_limited(
+            Dimension.RPM, retry_after=5.0,
+            message="Your account x<ak-y> request reached organization max RPM: 40, "
+                    "please try again after 5 seconds")
+        assert adopted == 40
+        assert gov.statistics().dimensions["rpm"].limit == 40
+        waiter = asyncio.create_task(gov.admit(1))
+        await clock.wait_for_sleepers(1)
+        clock.advance(4.9)
+        await run_ready()
+        assert not waiter.done()
+        clock.advance(0.2)
+        await run_ready()
+        assert waiter.done()
+        assert gov.statistics().limit_adjustments == 1
+
+
+async def test_concurrency_429_lowers_the_slot_count(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=10), clock=clock)
+    async with started(governor) as gov:
+        gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=None,
+                            message="request reached organization max concurrency: 2, "
+                                    "please try again after 1 seconds")
+        permits = [await gov.admit(1), await gov.admit(1)]
+        third = asyncio.create_task(gov.admit(1))
+        await run_ready()
+        assert not third.done()
+        gov.release(permits[0])
+        await run_ready()
+        assert third.done()
+
+
+async def test_close_fails_queued_waiters_and_refuses_new_ones(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1), clock=clock)
+    async with started(governor) as gov:
+        await gov.admit(1)
+        waiters = [asyncio.create_task(gov.admit(1)) for _ in range(3)]
+        await run_ready()
+        gov.close(SupervisorClosedError("closing"))
+        for waiter in waiters:
+            with pytest.raises(SupervisorClosedError):
+                await waiter
+        with pytest.raises(SupervisorClosedError):
+            await gov.admit(1)
+
+
+@pytest.mark.parametrize(
+    ("dimension", "message", "expected"),
+    [
+        (Dimension.CONCURRENCY, "reached organization max concurrency: 1, please try", 1),
+        (Dimension.RPM, "reached organization max RPM: 3, please try again after 20", 3),
+        (Dimension.TPM, "reached organization TPM rate limit, current:123, limit:100", 100),
+        (Dimension.TPD, "TPD rate limit, current: 1500001, limit: 1500000", 1500000),
+        (Dimension.RPM, "The engine is currently overloaded", None),
+    ],
+)
+def test_server_limit_is_read_from_kimi_messages(dimension: Dimension, message: str,
+                                                 expected: int | None) -> None:
+    assert server_limit_from_message(dimension, message) == expected
