@@ -273,6 +273,11 @@ def _joined(parts: list[str]) -> str:
     return parts[0] if parts else ""
 
 
+def _delta_field_error(position: int, name: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"choices[{position}].delta.{name} must be a string, got "
+                         f"{type(value).__name__}")
+
+
 def _text_field(owner: Mapping[str, Any], name: str, where: str) -> str:
     value = owner.get(name)
     if value is None:
@@ -346,7 +351,7 @@ class ChunkAssembler:
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         """The deltas one parsed chunk carries, after adding them to the assembled answer."""
-        if not isinstance(chunk, Mapping):
+        if type(chunk) is not dict and not isinstance(chunk, Mapping):
             raise ProtocolError(f"a stream chunk must be a JSON object, got "
                                 f"{type(chunk).__name__}")
         if chunk.get("error"):
@@ -393,7 +398,7 @@ class ChunkAssembler:
 
     def _feed_choice(self, chunk: Mapping[str, Any], position: int,
                      entry: Any) -> tuple[Delta | None, bool]:
-        if not isinstance(entry, Mapping):
+        if type(entry) is not dict and not isinstance(entry, Mapping):
             raise ProtocolError(f"choices[{position}] must be an object, got "
                                 f"{type(entry).__name__}")
         index = entry.get("index", position)
@@ -407,22 +412,30 @@ class ChunkAssembler:
         fragments: tuple[Mapping[str, Any], ...] = ()
         delta = entry.get("delta")
         if delta:
-            if not isinstance(delta, Mapping):
+            if type(delta) is not dict and not isinstance(delta, Mapping):
                 raise ProtocolError(f"choices[{position}].delta must be an object, got "
                                     f"{type(delta).__name__}")
-            where = f"choices[{position}].delta"
-            if state.role is None:
-                role = _text_field(delta, "role", where) or None
+            # Inline checks: this is the per-chunk hot path; messages are built only on error.
+            if state.role is None and (role := delta.get("role")):
+                if type(role) is not str:
+                    raise _delta_field_error(position, "role", role)
                 state.role = role
-            content = _text_field(delta, "content", where)
+            else:
+                role = None
+            content = delta.get("content") or ""
             if content:
+                if type(content) is not str:
+                    raise _delta_field_error(position, "content", content)
                 state.content.append(content)
-            reasoning = _text_field(delta, "reasoning_content", where)
+            reasoning = delta.get("reasoning_content") or ""
             if reasoning:
+                if type(reasoning) is not str:
+                    raise _delta_field_error(position, "reasoning_content", reasoning)
                 state.reasoning.append(reasoning)
             raw_tools = delta.get("tool_calls")
             if raw_tools:
-                fragments = self._merge_tool_fragments(state, raw_tools, where)
+                fragments = self._merge_tool_fragments(state, raw_tools,
+                                                       f"choices[{position}].delta")
         finish_reason = entry.get("finish_reason")
         if finish_reason is not None:
             if not isinstance(finish_reason, str):
@@ -449,7 +462,7 @@ class ChunkAssembler:
         tools = state.tools
         for number, fragment in enumerate(raw_tools):
             fragment_where = f"{where}.tool_calls[{number}]"
-            if not isinstance(fragment, Mapping):
+            if type(fragment) is not dict and not isinstance(fragment, Mapping):
                 raise ProtocolError(f"{fragment_where} must be an object, got "
                                     f"{type(fragment).__name__}")
             tool_id = fragment.get("id")
