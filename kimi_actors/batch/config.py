@@ -1,0 +1,243 @@
+"""``kimi-actors run`` options: the argparse definitions and the frozen config they produce.
+
+The config holds the *name* of the environment variable with the key, never the key: it can be
+printed, logged and turned back into a command line (:meth:`RunConfig.to_argv`) safely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..limits import DAY, MINUTE, TIERS, Limits
+from ..policy import RetryPolicy
+
+__all__ = [
+    "DEFAULT_API_KEY_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIER",
+    "RunConfig",
+    "add_run_arguments",
+    "config_from_args",
+]
+
+DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
+DEFAULT_API_KEY_ENV = "MOONSHOT_API_KEY"
+#: The tier whose limits apply to every limit not given: the first paid tier, so a run is never
+#: unlimited by accident and a tier-1 account (the common case) runs at full speed.
+DEFAULT_TIER = 1
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_LIMIT_NAMES = ("concurrency", "rpm", "tpm", "tpd")
+
+
+def _check_optional_positive_int(name: str, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"RunConfig.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """One ``kimi-actors run``.
+
+    Limits: a limit given explicitly (``concurrency``, ``rpm``, ``tpm``, ``tpd``) wins; every
+    other one comes from ``tier``, or from tier :data:`DEFAULT_TIER` when no tier is given.
+    ``window_seconds`` (only with ``fake``) shortens the "minute" of RPM/TPM, and the day of TPD
+    in proportion, so demos and tests run a window in a second or two.
+    """
+
+    input: Path
+    output: Path
+    tier: int | None = None
+    concurrency: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    tpd: int | None = None
+    base_url: str = DEFAULT_BASE_URL
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    model: str | None = None
+    max_attempts: int = 6
+    stream: bool = False
+    fake: bool = False
+    dry_run: bool = False
+    skip_bad: bool = False
+    window_seconds: float | None = None
+    fake_faults: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input", Path(self.input))
+        object.__setattr__(self, "output", Path(self.output))
+        if os.path.abspath(self.input) == os.path.abspath(self.output):
+            raise ValueError(f"the output must be another file than the input ({self.input})")
+        if self.tier is not None and (isinstance(self.tier, bool) or self.tier not in TIERS):
+            raise ValueError(f"RunConfig.tier must be one of 0-5, got {self.tier!r}")
+        for name in _LIMIT_NAMES:
+            _check_optional_positive_int(name, getattr(self, name))
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) \
+                or self.max_attempts < 1:
+            raise ValueError(f"RunConfig.max_attempts must be an int >= 1, "
+                             f"got {self.max_attempts!r}")
+        if not isinstance(self.base_url, str) \
+                or not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"RunConfig.base_url must start with http:// or https://, "
+                             f"got {self.base_url!r}")
+        if not isinstance(self.api_key_env, str) or not _ENV_NAME.fullmatch(self.api_key_env):
+            raise ValueError(f"RunConfig.api_key_env must be an environment variable name, "
+                             f"got {self.api_key_env!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ValueError(f"RunConfig.model must be a non-empty string or None, "
+                             f"got {self.model!r}")
+        if self.window_seconds is not None:
+            if (isinstance(self.window_seconds, bool)
+                    or not isinstance(self.window_seconds, int | float)
+                    or not math.isfinite(self.window_seconds) or self.window_seconds <= 0):
+                raise ValueError(f"RunConfig.window_seconds must be a positive number, "
+                                 f"got {self.window_seconds!r}")
+            if not self.fake:
+                raise ValueError("window_seconds needs fake: against a real server a minute "
+                                 "lasts 60 s, and a shorter one would overrun its limits")
+        if self.fake_faults is not None and not self.fake:
+            raise ValueError("fake_faults needs fake: faults are injected by the embedded "
+                             "FakeKimi")
+
+    def limits(self) -> Limits:
+        """The limits to run at: the tier's preset (default :data:`DEFAULT_TIER`) with the
+        explicit values put over it, counted over the (possibly shortened) windows."""
+        minute = self.window_seconds if self.window_seconds is not None else MINUTE
+        day = DAY * minute / MINUTE
+        tier = self.tier if self.tier is not None else DEFAULT_TIER
+        return Limits.tier(tier, minute=minute, day=day).with_overrides(
+            concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm, tpd=self.tpd)
+
+    def retry_policy(self) -> RetryPolicy:
+        """The retry policy for this run (``max_attempts`` over the library's defaults)."""
+        return RetryPolicy(max_attempts=self.max_attempts)
+
+    def to_argv(self) -> list[str]:
+        """The arguments (after ``run``) that :func:`config_from_args` turns back into this
+        config; used to print the command that resumes a run."""
+        argv = [str(self.input), "--output", str(self.output)]
+        for name in ("tier", *_LIMIT_NAMES):
+            value = getattr(self, name)
+            if value is not None:
+                argv += [f"--{name}", str(value)]
+        if self.base_url != DEFAULT_BASE_URL:
+            argv += ["--base-url", self.base_url]
+        if self.api_key_env != DEFAULT_API_KEY_ENV:
+            argv += ["--api-key-env", self.api_key_env]
+        if self.model is not None:
+            argv += ["--model", self.model]
+        if self.max_attempts != 6:
+            argv += ["--max-attempts", str(self.max_attempts)]
+        for flag in ("stream", "fake", "dry_run", "skip_bad"):
+            if getattr(self, flag):
+                argv.append("--" + flag.replace("_", "-"))
+        if self.window_seconds is not None:
+            argv += ["--window-seconds", repr(float(self.window_seconds))]
+        if self.fake_faults is not None:
+            argv += ["--fake-faults", self.fake_faults]
+        return argv
+
+    def command_line(self, program: str = "kimi-actors run") -> str:
+        """A shell-quoted command that runs this config again."""
+        return shlex.join([*program.split(), *self.to_argv()])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", "").replace(",", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _tier(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value not in TIERS:
+        raise argparse.ArgumentTypeError(f"expected a Kimi tier 0-5, got {text!r}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every ``kimi-actors run`` option to ``parser`` (its subcommand parser)."""
+    parser.add_argument("input", metavar="INPUT.jsonl",
+                        help="requests, one a line: OpenAI Batch lines "
+                             "({custom_id, method, url, body}) or bare chat bodies (then the "
+                             "custom_id is the line number)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.jsonl",
+                        help="results in the OpenAI Batch output format, appended as they "
+                             "finish; run the same command again to resume")
+    limits = parser.add_argument_group(
+        "limits", f"explicit values override the tier; without --tier, tier {DEFAULT_TIER} "
+                  f"fills in what is not given")
+    limits.add_argument("--tier", type=_tier, metavar="0-5",
+                        help="your Kimi account tier (see `kimi-actors tiers`)")
+    limits.add_argument("--concurrency", type=_positive_int, metavar="N",
+                        help="requests in flight at once")
+    limits.add_argument("--rpm", type=_positive_int, metavar="N", help="requests per minute")
+    limits.add_argument("--tpm", type=_positive_int, metavar="N",
+                        help="tokens per minute (prompt + max_tokens, as Kimi counts them)")
+    limits.add_argument("--tpd", type=_positive_int, metavar="N", help="tokens per day")
+    api = parser.add_argument_group("API")
+    api.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
+                     help=f"OpenAI-compatible base URL (default {DEFAULT_BASE_URL}; "
+                          f"https://api.moonshot.ai/v1 for the global platform)")
+    api.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV, metavar="NAME",
+                     help=f"environment variable holding the API key (default "
+                          f"{DEFAULT_API_KEY_ENV}); the key is never printed")
+    api.add_argument("--model", metavar="MODEL",
+                     help="model for request bodies that name none")
+    api.add_argument("--max-attempts", type=_positive_int, default=6, metavar="N",
+                     help="attempts per request, the first included (default 6)")
+    api.add_argument("--stream", action="store_true",
+                     help="send as streams, so long answers survive dropped connections by "
+                          "resuming where they stopped")
+    run = parser.add_argument_group("run")
+    run.add_argument("--dry-run", action="store_true",
+                     help="count requests and estimated tokens and say how long the file takes "
+                          "at the limits; send nothing")
+    run.add_argument("--skip-bad", action="store_true",
+                     help="send the valid lines even when some lines are bad or repeat a "
+                          "custom_id (they are reported and skipped)")
+    fake = parser.add_argument_group("fake server (no account needed)")
+    fake.add_argument("--fake", action="store_true",
+                      help="start the embedded FakeKimi with the chosen limits and run "
+                           "against it")
+    fake.add_argument("--fake-faults", metavar="SPEC",
+                      help="faults for FakeKimi to inject (needs --fake)")
+    fake.add_argument("--window-seconds", type=_positive_float, metavar="SECONDS",
+                      help="length of a rate-limit 'minute' (needs --fake; default 60)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config for parsed ``run`` arguments. Raises ``ValueError`` for combinations the
+    parser cannot check alone (e.g. --window-seconds without --fake): report it with
+    ``parser.error(str(exc))``."""
+    return RunConfig(
+        input=Path(args.input), output=Path(args.output), tier=args.tier,
+        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, tpd=args.tpd,
+        base_url=args.base_url, api_key_env=args.api_key_env, model=args.model,
+        max_attempts=args.max_attempts, stream=args.stream, fake=args.fake,
+        dry_run=args.dry_run, skip_bad=args.skip_bad, window_seconds=args.window_seconds,
+        fake_faults=args.fake_faults)

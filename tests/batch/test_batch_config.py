@@ -1,0 +1,170 @@
+"""``kimi-actors run`` options: parsing, limits from tiers and overrides, validation."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kimi_actors.batch.config import (
+    DEFAULT_TIER,
+    RunConfig,
+    add_run_arguments,
+    config_from_args,
+)
+from kimi_actors.limits import Limits
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kimi-actors run", exit_on_error=False)
+    add_run_arguments(parser)
+    return parser
+
+
+def parse(*argv: str) -> RunConfig:
+    return config_from_args(parser().parse_args(argv))
+
+
+def test_defaults() -> None:
+    config = parse("in.jsonl", "--output", "out.jsonl")
+    assert config.input == Path("in.jsonl")
+    assert config.output == Path("out.jsonl")
+    assert config.base_url == "https://api.moonshot.cn/v1"
+    assert config.api_key_env == "MOONSHOT_API_KEY"
+    assert config.max_attempts == 6
+    assert [config.stream, config.fake, config.dry_run, config.skip_bad] == [False] * 4
+    assert config.limits() == Limits.tier(DEFAULT_TIER)
+    assert config.retry_policy().max_attempts == 6
+
+
+def test_every_option() -> None:
+    config = parse("in.jsonl", "-o", "out.jsonl", "--tier", "3", "--concurrency", "7",
+                   "--rpm", "1,000", "--tpm", "2_500_000", "--tpd", "9000000",
+                   "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "MY_KEY",
+                   "--model", "kimi-k2", "--max-attempts", "3", "--stream", "--fake",
+                   "--dry-run", "--skip-bad", "--window-seconds", "1.5",
+                   "--fake-faults", "overload=0.1")
+    assert (config.tier, config.concurrency, config.rpm, config.tpm, config.tpd) == \
+        (3, 7, 1000, 2_500_000, 9_000_000)
+    assert config.base_url == "http://127.0.0.1:9/v1"
+    assert config.api_key_env == "MY_KEY"
+    assert config.model == "kimi-k2"
+    assert config.max_attempts == 3
+    assert [config.stream, config.fake, config.dry_run, config.skip_bad] == [True] * 4
+    assert config.window_seconds == 1.5
+    assert config.fake_faults == "overload=0.1"
+    assert config.retry_policy().max_attempts == 3
+
+
+def test_explicit_limits_override_the_tier() -> None:
+    limits = parse("i", "-o", "o", "--tier", "0", "--rpm", "10", "--tpd", "5").limits()
+    tier0 = Limits.tier(0)
+    assert limits.rpm == 10
+    assert limits.tpd == 5
+    assert limits.concurrency == tier0.concurrency
+    assert limits.tpm == tier0.tpm
+
+
+def test_limits_without_tier_fill_in_from_the_default_tier() -> None:
+    limits = parse("i", "-o", "o", "--rpm", "7").limits()
+    default = Limits.tier(DEFAULT_TIER)
+    assert limits.rpm == 7
+    assert (limits.concurrency, limits.tpm, limits.tpd) == \
+        (default.concurrency, default.tpm, default.tpd)
+
+
+def test_window_seconds_shortens_minute_and_day_in_proportion() -> None:
+    limits = parse("i", "-o", "o", "--fake", "--tier", "0", "--window-seconds", "2").limits()
+    assert limits.minute == 2.0
+    assert limits.day == 2.0 * 1440
+    assert limits.rpm == Limits.tier(0).rpm
+
+
+@pytest.mark.parametrize("argv", [
+    ["i"],                                         # no --output
+    ["i", "-o", "o", "--tier", "6"],
+    ["i", "-o", "o", "--tier", "one"],
+    ["i", "-o", "o", "--rpm", "0"],
+    ["i", "-o", "o", "--tpm", "lots"],
+    ["i", "-o", "o", "--max-attempts", "-2"],
+    ["i", "-o", "o", "--fake", "--window-seconds", "0"],
+    ["i", "-o", "o", "--fake", "--window-seconds", "nan"],
+    ["i", "-o", "o", "--fake", "--window-seconds", "soon"],
+])
+def test_the_parser_rejects_bad_values(argv: list[str]) -> None:
+    with pytest.raises((argparse.ArgumentError, SystemExit)):
+        parser().parse_args(argv)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["same.jsonl", "-o", "./same.jsonl"], "another file than the input"),
+    (["i", "-o", "o", "--window-seconds", "2"], "window_seconds needs fake"),
+    (["i", "-o", "o", "--fake-faults", "x"], "fake_faults needs fake"),
+    (["i", "-o", "o", "--base-url", "api.moonshot.cn"], "base_url"),
+    (["i", "-o", "o", "--api-key-env", "MY-KEY"], "api_key_env"),
+    (["i", "-o", "o", "--api-key-env", "sk-abc123"], "api_key_env"),
+    (["i", "-o", "o", "--model", ""], "model"),
+])
+def test_combinations_the_parser_cannot_check(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse(*argv)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"tier": True}, "tier"), ({"tier": 9}, "tier"), ({"rpm": 0}, "rpm"),
+    ({"concurrency": 2.5}, "concurrency"), ({"max_attempts": 0}, "max_attempts"),
+    ({"window_seconds": -1.0, "fake": True}, "window_seconds"),
+    ({"window_seconds": True, "fake": True}, "window_seconds"),
+])
+def test_run_config_validates_direct_construction(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RunConfig(input=Path("i"), output=Path("o"), **changes)
+
+
+def test_paths_given_as_strings_become_paths() -> None:
+    config = RunConfig(input="i.jsonl", output="o.jsonl")  # type: ignore[arg-type]
+    assert config.input == Path("i.jsonl")
+    assert isinstance(config.output, Path)
+
+
+def test_the_key_is_never_part_of_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "sk-this-is-a-secret-key-0123456789"
+    monkeypatch.setenv("MOONSHOT_API_KEY", secret)
+    monkeypatch.setenv("OTHER_KEY", secret)
+    config = parse("i", "-o", "o", "--api-key-env", "OTHER_KEY")
+    assert secret not in repr(config)
+    assert secret not in config.command_line()
+    assert "OTHER_KEY" in config.command_line()
+
+
+def test_command_line_round_trips_every_option() -> None:
+    config = parse("my input.jsonl", "-o", "out.jsonl", "--tier", "2", "--tpd", "100",
+                   "--model", "kimi k2", "--fake", "--window-seconds", "0.5",
+                   "--fake-faults", "drop=0.2;overload=0.1", "--stream", "--skip-bad",
+                   "--max-attempts", "2", "--base-url", "http://x/v1", "--api-key-env", "K")
+    command = config.command_line()
+    assert command.startswith("kimi-actors run 'my input.jsonl'")
+    assert parse(*shlex.split(command)[2:]) == config
+    assert config.command_line("python -m kimi_actors run").startswith("python -m kimi_actors")
+
+
+@given(tier=st.none() | st.integers(0, 5),
+       limits=st.tuples(*[st.none() | st.integers(1, 10**7)] * 4),
+       flags=st.tuples(*[st.booleans()] * 4),
+       window=st.none() | st.floats(0.01, 1e4),
+       attempts=st.integers(1, 20))
+def test_to_argv_round_trips(tier: int | None, limits: tuple[int | None, ...],
+                             flags: tuple[bool, ...], window: float | None,
+                             attempts: int) -> None:
+    stream, fake, dry_run, skip_bad = flags
+    config = RunConfig(input=Path("in.jsonl"), output=Path("out.jsonl"), tier=tier,
+                       concurrency=limits[0], rpm=limits[1], tpm=limits[2], tpd=limits[3],
+                       stream=stream, fake=fake or window is not None, dry_run=dry_run,
+                       skip_bad=skip_bad, window_seconds=window, max_attempts=attempts)
+    assert parse(*config.to_argv()) == config
+    assert config.limits() == parse(*config.to_argv()).limits()
