@@ -1,0 +1,432 @@
+"""What the fake model says: deterministic replies, tool calls and token counts.
+
+A reply is a pure function of the request (model, messages, the request's ``seed``, the choice
+index and ``max_tokens``), so a test can compute the exact text FakeKimi will send with
+:func:`expected_reply` and assert on it. The server's own ``seed`` only drives fault injection,
+never the text.
+
+Each piece of a reply is one completion token and one stream chunk. Pieces mix ASCII words,
+Chinese characters, emoji and characters that need JSON escaping, so clients meet multi-byte
+UTF-8 and escapes in every stream.
+
+Prompt tokens are counted a little lower than the library's conservative estimate
+(:func:`kimi_actors.protocol.tokens.estimate_prompt_tokens`) and never higher, term by term, so a
+governor that reserves the estimate can never overrun FakeKimi's TPM.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "Reply",
+    "ToolCall",
+    "context_length",
+    "count_prompt_tokens",
+    "expected_reply",
+    "expected_tool_call",
+    "is_thinking_model",
+    "split_partial",
+    "wants_tool_call",
+]
+
+DEFAULT_MODELS: tuple[str, ...] = (
+    "kimi-k2-turbo-preview",
+    "kimi-k2-0905-preview",
+    "kimi-k2-thinking",
+    "moonshot-v1-8k",
+    "moonshot-v1-32k",
+    "moonshot-v1-128k",
+)
+
+_CONTEXT_BY_SUFFIX = (("-8k", 8_192), ("-32k", 32_768), ("-128k", 131_072))
+_LARGE_CONTEXT = 262_144
+
+MIN_PIECES = 8
+MAX_PIECES = 80
+MIN_REASONING_PIECES = 4
+MAX_REASONING_PIECES = 40
+
+_WORDS = (
+    " the", " actor", " stream", " token", " window", " limit", " retry", " moon", " shot",
+    " answer", " quickly", " and", " of", " a", " request", " is", " Kimi", " 42", "!",
+    ",", ".", " (", ")", " ok",
+)
+_CJK = (
+    "你", "好", "月", "之", "暗", "面", "流", "式", "输", "出", "令", "牌", "限", "速",
+    "你好", "世界", "，", "。",
+)
+_EMOJI = ("🌙", "🚀", "✨", "🙂", "👍", "🎉")
+_ESCAPES = ("\n", "\"", "\\", "\t")
+_REASONING_WORDS = (" Let", " me", " think", " about", " this", " first", ".", " 思", "考", " 🤔")
+
+
+def context_length(model: str) -> int:
+    """Tokens of context of ``model``: moonshot-v1-{8k,32k,128k} as named, Kimi K2 256K."""
+    for suffix, tokens in _CONTEXT_BY_SUFFIX:
+        if model.endswith(suffix):
+            return tokens
+    return _LARGE_CONTEXT
+
+
+def is_thinking_model(model: str) -> bool:
+    """Thinking models stream ``reasoning_content`` before the answer."""
+    return "thinking" in model
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """One choice's answer. ``pieces`` are the content chunks, one completion token each."""
+
+    content: str
+    reasoning_content: str
+    finish_reason: str
+    pieces: tuple[str, ...]
+    reasoning_pieces: tuple[str, ...]
+    completion_tokens: int
+
+    def __post_init__(self) -> None:
+        if self.finish_reason not in ("stop", "length"):
+            raise ValueError(f"Reply.finish_reason must be 'stop' or 'length', "
+                             f"got {self.finish_reason!r}")
+        if "".join(self.pieces) != self.content:
+            raise ValueError("Reply.pieces must join to Reply.content")
+        if "".join(self.reasoning_pieces) != self.reasoning_content:
+            raise ValueError("Reply.reasoning_pieces must join to Reply.reasoning_content")
+        if self.completion_tokens != len(self.pieces) + len(self.reasoning_pieces):
+            raise ValueError("Reply.completion_tokens must count every piece")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    """A call of one tool: ``arguments`` is a JSON object text streamed in
+    ``argument_pieces``; the name chunk plus each argument piece is one completion token."""
+
+    id: str
+    name: str
+    arguments: str
+    argument_pieces: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if "".join(self.argument_pieces) != self.arguments:
+            raise ValueError("ToolCall.argument_pieces must join to ToolCall.arguments")
+
+    @property
+    def completion_tokens(self) -> int:
+        return 1 + len(self.argument_pieces)
+
+
+def split_partial(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[Sequence[Mapping[str, Any]], str | None]:
+    """Split a trailing Partial Mode message off: (the conversation, the prefix or None)."""
+    if messages:
+        last = messages[-1]
+        if (isinstance(last, Mapping) and last.get("role") == "assistant"
+                and last.get("partial") is True):
+            content = last.get("content")
+            return messages[:-1], content if isinstance(content, str) else ""
+    return messages, None
+
+
+def _conversation_key(messages: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(list(messages), sort_keys=True, ensure_ascii=False,
+                      separators=(",", ":"), default=str)
+
+
+def _rng(*parts: object) -> random.Random:
+    return random.Random(int.from_bytes(_digest(16, *parts), "big"))
+
+
+def _digest(size: int, *parts: object) -> bytes:
+    return hashlib.shake_128(repr(parts).encode("utf-8", "surrogatepass")).digest(size)
+
+
+def _pool(weighted: tuple[tuple[tuple[str, ...], int], ...]) -> tuple[str, ...]:
+    """256 pieces, each category repeated to fill its share, so one random byte picks one."""
+    pool: list[str] = []
+    for items, slots in weighted:
+        pool.extend(items[index % len(items)] for index in range(slots))
+    assert len(pool) == 256
+    return tuple(pool)
+
+
+_CONTENT_POOL = _pool(((_WORDS, 128), (_CJK, 77), (_EMOJI, 36), (_ESCAPES, 15)))
+_REASONING_POOL = _pool(((_REASONING_WORDS, 256),))
+
+
+def _pick(pool: tuple[str, ...], data: bytes) -> list[str]:
+    return [pool[byte] for byte in data]
+
+
+def _count(data: bytes, low: int, high: int) -> int:
+    return low + int.from_bytes(data, "big") % (high - low + 1)
+
+
+def _content_pieces(rng: random.Random, count: int) -> list[str]:
+    return _pick(_CONTENT_POOL, rng.randbytes(count))
+
+
+@functools.lru_cache(maxsize=8192)
+def _full_pieces(model: str, conversation: str, seed: int | None,
+                 choice: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    data = _digest(4 + MAX_REASONING_PIECES + MAX_PIECES, "reply", model, conversation, seed,
+                   choice)
+    reasoning: tuple[str, ...] = ()
+    if is_thinking_model(model):
+        count = _count(data[0:2], MIN_REASONING_PIECES, MAX_REASONING_PIECES)
+        reasoning = tuple(_pick(_REASONING_POOL, data[4:4 + count]))
+    start = 4 + MAX_REASONING_PIECES
+    pieces = _pick(_CONTENT_POOL, data[start:start + _count(data[2:4], MIN_PIECES, MAX_PIECES)])
+    pieces[0] = pieces[0].lstrip(" ") or "Hi"
+    return reasoning, tuple(pieces)
+
+
+@functools.lru_cache(maxsize=1024)
+def _free_continuation(model: str, conversation: str, prefix: str, seed: int | None,
+                       choice: int) -> tuple[str, ...]:
+    data = _digest(2 + MAX_PIECES, "continuation", model, conversation, prefix, seed, choice)
+    return tuple(_pick(_CONTENT_POOL, data[2:2 + _count(data[0:2], MIN_PIECES, MAX_PIECES)]))
+
+
+def _continuation_pieces(pieces: tuple[str, ...], prefix: str) -> tuple[str, ...] | None:
+    """The pieces after ``prefix`` when the reply starts with it; the first may be a tail."""
+    offset = 0
+    for index, piece in enumerate(pieces):
+        end = offset + len(piece)
+        if end > len(prefix):
+            if not piece.startswith(prefix[offset:]):
+                return None
+            tail = piece[len(prefix) - offset:]
+            return (tail, *pieces[index + 1:]) if tail else pieces[index + 1:]
+        if prefix[offset:end] != piece:
+            return None
+        offset = end
+    return () if offset == len(prefix) else None
+
+
+def _check_reply_args(seed: int | None, max_tokens: int | None, choice: int) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"seed must be an int or None, got {seed!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 0):
+        raise ValueError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice < 0:
+        raise ValueError(f"choice must be an int >= 0, got {choice!r}")
+
+
+def expected_reply(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    seed: int | None = None,
+    max_tokens: int | None = None,
+    choice: int = 0,
+) -> Reply:
+    """The reply FakeKimi gives to ``messages`` (choice ``choice`` of the request).
+
+    With a trailing ``{"role": "assistant", "content": P, "partial": true}`` message the reply
+    is the continuation of the full reply R to the conversation without it: the rest of R after
+    P when R starts with P (its first piece may be the tail of one of R's pieces), otherwise a
+    deterministic continuation of P. Reasoning is never repeated in a continuation.
+    ``max_tokens`` cuts the pieces (reasoning first) and makes ``finish_reason`` "length".
+    """
+    _check_reply_args(seed, max_tokens, choice)
+    conversation_messages, prefix = split_partial(messages)
+    conversation = _conversation_key(conversation_messages)
+    reasoning, pieces = _full_pieces(model, conversation, seed, choice)
+    if prefix is not None:
+        reasoning = ()
+        continued = _continuation_pieces(pieces, prefix)
+        pieces = (continued if continued is not None
+                  else _free_continuation(model, conversation, prefix, seed, choice))
+    finish_reason = "stop"
+    if max_tokens is not None and len(reasoning) + len(pieces) > max_tokens:
+        finish_reason = "length"
+        reasoning, pieces = reasoning[:max_tokens], pieces[:max(0, max_tokens - len(reasoning))]
+    return Reply(
+        content="".join(pieces),
+        reasoning_content="".join(reasoning),
+        finish_reason=finish_reason,
+        pieces=pieces,
+        reasoning_pieces=reasoning,
+        completion_tokens=len(pieces) + len(reasoning),
+    )
+
+
+_TOOL_WORD = re.compile(r"\btools?\b", re.IGNORECASE)
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content
+                        if isinstance(part, Mapping) and part.get("type") == "text")
+    return ""
+
+
+def _tool_names(tools: Sequence[Any]) -> list[str]:
+    names = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        name = function.get("name") if isinstance(function, Mapping) else None
+        if isinstance(name, str) and name:
+            names.append(name)
+    return names
+
+
+def wants_tool_call(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
+                    tool_choice: Any = None) -> str | None:
+    """The name of the tool the fake model calls, or None for a text answer.
+
+    It calls one when the request has tools and either ``tool_choice`` forces one ("required"
+    or a named function) or, with ``tool_choice`` "auto"/absent, the last user message contains
+    the word "tool" (or "tools"). ``tool_choice`` "none" never calls.
+    """
+    names = _tool_names(tools or ())
+    if not names or tool_choice == "none":
+        return None
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice.get("function")
+        forced = function.get("name") if isinstance(function, Mapping) else None
+        return forced if forced in names else names[0]
+    if tool_choice == "required":
+        return names[0]
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return names[0] if _TOOL_WORD.search(_text_of(message.get("content"))) else None
+    return None
+
+
+def _argument_value(rng: random.Random, schema: Any) -> Any:
+    if not isinstance(schema, Mapping):
+        return None
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return rng.choice(enum)
+    kind = schema.get("type")
+    if kind == "integer":
+        return rng.randint(0, 100)
+    if kind == "number":
+        return rng.randint(0, 10_000) / 100
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "array":
+        return []
+    if kind == "object":
+        return {}
+    return "".join(_content_pieces(rng, rng.randint(1, 4))).strip() or "月"
+
+
+def expected_tool_call(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Any] | None,
+    *,
+    tool_choice: Any = None,
+    seed: int | None = None,
+    choice: int = 0,
+) -> ToolCall | None:
+    """The tool call FakeKimi answers with (when its ``tool_calls`` option is on), or None.
+
+    Arguments fill every property of the tool's JSON schema with a deterministic value of its
+    type; the id follows Kimi K2's ``functions.NAME:INDEX`` form.
+    """
+    _check_reply_args(seed, None, choice)
+    name = wants_tool_call(messages, tools, tool_choice)
+    if name is None:
+        return None
+    schema: Any = {}
+    for tool in tools or ():
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if isinstance(function, Mapping) and function.get("name") == name:
+            schema = function.get("parameters") or {}
+            break
+    rng = _rng("tool", model, _conversation_key(messages), name, seed, choice)
+    properties = schema.get("properties") if isinstance(schema, Mapping) else None
+    arguments = {key: _argument_value(rng, value)
+                 for key, value in (properties.items() if isinstance(properties, Mapping) else ())}
+    text = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = start + rng.randint(1, 8)
+        pieces.append(text[start:end])
+        start = end
+    return ToolCall(id=f"functions.{name}:{choice}", name=name, arguments=text,
+                    argument_pieces=tuple(pieces))
+
+
+# Prompt token counting: the estimate's structure with lighter terms, each at most the
+# estimate's (ASCII /5 instead of /4, emoji 1 instead of 2, other non-ASCII /3 instead of /2,
+# message overhead 3 instead of 4, priming 2 instead of 3, images 765 instead of 1024).
+_MESSAGE_OVERHEAD = 3
+_REPLY_PRIMING = 2
+_IMAGE_TOKENS = 765
+_CJK_CHARS = re.compile(
+    "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f"
+    "\u31a0-\u31ff\u3200-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
+    "\ufe30-\ufe4f\uff00-\uffef]"
+)
+_ASTRAL_CHARS = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _text_tokens(text: str) -> int:
+    if text.isascii():
+        return -(-len(text) // 5)
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    cjk = len(_CJK_CHARS.findall(text))
+    astral = len(_ASTRAL_CHARS.findall(text))
+    other = len(text) - ascii_chars - cjk - astral
+    return -(-ascii_chars // 5) + cjk + astral + -(-other // 3)
+
+
+def _content_tokens(content: Any) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return _text_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if isinstance(part, Mapping):
+                if part.get("type") == "text":
+                    total += _text_tokens(str(part.get("text", "")))
+                elif part.get("type") in ("image_url", "video_url", "input_image"):
+                    total += _IMAGE_TOKENS
+                else:
+                    total += _text_tokens(json.dumps(part, ensure_ascii=False))
+            else:
+                total += _text_tokens(str(part))
+        return total
+    return _text_tokens(json.dumps(content, ensure_ascii=False, default=str))
+
+
+def count_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """FakeKimi's "true" prompt token count of a chat body (what usage.prompt_tokens and the
+    estimate-token-count endpoint report). Never above the library's local estimate."""
+    total = _REPLY_PRIMING
+    for message in body.get("messages") or ():
+        if not isinstance(message, Mapping):
+            total += _MESSAGE_OVERHEAD + _text_tokens(str(message))
+            continue
+        total += _MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
+        reasoning = message.get("reasoning_content")
+        if isinstance(reasoning, str):
+            total += _text_tokens(reasoning)
+        tool_calls = message.get("tool_calls")
+        if tool_calls:
+            total += _text_tokens(json.dumps(tool_calls, ensure_ascii=False, default=str))
+    tools = body.get("tools")
+    if tools:
+        total += _text_tokens(json.dumps(tools, ensure_ascii=False, default=str))
+    return total

@@ -1,0 +1,762 @@
+"""FakeKimi: an aiohttp.web server that behaves like the Kimi API, limits and faults included.
+
+Order of checks for a chat request (each rejection counts once, in ``rejected`` or ``faults``):
+authentication, body validation, model, context length, quota, injected rejections (429
+overloaded, 500, 502), then the account limits. Injected rejections come before the limits on
+purpose: a request turned away by a fault was never admitted, so it consumes no RPM, TPM or
+concurrency, just as a client's governor that releases its reservation on such an error
+expects. Only admitted requests count in ``accepted`` and in the windows.
+
+Stream events are built from string templates (one JSON object per ``data:`` line, compact
+separators, the same bytes ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
+gives) rather than serialising a dict per chunk, so the server is never the bottleneck of a
+benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from json.encoder import encode_basestring
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from ..clock import Clock, MonotonicClock
+from ..limits import Limits
+from ..protocol.tokens import requested_max_tokens
+from .faults import FaultPlan, Faults, Latency, plan_faults
+from .limiter import FAKE_AK_ID, FAKE_UID, AccountLimiter
+from .replies import (
+    DEFAULT_MODELS,
+    Reply,
+    ToolCall,
+    context_length,
+    count_prompt_tokens,
+    expected_reply,
+    expected_tool_call,
+    split_partial,
+)
+
+__all__ = ["FAKE_API_KEY", "FakeKimi", "FakeStats"]
+
+FAKE_API_KEY = "sk-fake-kimi-0000"
+
+REJECTION_REASONS = ("auth", "not_found", "bad_request", "context_length", "concurrency", "rpm",
+                     "tpm", "tpd", "quota")
+FAULT_NAMES = ("overload", "server_error", "html_error", "drop", "stall", "malformed",
+               "invalid_utf8", "split_writes")
+MAX_CHOICES = 5
+_ROLES = frozenset({"system", "user", "assistant", "tool"})
+_JSON = "application/json; charset=utf-8"
+_DONE = b"data: [DONE]\n\n"
+_MALFORMED_EVENT = b'data: {"choices": [\n\n'
+_INVALID_UTF8_EVENT = (b'data: {"choices":[{"index":0,"delta":{"content":"\xff\xfe"},'
+                       b'"finish_reason":null}]}\n\n')
+_SHUTDOWN_TIMEOUT = 1.0
+_HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+             b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+             b"</body>\r\n</html>\r\n")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FakeStats:
+    """A snapshot of what FakeKimi saw since it started (or since ``reset_statistics``)."""
+
+    #: Chat requests received.
+    requests: int
+    #: Chat requests admitted past auth, validation, injected rejections and limits.
+    accepted: int
+    #: Answered fully: the stream reached ``[DONE]`` or the non-stream 200 was sent.
+    completed: int
+    #: Rejections by reason: auth, not_found, bad_request, context_length, concurrency, rpm,
+    #: tpm, tpd, quota.
+    rejected: Mapping[str, int]
+    #: Faults injected, by name.
+    faults: Mapping[str, int]
+    #: Most admitted requests in flight at once (an open stream counts until it ends).
+    peak_concurrency: int
+    #: Most admitted requests in any rolling window of ``limits.minute`` seconds.
+    peak_rpm: int
+    #: Most admitted tokens (prompt + max_tokens) in any rolling window of ``limits.minute``.
+    peak_tpm: int
+    tokens_admitted: int
+    prompt_tokens_billed: int
+    #: Completion tokens actually sent.
+    completion_tokens_billed: int
+    #: Requests that used Partial Mode.
+    partial_requests: int
+    elapsed: float
+    accepted_per_second: float
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {field.name: getattr(self, field.name) for field in fields(self)}
+        data["rejected"] = dict(self.rejected)
+        data["faults"] = dict(self.faults)
+        return data
+
+
+class _Counters:
+    __slots__ = ("accepted", "completed", "completion_tokens", "faults", "partial",
+                 "prompt_tokens", "rejected", "requests", "started", "tokens_admitted")
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.requests = 0
+        self.accepted = 0
+        self.completed = 0
+        self.rejected = dict.fromkeys(REJECTION_REASONS, 0)
+        self.faults = dict.fromkeys(FAULT_NAMES, 0)
+        self.tokens_admitted = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.partial = 0
+
+
+class _BadRequest(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def _error_body(message: str, error_type: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": error_type}},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str, error_type: str,
+           headers: Mapping[str, str] | None = None) -> web.Response:
+    response = web.Response(status=status, body=_error_body(message, error_type),
+                            headers=headers)
+    response.headers["Content-Type"] = _JSON
+    return response
+
+
+def _json_response(data: Any) -> web.Response:
+    response = web.Response(body=json.dumps(data, ensure_ascii=False,
+                                            separators=(",", ":")).encode())
+    response.headers["Content-Type"] = _JSON
+    return response
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validate(body: Any) -> None:
+    """Raise _BadRequest for a body Kimi would answer with 400 invalid_request_error."""
+    if not isinstance(body, dict):
+        raise _BadRequest("the request body must be a JSON object")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise _BadRequest("model is required and must be a string")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest("messages must be a non-empty list")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _BadRequest(f"messages[{index}] must be an object")
+        if message.get("role") not in _ROLES:
+            raise _BadRequest(f"messages[{index}].role must be one of assistant, system, tool, "
+                              f"user")
+        content = message.get("content")
+        if content is None:
+            if not (message["role"] == "assistant" and message.get("tool_calls")):
+                raise _BadRequest(f"messages[{index}].content is required")
+        elif not isinstance(content, str | list):
+            raise _BadRequest(f"messages[{index}].content must be a string or a list of parts")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _BadRequest("stream must be a boolean")
+    n = body.get("n", 1)
+    if not _is_int(n) or not 1 <= n <= MAX_CHOICES:
+        raise _BadRequest(f"n must be an integer between 1 and {MAX_CHOICES}")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise _BadRequest(f"{name} must be a positive integer")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise _BadRequest("seed must be an integer")
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise _BadRequest(f"{name} must be a number")
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _BadRequest("tools must be a list")
+    stream_options = body.get("stream_options")
+    if stream_options is not None and not isinstance(stream_options, dict):
+        raise _BadRequest("stream_options must be an object")
+    response_format = body.get("response_format")
+    if (isinstance(response_format, dict) and response_format.get("type") == "json_object"
+            and split_partial(messages)[1] is not None):
+        raise _BadRequest("partial mode cannot be used with response_format json_object")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """Everything one admitted chat request answers with."""
+
+    replies: tuple[Reply | ToolCall, ...]
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(reply.completion_tokens for reply in self.replies)
+
+    def usage_json(self) -> str:
+        completion = self.completion_tokens
+        return (f'{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{completion},'
+                f'"total_tokens":{self.prompt_tokens + completion},"cached_tokens":0}}')
+
+
+def _stream_events(completion_id: str, created: int, model: str, answer: _Answer,
+                   include_usage: bool) -> tuple[list[str], list[int]]:
+    """The ``data:`` events of a stream (``[DONE]`` excluded) and the completion tokens each
+    carries. Choices interleave by index: every choice's first event, then every second..."""
+    head = (f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
+            f'"created":{created},"model":{encode_basestring(model)},"choices":[{{"index":')
+    usage = answer.usage_json()
+    per_choice: list[list[tuple[str, int]]] = []
+    for index, reply in enumerate(answer.replies):
+        start = f"{head}{index},"
+        events = [(f'{start}"delta":{{"role":"assistant","content":""}},'
+                   f'"finish_reason":null}}]}}\n\n', 0)]
+        if isinstance(reply, ToolCall):
+            events.append((f'{start}"delta":{{"tool_calls":[{{"index":0,'
+                           f'"id":{encode_basestring(reply.id)},"type":"function","function":'
+                           f'{{"name":{encode_basestring(reply.name)},"arguments":""}}}}]}},'
+                           f'"finish_reason":null}}]}}\n\n', 1))
+            events.extend((f'{start}"delta":{{"tool_calls":[{{"index":0,"function":'
+                           f'{{"arguments":{encode_basestring(piece)}}}}}]}},'
+                           f'"finish_reason":null}}]}}\n\n', 1)
+                          for piece in reply.argument_pieces)
+            finish_reason = "tool_calls"
+        else:
+            events.extend((f'{start}"delta":{{"reasoning_content":{encode_basestring(piece)}}},'
+                           f'"finish_reason":null}}]}}\n\n', 1)
+                          for piece in reply.reasoning_pieces)
+            events.extend((f'{start}"delta":{{"content":{encode_basestring(piece)}}},'
+                           f'"finish_reason":null}}]}}\n\n', 1)
+                          for piece in reply.pieces)
+            finish_reason = reply.finish_reason
+        if include_usage:
+            events.append((f'{start}"delta":{{}},"finish_reason":"{finish_reason}"}}]}}\n\n', 0))
+        else:
+            events.append((f'{start}"delta":{{}},"finish_reason":"{finish_reason}",'
+                           f'"usage":{usage}}}]}}\n\n', 0))
+        per_choice.append(events)
+    texts: list[str] = []
+    tokens: list[int] = []
+    if len(per_choice) == 1:
+        for text, weight in per_choice[0]:
+            texts.append(text)
+            tokens.append(weight)
+    else:
+        longest = max(len(events) for events in per_choice)
+        for step in range(longest):
+            for events in per_choice:
+                if step < len(events):
+                    texts.append(events[step][0])
+                    tokens.append(events[step][1])
+    if include_usage:
+        texts.append(f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
+                     f'"created":{created},"model":{encode_basestring(model)},"choices":[],'
+                     f'"usage":{usage}}}\n\n')
+        tokens.append(0)
+    return texts, tokens
+
+
+def _completion_body(completion_id: str, created: int, model: str, answer: _Answer) -> bytes:
+    choices = []
+    for index, reply in enumerate(answer.replies):
+        if isinstance(reply, ToolCall):
+            message: dict[str, Any] = {
+                "role": "assistant", "content": "",
+                "tool_calls": [{"index": 0, "id": reply.id, "type": "function",
+                                "function": {"name": reply.name, "arguments": reply.arguments}}]}
+            finish_reason = "tool_calls"
+        else:
+            message = {"role": "assistant", "content": reply.content}
+            if reply.reasoning_pieces:
+                message["reasoning_content"] = reply.reasoning_content
+            finish_reason = reply.finish_reason
+        choices.append({"index": index, "message": message, "finish_reason": finish_reason})
+    completion = answer.completion_tokens
+    return json.dumps({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": choices,
+        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": completion,
+                  "total_tokens": answer.prompt_tokens + completion, "cached_tokens": 0},
+    }, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class FakeKimi:
+    """A Kimi API server on loopback for tests, demos and benchmarks.
+
+    Use it as ``async with FakeKimi(...) as fake:`` and point a client at ``fake.base_url``
+    with ``fake.api_key``. Replies are deterministic (see :func:`expected_reply`); ``limits``
+    are enforced over exact rolling windows (shorten ``Limits.minute`` in tests); ``faults``
+    and ``latency`` make it misbehave; ``statistics()`` says what it saw. ``clock`` drives the
+    limit windows and the latency sleeps (pass a FakeClock to control time); ``wall_time``
+    gives the ``created`` field of answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = FAKE_API_KEY,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
+        faults: Faults = Faults(),  # noqa: B008
+        latency: Latency = Latency(),  # noqa: B008
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        retry_after_header: bool = False,
+        enforce_limits: bool = True,
+        tool_calls: bool = True,
+        models: Sequence[str] = DEFAULT_MODELS,
+        balance: float = 100.0,
+        clock: Clock | None = None,
+        wall_time: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key:
+            raise ValueError("FakeKimi.api_key must be a non-empty string")
+        if not isinstance(limits, Limits):
+            raise ValueError(f"FakeKimi.limits must be a Limits, got {type(limits).__name__}")
+        if not isinstance(faults, Faults):
+            raise ValueError(f"FakeKimi.faults must be a Faults, got {type(faults).__name__}")
+        if not isinstance(latency, Latency):
+            raise ValueError(f"FakeKimi.latency must be a Latency, got {type(latency).__name__}")
+        if not _is_int(seed):
+            raise ValueError(f"FakeKimi.seed must be an int, got {seed!r}")
+        if not _is_int(port) or not 0 <= port <= 65_535:
+            raise ValueError(f"FakeKimi.port must be 0-65535, got {port!r}")
+        if isinstance(models, str) or not models or not all(
+                isinstance(model, str) and model for model in models):
+            raise ValueError("FakeKimi.models must be a non-empty sequence of model names")
+        self._api_key = api_key
+        self._bearer = f"Bearer {api_key}"
+        self._faults = faults
+        self._latency = latency
+        self._seed = seed
+        self._host = host
+        self._port = port
+        self._retry_after_header = retry_after_header
+        self._tool_calls = tool_calls
+        self._models = tuple(models)
+        self._model_set = frozenset(models)
+        self._balance = float(balance)
+        self._clock: Clock = clock if clock is not None else MonotonicClock()
+        self._wall_time = wall_time
+        self._limiter = AccountLimiter(limits, enforce=enforce_limits)
+        self._counters = _Counters(self._clock.now())
+        self._chat_number = 0
+        self._response_number = 0
+        prefix_rng = random.Random(seed)
+        self._id_prefix = f"{prefix_rng.getrandbits(64):016x}"
+        self._request_id_prefix = f"{prefix_rng.getrandbits(64):016x}"
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        where = self._base_url or "not started"
+        return (f"FakeKimi({where}, limits={self._limiter.limits!r}, faults={self._faults!r}, "
+                f"latency={self._latency!r})")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1``, once started."""
+        if self._base_url is None:
+            raise RuntimeError("FakeKimi is not started: use 'async with FakeKimi() as fake' "
+                               "or await fake.start()")
+        return self._base_url
+
+    @property
+    def api_key(self) -> str:
+        return self._api_key
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            raise RuntimeError("FakeKimi is already started")
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/tokenizers/estimate-token-count", self._estimate)
+        app.router.add_get("/v1/models", self._list_models)
+        app.router.add_get("/v1/users/me/balance", self._balance_endpoint)
+        app.router.add_get("/_fake/stats", self._stats_endpoint)
+        app.on_response_prepare.append(self._stamp_request_id)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._port, backlog=4096)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        host, port = runner.addresses[0][:2]
+        self._runner = runner
+        self._closing = asyncio.Event()
+        self._base_url = f"http://{host}:{port}/v1"
+        self._counters = _Counters(self._clock.now())
+
+    async def close(self) -> None:
+        """Stop serving. Open streams, stalled ones included, are cut at once."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        if self._closing is not None:
+            self._closing.set()
+        for task in list(self._handlers):
+            task.cancel()
+        await runner.cleanup()
+
+    async def __aenter__(self) -> FakeKimi:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- run-time control --------------------------------------------------------------------
+
+    def set_faults(self, faults: Faults) -> None:
+        if not isinstance(faults, Faults):
+            raise ValueError(f"set_faults needs a Faults, got {type(faults).__name__}")
+        self._faults = faults
+
+    def set_limits(self, limits: Limits) -> None:
+        if not isinstance(limits, Limits):
+            raise ValueError(f"set_limits needs a Limits, got {type(limits).__name__}")
+        self._limiter.set_limits(limits)
+
+    def set_latency(self, latency: Latency) -> None:
+        if not isinstance(latency, Latency):
+            raise ValueError(f"set_latency needs a Latency, got {type(latency).__name__}")
+        self._latency = latency
+
+    def reset_statistics(self) -> None:
+        self._counters = _Counters(self._clock.now())
+        self._limiter.reset_peaks()
+
+    def statistics(self) -> FakeStats:
+        counters = self._counters
+        elapsed = max(0.0, self._clock.now() - counters.started)
+        limiter = self._limiter
+        return FakeStats(
+            requests=counters.requests,
+            accepted=counters.accepted,
+            completed=counters.completed,
+            rejected=MappingProxyType(dict(counters.rejected)),
+            faults=MappingProxyType(dict(counters.faults)),
+            peak_concurrency=limiter.peak_concurrency,
+            peak_rpm=limiter.peak_rpm,
+            peak_tpm=limiter.peak_tpm,
+            tokens_admitted=counters.tokens_admitted,
+            prompt_tokens_billed=counters.prompt_tokens,
+            completion_tokens_billed=counters.completion_tokens,
+            partial_requests=counters.partial,
+            elapsed=elapsed,
+            accepted_per_second=counters.accepted / elapsed if elapsed > 0 else 0.0,
+        )
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _stamp_request_id(self, _: web.Request, response: web.StreamResponse) -> None:
+        self._response_number += 1
+        response.headers["Msh-Request-Id"] = f"{self._request_id_prefix}{self._response_number:08x}"
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization")
+        if header == self._bearer:
+            return None
+        if header is None or not header.startswith("Bearer ") or not header[7:].strip():
+            return _error(401, "Invalid Authentication", "invalid_authentication_error")
+        return _error(401, "Incorrect API key provided", "incorrect_api_key_error")
+
+    def _reject(self, reason: str, response: web.Response) -> web.Response:
+        self._counters.rejected[reason] += 1
+        return response
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        counters = self._counters
+        counters.requests += 1
+        self._chat_number += 1
+        number = self._chat_number
+        denied = self._auth_error(request)
+        if denied is not None:
+            return self._reject("auth", denied)
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return self._reject("bad_request", _error(
+                400, "Invalid request: the body is not valid JSON", "invalid_request_error"))
+        try:
+            _validate(body)
+        except _BadRequest as exc:
+            return self._reject("bad_request", _error(
+                400, f"Invalid request: {exc.detail}", "invalid_request_error"))
+        model: str = body["model"]
+        if model not in self._model_set:
+            return self._reject("not_found", _error(
+                404, f"Not found the model {model} or Permission denied",
+                "resource_not_found_error"))
+        prompt_tokens = count_prompt_tokens(body)
+        reserved = prompt_tokens + requested_max_tokens(body)
+        limit = context_length(model)
+        if reserved > limit:
+            return self._reject("context_length", _error(
+                400, f"Invalid request: Your request exceeded model token limit: {limit}",
+                "invalid_request_error"))
+        if self._faults.quota_exhausted:
+            return self._reject("quota", _error(
+                429, f"Your account {FAKE_UID}<{FAKE_AK_ID}> exceeded your current token "
+                     f"quota, please check your account balance", "exceeded_current_quota_error"))
+        plan = plan_faults(self._faults, self._seed, number)
+        if plan.reject is not None:
+            counters.faults[plan.reject] += 1
+            return self._fault_response(plan.reject)
+        rejection = self._limiter.admit(reserved, self._clock.now())
+        if rejection is not None:
+            headers = ({"Retry-After": str(rejection.retry_after)}
+                       if self._retry_after_header else None)
+            return self._reject(rejection.reason, _error(
+                429, rejection.message, "rate_limit_reached_error", headers))
+        counters.accepted += 1
+        counters.tokens_admitted += reserved
+        counters.prompt_tokens += prompt_tokens
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        slot = _Slot(self._limiter)
+        try:
+            answer = self._answer(body, model, prompt_tokens)
+            completion_id = f"chatcmpl-{self._id_prefix}{number:08x}"
+            created = int(self._wall_time())
+            if body.get("stream"):
+                return await self._stream(request, body, answer, plan, number, completion_id,
+                                          created, slot)
+            return await self._complete(request, answer, plan, completion_id, created, model)
+        finally:
+            slot.release()
+            if task is not None:
+                self._handlers.discard(task)
+
+    def _answer(self, body: dict[str, Any], model: str, prompt_tokens: int) -> _Answer:
+        messages = body["messages"]
+        if split_partial(messages)[1] is not None:
+            self._counters.partial += 1
+        max_tokens = body.get("max_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_completion_tokens")
+        seed = body.get("seed")
+        replies: list[Reply | ToolCall] = []
+        for choice in range(body.get("n", 1)):
+            call = (expected_tool_call(model, messages, body.get("tools"),
+                                       tool_choice=body.get("tool_choice"), seed=seed,
+                                       choice=choice)
+                    if self._tool_calls and body.get("tools") else None)
+            replies.append(call if call is not None else
+                           expected_reply(model, messages, seed=seed, max_tokens=max_tokens,
+                                          choice=choice))
+        return _Answer(tuple(replies), prompt_tokens)
+
+    def _fault_response(self, fault: str) -> web.Response:
+        if fault == "overload":
+            return _error(429, "The engine is currently overloaded, please try again later",
+                          "engine_overloaded_error")
+        if fault == "server_error":
+            return _error(500, "The server had an error while processing your request, "
+                               "please try again later", "server_error")
+        response = web.Response(status=502, body=_HTML_502)
+        response.headers["Content-Type"] = "text/html"
+        return response
+
+    async def _hold_until_gone(self) -> None:
+        """A stall: keep the connection open, sending nothing, until the client leaves
+        (handler cancellation) or the server closes."""
+        assert self._closing is not None
+        await self._closing.wait()
+
+    async def _complete(self, request: web.Request, answer: _Answer, plan: FaultPlan,
+                        completion_id: str, created: int, model: str) -> web.StreamResponse:
+        if self._latency.first_token > 0:
+            await self._clock.sleep(self._latency.first_token)
+        if plan.cut is not None:
+            self._counters.faults[plan.cut] += 1
+            if plan.cut == "stall":
+                await self._hold_until_gone()
+            _drop_connection(request)
+            return web.Response()
+        response = web.Response(body=_completion_body(completion_id, created, model, answer))
+        response.headers["Content-Type"] = _JSON
+        self._counters.completion_tokens += answer.completion_tokens
+        self._counters.completed += 1
+        return response
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], answer: _Answer,
+                      plan: FaultPlan, number: int, completion_id: str, created: int,
+                      slot: _Slot) -> web.StreamResponse:
+        stream_options = body.get("stream_options") or {}
+        texts, weights = _stream_events(completion_id, created, body["model"], answer,
+                                        stream_options.get("include_usage") is True)
+        count = len(texts)
+        events = [text.encode() for text in texts]
+        cut_after = plan.cut_after(count) if plan.cut is not None else count
+        malformed_at = plan.malformed_at(count)
+        invalid_at = plan.invalid_utf8_at(count)
+        if malformed_at is not None or invalid_at is not None:
+            outgoing: list[bytes] = []
+            tokens: list[int] = []
+            for index, event in enumerate(events[:cut_after]):
+                if index == malformed_at:
+                    outgoing.append(_MALFORMED_EVENT)
+                    tokens.append(0)
+                    self._counters.faults["malformed"] += 1
+                if index == invalid_at:
+                    outgoing.append(_INVALID_UTF8_EVENT)
+                    tokens.append(0)
+                    self._counters.faults["invalid_utf8"] += 1
+                outgoing.append(event)
+                tokens.append(weights[index])
+        else:
+            outgoing, tokens = events[:cut_after], weights[:cut_after]
+        split = self._faults.split_writes
+        counters = self._counters
+        if split:
+            counters.faults["split_writes"] += 1
+        if plan.cut is not None:
+            counters.faults[plan.cut] += 1
+        latency = self._latency
+        if latency.first_token > 0:
+            await self._clock.sleep(latency.first_token)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        if plan.cut is None and latency.per_token == 0 and not split:
+            counters.completion_tokens += sum(tokens)
+            self._finish(slot)
+            await response.write(b"".join(outgoing) + _DONE)
+            return response
+        writer = _SplitWriter(response, random.Random(f"split:{self._seed}:{number}")) \
+            if split else None
+        for index, event in enumerate(outgoing):
+            if index and latency.per_token > 0:
+                await self._clock.sleep(latency.per_token)
+            if writer is not None:
+                await writer.write(event)
+            else:
+                await response.write(event)
+            counters.completion_tokens += tokens[index]
+        if plan.cut == "stall":
+            await self._hold_until_gone()
+        if plan.cut is not None:
+            _drop_connection(request)
+            return response
+        if latency.per_token > 0:
+            await self._clock.sleep(latency.per_token)
+        self._finish(slot)
+        if writer is not None:
+            await writer.write(_DONE)
+        else:
+            await response.write(_DONE)
+        return response
+
+    def _finish(self, slot: _Slot) -> None:
+        """The answer is complete: free the concurrency slot before the last bytes go out, so
+        a client that sees ``[DONE]`` and sends again at once is never over the limit."""
+        slot.release()
+        self._counters.completed += 1
+
+    async def _estimate(self, request: web.Request) -> web.Response:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return _error(400, "Invalid request: the body is not valid JSON",
+                          "invalid_request_error")
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "Invalid request: messages must be a list",
+                          "invalid_request_error")
+        model = body.get("model")
+        if model not in self._model_set:
+            return _error(404, f"Not found the model {model} or Permission denied",
+                          "resource_not_found_error")
+        return _json_response({"code": 0, "data": {"total_tokens": count_prompt_tokens(body)},
+                               "scode": "0x0", "status": True})
+
+    async def _list_models(self, request: web.Request) -> web.Response:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        created = int(self._wall_time())
+        return _json_response({"object": "list", "data": [
+            {"id": model, "object": "model", "created": created, "owned_by": "moonshot",
+             "root": model, "parent": None, "permission": [],
+             "context_length": context_length(model)}
+            for model in self._models]})
+
+    async def _balance_endpoint(self, request: web.Request) -> web.Response:
+        denied = self._auth_error(request)
+        if denied is not None:
+            return denied
+        return _json_response({"code": 0, "data": {"available_balance": self._balance,
+                                                   "voucher_balance": 0.0,
+                                                   "cash_balance": self._balance},
+                               "scode": "0x0", "status": True})
+
+    async def _stats_endpoint(self, _: web.Request) -> web.Response:
+        return _json_response(self.statistics().to_json())
+
+
+class _Slot:
+    """An admitted request's concurrency slot, released exactly once."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: AccountLimiter) -> None:
+        self._limiter: AccountLimiter | None = limiter
+
+    def release(self) -> None:
+        if self._limiter is not None:
+            self._limiter.release()
+            self._limiter = None
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close the connection after what was written is flushed, without the chunked
+    terminator: the client sees the body end mid-stream (aiohttp then finds the transport
+    closing and abandons the response quietly)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+
+
+class _SplitWriter:
+    """Writes bytes in pieces of 1-7 bytes, each its own HTTP chunk and TCP write, yielding
+    to the loop between them so the client receives them separately."""
+
+    __slots__ = ("_response", "_rng")
+
+    def __init__(self, response: web.StreamResponse, rng: random.Random) -> None:
+        self._response = response
+        self._rng = rng
+
+    async def write(self, data: bytes) -> None:
+        start = 0
+        while start < len(data):
+            end = start + self._rng.randint(1, 7)
+            await self._response.write(data[start:end])
+            await asyncio.sleep(0)
+            start = end
