@@ -189,7 +189,8 @@ class _SortedHashes:
     """Collects 64-bit hashes and returns them sorted, in ``array('Q')`` (8 bytes each).
 
     Hashes are sorted in runs of 65,536 (the only moment they are Python ints) and the runs are
-    merged lazily, so the peak stays near 8 bytes a hash plus one run.
+    merged lazily, so finding repeats costs 8 bytes a hash plus one run, and a distinct sorted
+    array 16 bytes a hash while it is built.
     """
 
     def __init__(self) -> None:
@@ -207,17 +208,15 @@ class _SortedHashes:
             self._runs.append(array("Q", self._pending))
             self._pending = []
 
-    def sorted(self) -> array[int]:
+    def iter_sorted(self) -> Iterator[int]:
+        """Every hash in ascending order, merged lazily from the sorted runs."""
         self._spill()
         runs, self._runs = self._runs, []
-        if not runs:
-            return array("Q")
-        if len(runs) == 1:
-            return runs[0]
-        return array("Q", heapq.merge(*runs))
+        return iter(runs[0]) if len(runs) == 1 else heapq.merge(*runs)
 
     def distinct(self) -> array[int]:
-        return array("Q", (value for value, _ in itertools.groupby(self.sorted())))
+        """The distinct hashes, sorted."""
+        return array("Q", (value for value, _ in itertools.groupby(self.iter_sorted())))
 
 
 class DoneSet:
@@ -385,7 +384,7 @@ def scan_input(path: Path, *, default_model: str | None, skip: DoneSet | None = 
         admission += reserved
         largest = max(largest, reserved)
 
-    repeated = {value for value, next_value in itertools.pairwise(hashes.sorted())
+    repeated = {value for value, next_value in itertools.pairwise(hashes.iter_sorted())
                 if value == next_value}
     duplicates: list[tuple[int, str]] = []
     duplicate_ids: set[str] = set()
