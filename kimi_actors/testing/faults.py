@@ -119,15 +119,6 @@ class FaultPlan:
     invalid_utf8_fraction: float | None = None
 
     @property
-    def names(self) -> tuple[str, ...]:
-        found = [name for name in (self.reject, self.cut) if name is not None]
-        if self.malformed_fraction is not None:
-            found.append("malformed")
-        if self.invalid_utf8_fraction is not None:
-            found.append("invalid_utf8")
-        return tuple(found)
-
-    @property
     def touches_stream(self) -> bool:
         return (self.cut is not None or self.malformed_fraction is not None
                 or self.invalid_utf8_fraction is not None)

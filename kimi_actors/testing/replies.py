@@ -274,14 +274,17 @@ def _text_of(content: Any) -> str:
     return ""
 
 
-def _tool_names(tools: Sequence[Any]) -> list[str]:
-    names = []
+def _tools_by_name(tools: Sequence[Any]) -> dict[str, Any]:
+    """Each well-formed tool's name and its parameters schema, in request order."""
+    found: dict[str, Any] = {}
     for tool in tools:
         function = tool.get("function") if isinstance(tool, Mapping) else None
-        name = function.get("name") if isinstance(function, Mapping) else None
-        if isinstance(name, str) and name:
-            names.append(name)
-    return names
+        if not isinstance(function, Mapping):
+            continue
+        name = function.get("name")
+        if isinstance(name, str) and name and name not in found:
+            found[name] = function.get("parameters") or {}
+    return found
 
 
 def wants_tool_call(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
@@ -292,7 +295,7 @@ def wants_tool_call(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] 
     or a named function) or, with ``tool_choice`` "auto"/absent, the last user message contains
     the word "tool" (or "tools"). ``tool_choice`` "none" never calls.
     """
-    names = _tool_names(tools or ())
+    names = list(_tools_by_name(tools or ()))
     if not names or tool_choice == "none":
         return None
     if isinstance(tool_choice, Mapping):
@@ -345,12 +348,7 @@ def expected_tool_call(
     name = wants_tool_call(messages, tools, tool_choice)
     if name is None:
         return None
-    schema: Any = {}
-    for tool in tools or ():
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if isinstance(function, Mapping) and function.get("name") == name:
-            schema = function.get("parameters") or {}
-            break
+    schema = _tools_by_name(tools or ())[name]
     rng = _rng("tool", model, _conversation_key(messages), name, seed, choice)
     properties = schema.get("properties") if isinstance(schema, Mapping) else None
     arguments = {key: _argument_value(rng, value)

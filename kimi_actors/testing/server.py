@@ -363,7 +363,7 @@ class FakeKimi:
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._closing: asyncio.Event | None = None
+        self._closing = asyncio.Event()
 
     def __repr__(self) -> str:
         where = self._base_url or "not started"
@@ -414,8 +414,7 @@ class FakeKimi:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        if self._closing is not None:
-            self._closing.set()
+        self._closing.set()
         for task in list(self._handlers):
             task.cancel()
         await runner.cleanup()
@@ -535,8 +534,8 @@ class FakeKimi:
         counters.tokens_admitted += reserved
         counters.prompt_tokens += prompt_tokens
         task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
+        assert task is not None, "aiohttp runs every handler in a task"
+        self._handlers.add(task)
         slot = _Slot(self._limiter)
         try:
             answer = self._answer(body, model, prompt_tokens)
@@ -548,8 +547,7 @@ class FakeKimi:
             return await self._complete(request, answer, plan, completion_id, created, model)
         finally:
             slot.release()
-            if task is not None:
-                self._handlers.discard(task)
+            self._handlers.discard(task)
 
     def _answer(self, body: dict[str, Any], model: str, prompt_tokens: int) -> _Answer:
         messages = body["messages"]
@@ -584,7 +582,6 @@ class FakeKimi:
     async def _hold_until_gone(self) -> None:
         """A stall: keep the connection open, sending nothing, until the client leaves
         (handler cancellation) or the server closes."""
-        assert self._closing is not None
         await self._closing.wait()
 
     async def _complete(self, request: web.Request, answer: _Answer, plan: FaultPlan,
@@ -647,8 +644,8 @@ class FakeKimi:
             self._finish(slot)
             await response.write(b"".join(outgoing) + _DONE)
             return response
-        writer = _SplitWriter(response, random.Random(f"split:{self._seed}:{number}")) \
-            if split else None
+        writer = _SplitWriter(response, random.Random(f"split:{self._seed}:{number}"),
+                              whole_events=latency.per_token > 0) if split else None
         for index, event in enumerate(outgoing):
             if index and latency.per_token > 0:
                 await self._clock.sleep(latency.per_token)
@@ -657,9 +654,11 @@ class FakeKimi:
             else:
                 await response.write(event)
             counters.completion_tokens += tokens[index]
-        if plan.cut == "stall":
-            await self._hold_until_gone()
         if plan.cut is not None:
+            if writer is not None:
+                await writer.flush()
+            if plan.cut == "stall":
+                await self._hold_until_gone()
             _drop_connection(request)
             return response
         if latency.per_token > 0:
@@ -667,6 +666,7 @@ class FakeKimi:
         self._finish(slot)
         if writer is not None:
             await writer.write(_DONE)
+            await writer.flush()
         else:
             await response.write(_DONE)
         return response
@@ -745,18 +745,37 @@ def _drop_connection(request: web.Request) -> None:
 
 class _SplitWriter:
     """Writes bytes in pieces of 1-7 bytes, each its own HTTP chunk and TCP write, yielding
-    to the loop between them so the client receives them separately."""
+    to the loop between them so the client receives them separately. Pieces run across event
+    boundaries (a tail is held back for the next write) unless ``whole_events`` is set, as it
+    is when events are spaced in time, so that every event arrives in its own time."""
 
-    __slots__ = ("_response", "_rng")
+    __slots__ = ("_pending", "_response", "_rng", "_whole_events")
 
-    def __init__(self, response: web.StreamResponse, rng: random.Random) -> None:
+    def __init__(self, response: web.StreamResponse, rng: random.Random, *,
+                 whole_events: bool) -> None:
         self._response = response
         self._rng = rng
+        self._whole_events = whole_events
+        self._pending = b""
 
     async def write(self, data: bytes) -> None:
+        data = self._pending + data
         start = 0
-        while start < len(data):
+        while True:
             end = start + self._rng.randint(1, 7)
-            await self._response.write(data[start:end])
-            await asyncio.sleep(0)
+            if end > len(data):
+                break
+            await self._send(data[start:end])
             start = end
+        self._pending = data[start:]
+        if self._whole_events:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            await self._send(pending)
+
+    async def _send(self, piece: bytes) -> None:
+        await self._response.write(piece)
+        await asyncio.sleep(0)

@@ -14,6 +14,7 @@ from kimi_actors.protocol.tokens import estimate_prompt_tokens
 from kimi_actors.testing import (
     DEFAULT_MODELS,
     Reply,
+    ToolCall,
     context_length,
     count_prompt_tokens,
     expected_reply,
@@ -315,3 +316,33 @@ def test_any_prefix_of_any_reply_continues_to_that_reply(text: str, seed: int | 
     point = data.draw(st.integers(0, len(full.content)))
     rest = expected_reply(model, partial(messages, full.content[:point]), seed=seed)
     assert full.content[:point] + rest.content == full.content
+
+
+def test_tool_call_edge_cases() -> None:
+    forced_second = expected_tool_call(
+        MODEL, conversation(), [WEATHER, CLOCK],
+        tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert forced_second is not None
+    assert forced_second.name == "get_time"
+    unknown_forced = wants_tool_call(conversation(), [WEATHER],
+                                     {"type": "function", "function": {"name": "nope"}})
+    assert unknown_forced == "get_weather"
+    odd_schema = {"type": "function", "function": {
+        "name": "odd", "parameters": {"properties": {"x": "not a schema"}}}}
+    call = expected_tool_call(MODEL, conversation("tool"), [odd_schema])
+    assert call is not None
+    assert json.loads(call.arguments) == {"x": None}
+    assert wants_tool_call([{"role": "user", "content": None}], [WEATHER]) is None
+    with pytest.raises(ValueError, match="join"):
+        ToolCall(id="a", name="f", arguments="{}", argument_pieces=("{",))
+
+
+def test_a_prefix_diverging_inside_a_piece_is_foreign() -> None:
+    full = expected_reply(MODEL, conversation())
+    index = next(i for i, piece in enumerate(full.pieces) if len(piece) > 1)
+    wrong = "#" if full.pieces[index][0] != "#" else "%"
+    prefix = "".join(full.pieces[:index]) + wrong
+    rest = expected_reply(MODEL, partial(conversation(), prefix))
+    assert not full.content.startswith(prefix)
+    assert rest == expected_reply(MODEL, partial(conversation(), prefix))
+    assert MIN_PIECES <= len(rest.pieces) <= MAX_PIECES
