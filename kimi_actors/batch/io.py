@@ -26,6 +26,9 @@ Output
       exhausted, run stopped, run-fatal) are never written, so no custom_id is written twice;
     * an advisory lock (``flock``, where the platform has it) keeps two runs from appending to
       the same output at once, which would break the previous point.
+
+    A run therefore opens its :class:`OutputWriter` first (lock, then repair) and only then
+    calls :func:`scan_output` for the ids to skip; a dry run only scans.
 """
 
 from __future__ import annotations
@@ -353,7 +356,8 @@ def _parse_raw(raw: bytes, line: int, default_model: str | None) -> BatchRequest
 def scan_input(path: Path, *, default_model: str | None, skip: DoneSet | None = None,
                max_problems: int = 50,
                hash_id: Callable[[str], int] = hash_custom_id) -> InputScan:
-    """Check a whole input file without sending anything, in one streaming pass.
+    """Check a whole input file without sending anything, streamed (a second pass runs only
+    when a custom_id hash repeats).
 
     Every line is parsed as :func:`iter_requests` would. The hashes of all custom_ids are
     sorted to find repeats; when a hash repeats, a second pass compares those ids in full, so
