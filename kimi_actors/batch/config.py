@@ -13,9 +13,13 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..limits import DAY, MINUTE, TIERS, Limits
 from ..policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from ..testing.faults import Faults
 
 __all__ = [
     "DEFAULT_API_KEY_ENV",
@@ -49,7 +53,8 @@ class RunConfig:
     Limits: a limit given explicitly (``concurrency``, ``rpm``, ``tpm``, ``tpd``) wins; every
     other one comes from ``tier``, or from tier :data:`DEFAULT_TIER` when no tier is given.
     ``window_seconds`` (only with ``fake``) shortens the "minute" of RPM/TPM, and the day of TPD
-    in proportion, so demos and tests run a window in a second or two.
+    in proportion, so demos and tests run a window in a second or two. ``fake_faults`` (only
+    with ``fake``) is a FakeKimi fault spec, checked here so a typo fails before the run.
     """
 
     input: Path
@@ -102,9 +107,11 @@ class RunConfig:
             if not self.fake:
                 raise ValueError("window_seconds needs fake: against a real server a minute "
                                  "lasts 60 s, and a shorter one would overrun its limits")
-        if self.fake_faults is not None and not self.fake:
-            raise ValueError("fake_faults needs fake: faults are injected by the embedded "
-                             "FakeKimi")
+        if self.fake_faults is not None:
+            if not self.fake:
+                raise ValueError("fake_faults needs fake: faults are injected by the embedded "
+                                 "FakeKimi")
+            self.faults()
 
     def limits(self) -> Limits:
         """The limits to run at: the tier's preset (default :data:`DEFAULT_TIER`) with the
@@ -114,6 +121,13 @@ class RunConfig:
         tier = self.tier if self.tier is not None else DEFAULT_TIER
         return Limits.tier(tier, minute=minute, day=day).with_overrides(
             concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm, tpd=self.tpd)
+
+    def faults(self) -> Faults:
+        """The faults FakeKimi injects (none unless ``fake_faults`` names some); raises
+        ``ValueError`` for a spec FakeKimi does not understand."""
+        from ..testing.faults import Faults
+
+        return Faults.parse(self.fake_faults) if self.fake_faults else Faults()
 
     def retry_policy(self) -> RetryPolicy:
         """The retry policy for this run (``max_attempts`` over the library's defaults)."""
@@ -167,6 +181,16 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _fault_spec(text: str) -> str:
+    from ..testing.faults import Faults
+
+    try:
+        Faults.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _tier(text: str) -> int:
@@ -224,8 +248,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     fake.add_argument("--fake", action="store_true",
                       help="start the embedded FakeKimi with the chosen limits and run "
                            "against it")
-    fake.add_argument("--fake-faults", metavar="SPEC",
-                      help="faults for FakeKimi to inject (needs --fake)")
+    fake.add_argument("--fake-faults", type=_fault_spec, metavar="SPEC",
+                      help="faults for FakeKimi to inject (needs --fake), e.g. "
+                           "'overload=0.05,drop=0.1,split_writes'")
     fake.add_argument("--window-seconds", type=_positive_float, metavar="SECONDS",
                       help="length of a rate-limit 'minute' (needs --fake; default 60)")
 

@@ -18,6 +18,7 @@ from kimi_actors.batch.config import (
     config_from_args,
 )
 from kimi_actors.limits import Limits
+from kimi_actors.testing.faults import Faults
 
 
 def parser() -> argparse.ArgumentParser:
@@ -48,7 +49,7 @@ def test_every_option() -> None:
                    "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "MY_KEY",
                    "--model", "kimi-k2", "--max-attempts", "3", "--stream", "--fake",
                    "--dry-run", "--skip-bad", "--window-seconds", "1.5",
-                   "--fake-faults", "overload=0.1")
+                   "--fake-faults", "overload=0.1,split_writes")
     assert (config.tier, config.concurrency, config.rpm, config.tpm, config.tpd) == \
         (3, 7, 1000, 2_500_000, 9_000_000)
     assert config.base_url == "http://127.0.0.1:9/v1"
@@ -57,7 +58,8 @@ def test_every_option() -> None:
     assert config.max_attempts == 3
     assert [config.stream, config.fake, config.dry_run, config.skip_bad] == [True] * 4
     assert config.window_seconds == 1.5
-    assert config.fake_faults == "overload=0.1"
+    assert config.fake_faults == "overload=0.1,split_writes"
+    assert config.faults() == Faults(overload=0.1, split_writes=True)
     assert config.retry_policy().max_attempts == 3
 
 
@@ -95,6 +97,7 @@ def test_window_seconds_shortens_minute_and_day_in_proportion() -> None:
     ["i", "-o", "o", "--fake", "--window-seconds", "0"],
     ["i", "-o", "o", "--fake", "--window-seconds", "nan"],
     ["i", "-o", "o", "--fake", "--window-seconds", "soon"],
+    ["i", "-o", "o", "--fake", "--fake-faults", "gremlins=0.5"],
 ])
 def test_the_parser_rejects_bad_values(argv: list[str]) -> None:
     with pytest.raises((argparse.ArgumentError, SystemExit)):
@@ -104,7 +107,7 @@ def test_the_parser_rejects_bad_values(argv: list[str]) -> None:
 @pytest.mark.parametrize(("argv", "message"), [
     (["same.jsonl", "-o", "./same.jsonl"], "another file than the input"),
     (["i", "-o", "o", "--window-seconds", "2"], "window_seconds needs fake"),
-    (["i", "-o", "o", "--fake-faults", "x"], "fake_faults needs fake"),
+    (["i", "-o", "o", "--fake-faults", "overload=0.1"], "fake_faults needs fake"),
     (["i", "-o", "o", "--base-url", "api.moonshot.cn"], "base_url"),
     (["i", "-o", "o", "--api-key-env", "MY-KEY"], "api_key_env"),
     (["i", "-o", "o", "--api-key-env", "sk-abc123"], "api_key_env"),
@@ -126,6 +129,12 @@ def test_run_config_validates_direct_construction(changes: dict[str, Any], messa
         RunConfig(input=Path("i"), output=Path("o"), **changes)
 
 
+def test_fault_specs_are_checked_and_parsed() -> None:
+    with pytest.raises(ValueError, match="unknown fault"):
+        RunConfig(input=Path("i"), output=Path("o"), fake=True, fake_faults="gremlins=1")
+    assert RunConfig(input=Path("i"), output=Path("o"), fake=True).faults() == Faults()
+
+
 def test_paths_given_as_strings_become_paths() -> None:
     config = RunConfig(input="i.jsonl", output="o.jsonl")  # type: ignore[arg-type]
     assert config.input == Path("i.jsonl")
@@ -145,7 +154,7 @@ def test_the_key_is_never_part_of_the_config(monkeypatch: pytest.MonkeyPatch) ->
 def test_command_line_round_trips_every_option() -> None:
     config = parse("my input.jsonl", "-o", "out.jsonl", "--tier", "2", "--tpd", "100",
                    "--model", "kimi k2", "--fake", "--window-seconds", "0.5",
-                   "--fake-faults", "drop=0.2;overload=0.1", "--stream", "--skip-bad",
+                   "--fake-faults", "drop=0.2, overload=0.1", "--stream", "--skip-bad",
                    "--max-attempts", "2", "--base-url", "http://x/v1", "--api-key-env", "K")
     command = config.command_line()
     assert command.startswith("kimi-actors run 'my input.jsonl'")
