@@ -34,6 +34,7 @@ __all__ = [
     "expected_reply",
     "expected_tool_call",
     "is_thinking_model",
+    "reply_parts",
     "split_partial",
     "wants_tool_call",
 ]
@@ -240,18 +241,8 @@ def expected_reply(
     ``max_tokens`` cuts the pieces (reasoning first) and makes ``finish_reason`` "length".
     """
     _check_reply_args(seed, max_tokens, choice)
-    conversation_messages, prefix = split_partial(messages)
-    conversation = _conversation_key(conversation_messages)
-    reasoning, pieces = _full_pieces(model, conversation, seed, choice)
-    if prefix is not None:
-        reasoning = ()
-        continued = _continuation_pieces(pieces, prefix)
-        pieces = (continued if continued is not None
-                  else _free_continuation(model, conversation, prefix, seed, choice))
-    finish_reason = "stop"
-    if max_tokens is not None and len(reasoning) + len(pieces) > max_tokens:
-        finish_reason = "length"
-        reasoning, pieces = reasoning[:max_tokens], pieces[:max(0, max_tokens - len(reasoning))]
+    reasoning, pieces, finish_reason = reply_parts(model, messages, seed=seed,
+                                                   max_tokens=max_tokens, choice=choice)
     return Reply(
         content="".join(pieces),
         reasoning_content="".join(reasoning),
@@ -260,6 +251,29 @@ def expected_reply(
         reasoning_pieces=reasoning,
         completion_tokens=len(pieces) + len(reasoning),
     )
+
+
+def reply_parts(
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    seed: int | None,
+    max_tokens: int | None,
+    choice: int,
+) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+    """(reasoning pieces, content pieces, finish_reason) of :func:`expected_reply`, without
+    checking the arguments or building a Reply: the server's hot path."""
+    conversation_messages, prefix = split_partial(messages)
+    conversation = _conversation_key(conversation_messages)
+    reasoning, pieces = _full_pieces(model, conversation, seed, choice)
+    if prefix is not None:
+        reasoning = ()
+        continued = _continuation_pieces(pieces, prefix)
+        pieces = (continued if continued is not None
+                  else _free_continuation(model, conversation, prefix, seed, choice))
+    if max_tokens is not None and len(reasoning) + len(pieces) > max_tokens:
+        return (reasoning[:max_tokens], pieces[:max(0, max_tokens - len(reasoning))], "length")
+    return reasoning, pieces, "stop"
 
 
 _TOOL_WORD = re.compile(r"\btools?\b", re.IGNORECASE)

@@ -23,23 +23,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from json.encoder import encode_basestring
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
 from ..clock import Clock, MonotonicClock
 from ..limits import Limits
 from ..protocol.tokens import requested_max_tokens
-from .faults import FaultPlan, Faults, Latency, plan_faults
+from .faults import NO_FAULTS, FaultPlan, Faults, Latency, plan_faults
 from .limiter import FAKE_AK_ID, FAKE_UID, AccountLimiter
 from .replies import (
     DEFAULT_MODELS,
-    Reply,
     ToolCall,
     context_length,
     count_prompt_tokens,
-    expected_reply,
     expected_tool_call,
+    reply_parts,
     split_partial,
 )
 
@@ -129,19 +128,8 @@ def _error_body(message: str, error_type: str) -> bytes:
                       ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _error(status: int, message: str, error_type: str,
-           headers: Mapping[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, body=_error_body(message, error_type),
-                            headers=headers)
-    response.headers["Content-Type"] = _JSON
-    return response
-
-
-def _json_response(data: Any) -> web.Response:
-    response = web.Response(body=json.dumps(data, ensure_ascii=False,
-                                            separators=(",", ":")).encode())
-    response.headers["Content-Type"] = _JSON
-    return response
+def _compact(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _is_int(value: Any) -> bool:
@@ -197,11 +185,23 @@ def _validate(body: Any) -> None:
         raise _BadRequest("partial mode cannot be used with response_format json_object")
 
 
+class _Text(NamedTuple):
+    """One choice's text answer (what :class:`Reply` holds, without its validation cost)."""
+
+    reasoning_pieces: tuple[str, ...]
+    pieces: tuple[str, ...]
+    finish_reason: str
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.pieces) + len(self.reasoning_pieces)
+
+
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """Everything one admitted chat request answers with."""
 
-    replies: tuple[Reply | ToolCall, ...]
+    replies: tuple[_Text | ToolCall, ...]
     prompt_tokens: int
 
     @property
@@ -275,24 +275,22 @@ def _completion_body(completion_id: str, created: int, model: str, answer: _Answ
     choices = []
     for index, reply in enumerate(answer.replies):
         if isinstance(reply, ToolCall):
-            message: dict[str, Any] = {
+            message = _compact({
                 "role": "assistant", "content": "",
                 "tool_calls": [{"index": 0, "id": reply.id, "type": "function",
-                                "function": {"name": reply.name, "arguments": reply.arguments}}]}
+                                "function": {"name": reply.name, "arguments": reply.arguments}}]})
             finish_reason = "tool_calls"
         else:
-            message = {"role": "assistant", "content": reply.content}
-            if reply.reasoning_pieces:
-                message["reasoning_content"] = reply.reasoning_content
+            content = encode_basestring("".join(reply.pieces))
+            thought = "".join(reply.reasoning_pieces)
+            reasoning = f',"reasoning_content":{encode_basestring(thought)}' if thought else ""
+            message = f'{{"role":"assistant","content":{content}{reasoning}}}'
             finish_reason = reply.finish_reason
-        choices.append({"index": index, "message": message, "finish_reason": finish_reason})
-    completion = answer.completion_tokens
-    return json.dumps({
-        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-        "choices": choices,
-        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": completion,
-                  "total_tokens": answer.prompt_tokens + completion, "cached_tokens": 0},
-    }, ensure_ascii=False, separators=(",", ":")).encode()
+        choices.append(f'{{"index":{index},"message":{message},'
+                       f'"finish_reason":"{finish_reason}"}}')
+    return (f'{{"id":"{completion_id}","object":"chat.completion","created":{created},'
+            f'"model":{encode_basestring(model)},"choices":[{",".join(choices)}],'
+            f'"usage":{answer.usage_json()}}}').encode()
 
 
 class FakeKimi:
@@ -342,6 +340,7 @@ class FakeKimi:
         self._api_key = api_key
         self._bearer = f"Bearer {api_key}"
         self._faults = faults
+        self._random_faults = faults.any_random
         self._latency = latency
         self._seed = seed
         self._host = host
@@ -393,7 +392,7 @@ class FakeKimi:
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/users/me/balance", self._balance_endpoint)
         app.router.add_get("/_fake/stats", self._stats_endpoint)
-        app.on_response_prepare.append(self._stamp_request_id)
+        app.router.add_route("*", "/{path:.*}", self._unknown_path)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -432,6 +431,7 @@ class FakeKimi:
         if not isinstance(faults, Faults):
             raise ValueError(f"set_faults needs a Faults, got {type(faults).__name__}")
         self._faults = faults
+        self._random_faults = faults.any_random
 
     def set_limits(self, limits: Limits) -> None:
         if not isinstance(limits, Limits):
@@ -470,17 +470,33 @@ class FakeKimi:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    async def _stamp_request_id(self, _: web.Request, response: web.StreamResponse) -> None:
+    def _headers(self, content_type: str = _JSON) -> dict[str, str]:
+        """Headers of one response, with its own ``Msh-Request-Id``."""
         self._response_number += 1
-        response.headers["Msh-Request-Id"] = f"{self._request_id_prefix}{self._response_number:08x}"
+        return {"Content-Type": content_type,
+                "Msh-Request-Id": f"{self._request_id_prefix}{self._response_number:08x}"}
+
+    def _error(self, status: int, message: str, error_type: str,
+               retry_after: int | None = None) -> web.Response:
+        headers = self._headers()
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        return web.Response(status=status, body=_error_body(message, error_type),
+                            headers=headers)
+
+    def _json(self, data: Any) -> web.Response:
+        return web.Response(body=_compact(data).encode(), headers=self._headers())
+
+    async def _unknown_path(self, _: web.Request) -> web.Response:
+        return self._error(404, "Not found", "resource_not_found_error")
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         header = request.headers.get("Authorization")
         if header == self._bearer:
             return None
         if header is None or not header.startswith("Bearer ") or not header[7:].strip():
-            return _error(401, "Invalid Authentication", "invalid_authentication_error")
-        return _error(401, "Incorrect API key provided", "incorrect_api_key_error")
+            return self._error(401, "Invalid Authentication", "invalid_authentication_error")
+        return self._error(401, "Incorrect API key provided", "incorrect_api_key_error")
 
     def _reject(self, reason: str, response: web.Response) -> web.Response:
         self._counters.rejected[reason] += 1
@@ -497,39 +513,39 @@ class FakeKimi:
         try:
             body = json.loads(await request.read())
         except ValueError:
-            return self._reject("bad_request", _error(
+            return self._reject("bad_request", self._error(
                 400, "Invalid request: the body is not valid JSON", "invalid_request_error"))
         try:
             _validate(body)
         except _BadRequest as exc:
-            return self._reject("bad_request", _error(
+            return self._reject("bad_request", self._error(
                 400, f"Invalid request: {exc.detail}", "invalid_request_error"))
         model: str = body["model"]
         if model not in self._model_set:
-            return self._reject("not_found", _error(
+            return self._reject("not_found", self._error(
                 404, f"Not found the model {model} or Permission denied",
                 "resource_not_found_error"))
         prompt_tokens = count_prompt_tokens(body)
         reserved = prompt_tokens + requested_max_tokens(body)
         limit = context_length(model)
         if reserved > limit:
-            return self._reject("context_length", _error(
+            return self._reject("context_length", self._error(
                 400, f"Invalid request: Your request exceeded model token limit: {limit}",
                 "invalid_request_error"))
         if self._faults.quota_exhausted:
-            return self._reject("quota", _error(
+            return self._reject("quota", self._error(
                 429, f"Your account {FAKE_UID}<{FAKE_AK_ID}> exceeded your current token "
                      f"quota, please check your account balance", "exceeded_current_quota_error"))
-        plan = plan_faults(self._faults, self._seed, number)
+        plan = plan_faults(self._faults, self._seed, number) if self._random_faults \
+            else NO_FAULTS
         if plan.reject is not None:
             counters.faults[plan.reject] += 1
             return self._fault_response(plan.reject)
         rejection = self._limiter.admit(reserved, self._clock.now())
         if rejection is not None:
-            headers = ({"Retry-After": str(rejection.retry_after)}
-                       if self._retry_after_header else None)
-            return self._reject(rejection.reason, _error(
-                429, rejection.message, "rate_limit_reached_error", headers))
+            return self._reject(rejection.reason, self._error(
+                429, rejection.message, "rate_limit_reached_error",
+                rejection.retry_after if self._retry_after_header else None))
         counters.accepted += 1
         counters.tokens_admitted += reserved
         counters.prompt_tokens += prompt_tokens
@@ -557,27 +573,25 @@ class FakeKimi:
         if max_tokens is None:
             max_tokens = body.get("max_completion_tokens")
         seed = body.get("seed")
-        replies: list[Reply | ToolCall] = []
+        replies: list[_Text | ToolCall] = []
         for choice in range(body.get("n", 1)):
             call = (expected_tool_call(model, messages, body.get("tools"),
                                        tool_choice=body.get("tool_choice"), seed=seed,
                                        choice=choice)
                     if self._tool_calls and body.get("tools") else None)
             replies.append(call if call is not None else
-                           expected_reply(model, messages, seed=seed, max_tokens=max_tokens,
-                                          choice=choice))
+                           _Text(*reply_parts(model, messages, seed=seed, max_tokens=max_tokens,
+                                              choice=choice)))
         return _Answer(tuple(replies), prompt_tokens)
 
     def _fault_response(self, fault: str) -> web.Response:
         if fault == "overload":
-            return _error(429, "The engine is currently overloaded, please try again later",
+            return self._error(429, "The engine is currently overloaded, please try again later",
                           "engine_overloaded_error")
         if fault == "server_error":
-            return _error(500, "The server had an error while processing your request, "
+            return self._error(500, "The server had an error while processing your request, "
                                "please try again later", "server_error")
-        response = web.Response(status=502, body=_HTML_502)
-        response.headers["Content-Type"] = "text/html"
-        return response
+        return web.Response(status=502, body=_HTML_502, headers=self._headers("text/html"))
 
     async def _hold_until_gone(self) -> None:
         """A stall: keep the connection open, sending nothing, until the client leaves
@@ -594,8 +608,8 @@ class FakeKimi:
                 await self._hold_until_gone()
             _drop_connection(request)
             return web.Response()
-        response = web.Response(body=_completion_body(completion_id, created, model, answer))
-        response.headers["Content-Type"] = _JSON
+        response = web.Response(body=_completion_body(completion_id, created, model, answer),
+                                headers=self._headers())
         self._counters.completion_tokens += answer.completion_tokens
         self._counters.completed += 1
         return response
@@ -627,23 +641,34 @@ class FakeKimi:
                 tokens.append(weights[index])
         else:
             outgoing, tokens = events[:cut_after], weights[:cut_after]
-        split = self._faults.split_writes
         counters = self._counters
-        if split:
+        if self._faults.split_writes:
             counters.faults["split_writes"] += 1
         if plan.cut is not None:
             counters.faults[plan.cut] += 1
+        if self._latency.first_token > 0:
+            await self._clock.sleep(self._latency.first_token)
+        headers = self._headers("text/event-stream")
+        headers["Cache-Control"] = "no-cache"
+        response = web.StreamResponse(headers=headers)
+        try:
+            await response.prepare(request)
+            await self._send_events(request, response, outgoing, tokens, plan, number, slot)
+        except ConnectionError:
+            pass  # the client left mid-stream: nothing to answer, aiohttp closes quietly
+        return response
+
+    async def _send_events(self, request: web.Request, response: web.StreamResponse,
+                           outgoing: list[bytes], tokens: list[int], plan: FaultPlan,
+                           number: int, slot: _Slot) -> None:
+        counters = self._counters
         latency = self._latency
-        if latency.first_token > 0:
-            await self._clock.sleep(latency.first_token)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
-        await response.prepare(request)
+        split = self._faults.split_writes
         if plan.cut is None and latency.per_token == 0 and not split:
             counters.completion_tokens += sum(tokens)
             self._finish(slot)
             await response.write(b"".join(outgoing) + _DONE)
-            return response
+            return
         writer = _SplitWriter(response, random.Random(f"split:{self._seed}:{number}"),
                               whole_events=latency.per_token > 0) if split else None
         for index, event in enumerate(outgoing):
@@ -660,7 +685,7 @@ class FakeKimi:
             if plan.cut == "stall":
                 await self._hold_until_gone()
             _drop_connection(request)
-            return response
+            return
         if latency.per_token > 0:
             await self._clock.sleep(latency.per_token)
         self._finish(slot)
@@ -669,7 +694,6 @@ class FakeKimi:
             await writer.flush()
         else:
             await response.write(_DONE)
-        return response
 
     def _finish(self, slot: _Slot) -> None:
         """The answer is complete: free the concurrency slot before the last bytes go out, so
@@ -684,16 +708,16 @@ class FakeKimi:
         try:
             body = json.loads(await request.read())
         except ValueError:
-            return _error(400, "Invalid request: the body is not valid JSON",
+            return self._error(400, "Invalid request: the body is not valid JSON",
                           "invalid_request_error")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return _error(400, "Invalid request: messages must be a list",
+            return self._error(400, "Invalid request: messages must be a list",
                           "invalid_request_error")
         model = body.get("model")
         if model not in self._model_set:
-            return _error(404, f"Not found the model {model} or Permission denied",
+            return self._error(404, f"Not found the model {model} or Permission denied",
                           "resource_not_found_error")
-        return _json_response({"code": 0, "data": {"total_tokens": count_prompt_tokens(body)},
+        return self._json({"code": 0, "data": {"total_tokens": count_prompt_tokens(body)},
                                "scode": "0x0", "status": True})
 
     async def _list_models(self, request: web.Request) -> web.Response:
@@ -701,7 +725,7 @@ class FakeKimi:
         if denied is not None:
             return denied
         created = int(self._wall_time())
-        return _json_response({"object": "list", "data": [
+        return self._json({"object": "list", "data": [
             {"id": model, "object": "model", "created": created, "owned_by": "moonshot",
              "root": model, "parent": None, "permission": [],
              "context_length": context_length(model)}
@@ -711,13 +735,13 @@ class FakeKimi:
         denied = self._auth_error(request)
         if denied is not None:
             return denied
-        return _json_response({"code": 0, "data": {"available_balance": self._balance,
+        return self._json({"code": 0, "data": {"available_balance": self._balance,
                                                    "voucher_balance": 0.0,
                                                    "cash_balance": self._balance},
                                "scode": "0x0", "status": True})
 
     async def _stats_endpoint(self, _: web.Request) -> web.Response:
-        return _json_response(self.statistics().to_json())
+        return self._json(self.statistics().to_json())
 
 
 class _Slot:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -346,3 +347,21 @@ async def test_split_writes_keep_events_whole_when_they_are_spaced_in_time(
     assert b"".join(pieces) == clean
     assert max(len(piece) for piece in pieces) <= 7
     assert all(b"\n\n" not in piece or piece.endswith(b"\n\n") for piece in pieces)
+
+
+async def test_clients_leaving_mid_stream_are_not_server_errors(
+        make_client: Any, session: aiohttp.ClientSession,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    async with server(Faults(split_writes=True)) as fake:
+        client: Client = make_client(fake)
+        for number in range(30):
+            async with session.post(f"{fake.base_url}/chat/completions",
+                                    json=chat_body(f"leave {number}", stream=True),
+                                    headers=client.auth) as response:
+                await response.content.readexactly(40)
+                response.close()
+        limiter = fake._limiter
+        await eventually(lambda: limiter.in_flight == 0)
+        assert fake.statistics().completed < 30
+    assert [record.getMessage() for record in caplog.records] == []
