@@ -128,6 +128,11 @@ class StreamActor:
                 outcome = Outcome(action=Action.FAIL, error=error)
             elif policy.mode is ResumeMode.FAIL and outcome.action is Action.RETRY:
                 outcome = Outcome(action=Action.FAIL, error=error)
+            if outcome.action is Action.RETRY and self._allowance_spent(body):
+                # Every token max_tokens allows has arrived (a chunk is at least one token):
+                # only the finish chunk was lost, and asking for more would overshoot.
+                await self._finish_locally("length")
+                return self._assembler.result(request_id=self.request_id)
             # Recoveries are bounded by max_resumes, not by the retry budget: they finish work
             # already admitted and, in Partial Mode, cost only the remaining tokens.
             await rt.before_retry(outcome, failures=failures, attempt=attempts,
@@ -160,6 +165,16 @@ class StreamActor:
             and not (isinstance(response_format, Mapping)
                      and response_format.get("type") == "json_object")
         )
+
+    def _allowance_spent(self, body: Mapping[str, Any]) -> bool:
+        return (self._max_tokens is not None and self._resumable(body)
+                and self._assembler.chunks - self._allowance_start >= self._max_tokens)
+
+    async def _finish_locally(self, finish_reason: str) -> None:
+        chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
+        for delta in self._assembler.feed(chunk):
+            await self._deliver(delta)
+        self._assembler.feed_event(_DONE_EVENT)
 
     def _continue_body(self) -> dict[str, Any]:
         partial = {"role": "assistant", "content": self._prefix + self._assembler.content(0),
