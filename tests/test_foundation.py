@@ -1,0 +1,261 @@
+"""Limits, policies, token estimates, the error tree, the clock and the public surface."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kimi_actors
+from kimi_actors import (
+    APIError,
+    AuthenticationError,
+    BreakerPolicy,
+    Dimension,
+    FakeClock,
+    KimiError,
+    Limits,
+    MonotonicClock,
+    QuotaExhaustedError,
+    RateLimitError,
+    ResumePolicy,
+    RetryPolicy,
+    Timeouts,
+)
+from kimi_actors.protocol.tokens import (
+    admission_tokens,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+    requested_max_tokens,
+)
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def test_tier_presets_match_kimis_table() -> None:
+    table = {0: (1, 3, 500_000, 1_500_000), 1: (50, 200, 2_000_000, None),
+             2: (100, 500, 3_000_000, None), 3: (200, 5_000, 3_000_000, None),
+             4: (400, 5_000, 4_000_000, None), 5: (1_000, 10_000, 5_000_000, None)}
+    for tier, (concurrency, rpm, tpm, tpd) in table.items():
+        limits = Limits.tier(tier)
+        assert (limits.concurrency, limits.rpm, limits.tpm, limits.tpd) == \
+            (concurrency, rpm, tpm, tpd)
+        assert limits.window(Dimension.RPM) == 60.0
+        assert limits.window(Dimension.TPD) == 86_400.0
+
+
+def test_windows_can_be_shortened_for_tests() -> None:
+    limits = Limits.tier(2, minute=1.5, day=30.0)
+    assert limits.window(Dimension.TPM) == 1.5
+    assert limits.window(Dimension.TPD) == 30.0
+    assert limits.window(Dimension.CONCURRENCY) == 0.0
+    assert limits.limit(Dimension.RPM) == 500
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"rpm": 0}, "rpm must be at least 1"), ({"tpm": -5}, "tpm must be at least 1"),
+     ({"concurrency": 1.5}, "concurrency must be an int"), ({"rpm": True}, "must be an int"),
+     ({"minute": 0}, "minute must be a positive"), ({"day": float("nan")}, "day must be")],
+)
+def test_nonsense_limits_are_rejected_clearly(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Limits(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tier", [-1, 6, True, "2"])
+def test_unknown_tiers_are_rejected(tier: object) -> None:
+    with pytest.raises(ValueError, match="unknown Kimi tier"):
+        Limits.tier(tier)  # type: ignore[arg-type]
+
+
+def test_overrides_replace_only_given_values() -> None:
+    limits = Limits.tier(1).with_overrides(rpm=50, tpm=None)
+    assert (limits.rpm, limits.tpm, limits.concurrency) == (50, 2_000_000, 50)
+    assert Limits.unlimited() == Limits()
+
+
+# -- policies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [(lambda: RetryPolicy(max_attempts=0), "max_attempts"),
+     (lambda: RetryPolicy(base=0), "base"), (lambda: RetryPolicy(base=10, cap=1), "exceed"),
+     (lambda: RetryPolicy(budget_ratio=-1), "budget_ratio"),
+     (lambda: BreakerPolicy(failure_rate=0), "failure_rate"),
+     (lambda: BreakerPolicy(min_calls=0), "min_calls"),
+     (lambda: BreakerPolicy(growth=0.5), "growth"),
+     (lambda: BreakerPolicy(open_for=100, max_open_for=10), "max_open_for"),
+     (lambda: ResumePolicy(max_resumes=-1), "max_resumes"),
+     (lambda: Timeouts(read_idle=0), "read_idle")],
+)
+def test_bad_policies_are_rejected(factory: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        factory()  # type: ignore[operator]
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def test_ascii_counts_four_characters_a_token_rounded_up() -> None:
+    assert estimate_text_tokens("") == 0
+    assert estimate_text_tokens("abcd") == 1
+    assert estimate_text_tokens("abcde") == 2
+
+
+def test_cjk_counts_a_token_per_character_and_emoji_two() -> None:
+    assert estimate_text_tokens("你好世界") == 4
+    assert estimate_text_tokens("こんにちは") == 5
+    assert estimate_text_tokens("🙂") == 2
+    assert estimate_text_tokens("héllo") == 1 + 1  # "hllo" -> 1, "é" -> half a token
+
+
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_estimates_are_monotone_under_concatenation(a: str, b: str) -> None:
+    # Rounding up per class can only over-count a split text, never under-count the whole.
+    assert estimate_text_tokens(a + b) <= estimate_text_tokens(a) + estimate_text_tokens(b)
+    assert estimate_text_tokens(a + b) >= max(estimate_text_tokens(a),
+                                              estimate_text_tokens(b)) - 1
+
+
+def test_prompt_estimate_counts_every_part_of_the_body() -> None:
+    base = {"messages": [{"role": "user", "content": "hello there"}]}
+    plain = estimate_prompt_tokens(base)
+    with_name = estimate_prompt_tokens(
+        {"messages": [{"role": "user", "content": "hello there", "name": "alice"}]})
+    with_tools = estimate_prompt_tokens({**base, "tools": [{"type": "function", "function": {
+        "name": "lookup", "parameters": {"type": "object"}}}]})
+    with_parts = estimate_prompt_tokens({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hello there"}, {"type": "image_url", "image_url": "x"}]}]})
+    assert with_name > plain
+    assert with_tools > plain
+    assert with_parts >= plain + 1000
+    assert estimate_prompt_tokens({"messages": ["raw string"]}) > 0
+
+
+def test_admission_is_prompt_plus_max_tokens_times_choices() -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    assert requested_max_tokens(body) == 100
+    assert requested_max_tokens({**body, "n": 3}) == 300
+    assert requested_max_tokens({"messages": []}, default=77) == 77
+    assert requested_max_tokens({"max_completion_tokens": 9}) == 9
+    assert admission_tokens(body) == estimate_prompt_tokens(body) + 100
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_errors_carry_structured_fields_and_flags() -> None:
+    err = RateLimitError("slow down", status=429, error_type="rate_limit_reached_error",
+                         request_id="req-1", retry_after=3.0, dimension=Dimension.RPM)
+    assert isinstance(err, APIError)
+    assert isinstance(err, KimiError)
+    assert err.retryable
+    assert not err.fatal_for_run
+    assert (err.status, err.retry_after, err.dimension) == (429, 3.0, Dimension.RPM)
+    assert str(err) == "HTTP 429 rate_limit_reached_error: slow down (request id req-1)"
+    assert "retry_after=3.0" in repr(err)
+    assert AuthenticationError("no", status=401).fatal_for_run
+    assert QuotaExhaustedError("no", status=429).fatal_for_run
+
+
+def test_errors_survive_pickling_with_their_fields() -> None:
+    err = RateLimitError("slow", status=429, dimension=Dimension.TPM, retry_after=1.5)
+    err.attempts = 4
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is RateLimitError
+    assert (copy.dimension, copy.retry_after, copy.attempts, str(copy)) == \
+        (Dimension.TPM, 1.5, 4, str(err))
+
+
+def test_every_error_is_under_the_one_root() -> None:
+    import kimi_actors.errors as errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), KimiError), name
+
+
+# -- clock -------------------------------------------------------------------------------------
+
+
+async def test_fake_clock_wakes_sleepers_in_deadline_order() -> None:
+    clock = FakeClock(start=100.0)
+    woke: list[str] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append(name)
+
+    tasks = [asyncio.create_task(sleeper("late", 5)), asyncio.create_task(sleeper("early", 2))]
+    await clock.wait_for_sleepers(2)
+    assert clock.next_deadline() == 102.0
+    clock.advance(3)
+    await asyncio.sleep(0)
+    assert woke == ["early"]
+    clock.advance(2)
+    await asyncio.gather(*tasks)
+    assert woke == ["early", "late"]
+    assert clock.now() == 105.0
+    assert clock.sleepers == 0
+    with pytest.raises(ValueError, match="forward"):
+        clock.advance(-1)
+
+
+async def test_fake_clock_timers_can_be_cancelled_and_zero_sleeps_yield() -> None:
+    clock = FakeClock()
+    fired: list[int] = []
+    handle = clock.call_later(1.0, lambda: fired.append(1))
+    clock.call_later(2.0, lambda: fired.append(2))
+    handle.cancel()
+    clock.advance(5)
+    assert fired == [2]
+    await clock.sleep(0)
+    assert "FakeClock" in repr(clock)
+
+
+async def test_the_monotonic_clock_is_real_time() -> None:
+    clock = MonotonicClock()
+    before = clock.now()
+    fired = asyncio.Event()
+    clock.call_later(0, fired.set)
+    await clock.sleep(0)
+    await fired.wait()
+    assert clock.now() >= before
+    assert repr(clock) == "MonotonicClock()"
+
+
+def test_an_injected_random_source_makes_backoff_reproducible() -> None:
+    from kimi_actors.governance.backoff import backoff_delay
+
+    policy = RetryPolicy()
+    first = [backoff_delay(n, policy, random.Random(5)) for n in range(1, 8)]
+    second = [backoff_delay(n, policy, random.Random(5)) for n in range(1, 8)]
+    assert first == second
+
+
+# -- public surface ----------------------------------------------------------------------------
+
+
+def test_public_all_is_exactly_the_documented_surface() -> None:
+    expected = {
+        "APIError", "AuthenticationError", "BadRequestError", "BatchInputError", "BreakerPolicy",
+        "ChatResult", "Choice", "CircuitOpenError", "Clock", "ConnectionFailedError",
+        "ContentFilterError", "ContextLengthError", "DEFAULT_BASE_URL", "Delta", "Dimension",
+        "DimensionStats", "EngineOverloadedError", "FakeClock", "GovernorStats",
+        "IncompleteStreamError", "KimiError", "LimitExceededError", "Limits", "MapResult",
+        "ModelNotFoundError", "MonotonicClock", "NotFoundError", "PermissionDeniedError",
+        "ProtocolError", "QuotaExhaustedError", "RateLimitError", "RequestTimeoutError",
+        "ResumeMode", "ResumePolicy", "RetryPolicy", "ServerError", "Stream", "StreamError",
+        "Supervisor", "SupervisorClosedError", "SupervisorStats", "TIERS", "Timeouts",
+        "ToolCall", "TransportError", "Usage", "__version__", "admission_tokens",
+        "estimate_prompt_tokens", "estimate_text_tokens",
+    }
+    assert set(kimi_actors.__all__) == expected
+    assert len(kimi_actors.__all__) == len(expected)
+    for name in kimi_actors.__all__:
+        assert hasattr(kimi_actors, name), name
