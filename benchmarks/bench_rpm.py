@@ -56,6 +56,7 @@ async def run(server: FakeServer, limits: Limits, count: int, window_margin: flo
                "messages": [{"role": "user", "content": f"rpm question {index}"}]}
               for index in range(count))
     failed = 0
+    first_error = ""
     started = time.perf_counter()
     try:
         margin = {} if window_margin is None else {"window_margin": window_margin}
@@ -64,13 +65,16 @@ async def run(server: FakeServer, limits: Limits, count: int, window_margin: flo
             async for item in sup.map(bodies):
                 if not item.ok:
                     failed += 1
+                    if not first_error:
+                        notes = " ".join(getattr(item.error, "__notes__", ()))
+                        first_error = f"{type(item.error).__name__}: {item.error} {notes}"
             stats = sup.statistics()
     finally:
         Transport.post = original  # type: ignore[method-assign]
     elapsed = time.perf_counter() - started
     return elapsed, {"failed": failed, "rate_limited": stats.rate_limited,
                      "retries": stats.retries, "completed": stats.completed,
-                     "attempts": stats.attempts}
+                     "attempts": stats.attempts, "first_error": first_error}
 
 
 def main() -> None:
@@ -118,6 +122,8 @@ def main() -> None:
     print(f"  client: completed {client['completed']}, failed {client['failed']}, attempts "
           f"{client['attempts']}, retries {client['retries']}, rate_limited "
           f"{client['rate_limited']}")
+    if client["first_error"]:
+        print(f"  client: first failure: {client['first_error']}")
     print(f"rpm: achieved {share:.1%} of the limit ({window / mean_gap * limit:.1f} of "
           f"{limit} per window), 429s: server {server_429}, client {client['rate_limited']} "
           f"(target >= {TARGET:.0%} with zero 429s) {'ok' if ok else 'MISSED'}", flush=True)
