@@ -138,6 +138,21 @@ def test_prompt_estimate_counts_every_part_of_the_body() -> None:
     assert estimate_prompt_tokens({"messages": ["raw string"]}) > 0
 
 
+def test_every_message_shape_is_estimated_without_raising() -> None:
+    def one(message: object) -> int:
+        return estimate_prompt_tokens({"messages": [message]})
+
+    empty = one({"role": "assistant", "content": None})
+    assert one({"role": "assistant", "content": None, "reasoning_content": "x" * 40}) \
+        == empty + 10
+    assert one({"role": "assistant", "content": None,
+                "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{}"}}]}) \
+        > empty
+    assert one({"role": "user", "content": [{"type": "audio", "data": object()},
+                                             "bare string part"]}) > empty
+    assert one({"role": "user", "content": {"unexpected": ["shape", 1]}}) > empty
+
+
 def test_admission_is_prompt_plus_max_tokens_times_choices() -> None:
     body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
     assert requested_max_tokens(body) == 100

@@ -61,7 +61,7 @@ def _content_tokens(content: Any) -> int:
                 elif part.get("type") in ("image_url", "video_url", "input_image"):
                     total += IMAGE_TOKENS
                 else:
-                    total += estimate_text_tokens(json.dumps(part, ensure_ascii=False))
+                    total += estimate_text_tokens(json.dumps(part, ensure_ascii=False, default=str))
             else:
                 total += estimate_text_tokens(str(part))
         return total
