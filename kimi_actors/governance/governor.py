@@ -222,6 +222,7 @@ class Governor:
                     adopted = server_limit
         if adopted is not None:
             self._limit_adjustments += 1
+        self._wake_dispatcher()  # the head's wait, or whether it can ever fit, has changed
         return adopted
 
     def close(self, error: KimiError) -> None:
@@ -247,19 +248,21 @@ class Governor:
             if waiter is None:
                 await self._sleep(None)
                 continue
+            now = self._clock.now()
             try:
                 self.check(waiter.tokens)  # a 429 may have lowered a limit below this request
-            except LimitExceededError as exc:
+                permit = self._try_grant(waiter.tokens, now)
+                delay = None if permit is not None else self._delay(waiter.tokens, now)
+            except Exception as exc:
+                # Fail this waiter, never the dispatcher: every other actor depends on it.
                 heapq.heappop(self._queue)
                 waiter.future.set_exception(exc)
                 continue
-            now = self._clock.now()
-            permit = self._try_grant(waiter.tokens, now)
             if permit is not None:
                 heapq.heappop(self._queue)
                 waiter.future.set_result(permit)
                 continue
-            await self._sleep(self._delay(waiter.tokens, now))
+            await self._sleep(delay)
 
     def _slot_free(self) -> bool:
         limit = self._slots.limit

@@ -223,3 +223,31 @@ async def test_close_fails_queued_waiters_and_refuses_new_ones(clock: FakeClock)
 def test_server_limit_is_read_from_kimi_messages(dimension: Dimension, message: str,
                                                  expected: int | None) -> None:
     assert server_limit_from_message(dimension, message) == expected
+
+
+async def test_a_queued_request_over_a_newly_lowered_limit_fails_alone(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        await gov.admit(900)
+        big = asyncio.create_task(gov.admit(600))
+        await run_ready()
+        gov.on_rate_limited(Dimension.TPM, retry_after=None,
+                            message="request reached organization TPM rate limit, "
+                                    "current:900, limit:500")
+        with pytest.raises(LimitExceededError, match="limit is 500"):
+            await big
+        small = asyncio.create_task(gov.admit(100))
+        await clock.wait_for_sleepers(1)
+        clock.advance(10.0)
+        await run_ready()
+        assert small.done()
+        assert gov.statistics().dimensions["tpm"].limit == 500
+
+
+async def test_unlimited_dimensions_adopt_a_limit_the_server_names(clock: FakeClock) -> None:
+    governor = Governor(Limits(), clock=clock)
+    assert governor.on_rate_limited(
+        Dimension.TPD, retry_after=30.0,
+        message="request reached organization TPD rate limit, current:10, limit:5000") == 5000
+    assert governor.statistics().dimensions["tpd"].limit == 5000
+    assert governor.on_rate_limited(None, retry_after=1.0, message="whatever") is None
