@@ -115,7 +115,7 @@ async def read_until_broken(response: aiohttp.ClientResponse) -> bytes:
 
 async def read_into(response: aiohttp.ClientResponse, sink: list[bytes]) -> None:
     async for data in response.content.iter_any():
-        sink.append(data)  # noqa: PERF401 - keeps what arrived before the break
+        sink.append(data)  # keeps what arrived before the break
 
 
 def planned_cut(faults: Faults, body: dict[str, Any], number: int = 1) -> int:
