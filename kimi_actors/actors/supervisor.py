@@ -367,7 +367,8 @@ class Supervisor:
         finishes (completion order). At most ``window`` actors exist at once (default: twice
         the concurrency limit), so an iterable of any length runs in bounded memory. Errors
         are reported in the results, never raised, except run-fatal ones, which end the map.
-        Stopping the iteration cancels what is still running."""
+        Closing the iterator (``async with contextlib.aclosing(sup.map(...))``, or letting it
+        be collected after a ``break``) cancels what is still running."""
         self._check_open()
         limit = self.limits.concurrency
         window = window or max(16, 2 * (limit or 256))

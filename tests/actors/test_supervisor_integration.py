@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextlib import aclosing
 from typing import Any
 
 import pytest
@@ -318,3 +319,41 @@ async def test_the_api_key_never_reaches_logs_reprs_or_errors(
     assert "retry" in caplog.text  # something was logged, so the check below means something
     assert secret not in caplog.text
     assert not [t for t in texts if secret in t]
+
+
+async def test_an_actor_that_crashes_fails_only_its_own_call() -> None:
+    async with FakeKimi() as fake, \
+            Supervisor(api_key=fake.api_key, base_url=fake.base_url) as sup:
+        unserialisable = [{"role": "user", "content": object()}]
+        results = await asyncio.gather(
+            sup.chat(model=MODEL, messages=unserialisable),
+            *(sup.chat(model=MODEL, messages=messages(i)) for i in range(5)),
+            return_exceptions=True)
+        assert isinstance(results[0], TypeError)
+        assert [r.content for r in results[1:]] == [  # type: ignore[union-attr]
+            expected_reply(MODEL, messages(i)).content for i in range(5)]
+        assert sup.statistics().failures_by_type == {"TypeError": 1}
+
+
+async def test_map_pulls_requests_lazily_and_stops_cleanly() -> None:
+    pulled = 0
+
+    def bodies() -> Any:
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield {"model": MODEL, "messages": messages(i)}
+
+    async with FakeKimi(latency=Latency(first_token=0.01)) as fake, \
+            Supervisor(api_key=fake.api_key, base_url=fake.base_url,
+                       limits=Limits(concurrency=4)) as sup:
+        seen = []
+        async with aclosing(sup.map(bodies(), window=8)) as results:
+            async for item in results:
+                seen.append(item)
+                if len(seen) == 20:
+                    break
+        assert all(item.ok for item in seen)
+        assert pulled <= 20 + 8  # never more than the window ahead of what was consumed
+        await wait_until(lambda: sup.statistics().actors == 0)
+        assert sup.statistics().in_flight == 0
