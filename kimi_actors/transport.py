@@ -42,8 +42,11 @@ class RawResponse:
 
 
 def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts) -> KimiError:
-    """Turn an aiohttp/socket failure into our error. ``phase`` says where it happened."""
+    """Turn an aiohttp/socket failure into our error. ``phase`` says what we were waiting
+    for; a connect timeout is recognised by its type whatever the phase."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            phase = "connect"
         limit = {"connect": timeouts.connect, "first_byte": timeouts.first_byte,
                  "read_idle": timeouts.read_idle, "response": timeouts.response}.get(phase)
         err: KimiError = RequestTimeoutError(
@@ -147,16 +150,14 @@ class Transport:
         """POST and read the whole answer (bounded by ``Timeouts.response``)."""
         timeout = aiohttp.ClientTimeout(total=self._timeouts.response,
                                         sock_connect=self._timeouts.connect)
-        phase = "connect"
         try:
             async with self._get_session().post(self.url(path), data=body, headers=headers,
                                                 timeout=timeout) as response:
-                phase = "response"
                 data = await response.content.read(MAX_BODY_BYTES)
                 return RawResponse(status=response.status, headers=response.headers,
                                    body=data, content_type=response.content_type)
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase=phase, timeouts=self._timeouts) from None
+            raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
 
     async def get(self, path: str) -> RawResponse:
         timeout = aiohttp.ClientTimeout(total=self._timeouts.first_byte,
@@ -178,14 +179,12 @@ class Transport:
         timeouts = self._timeouts
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect,
                                         sock_read=timeouts.first_byte)
-        phase = "connect"
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
                 response = await self._get_session().post(self.url(path), data=body,
                                                           headers=headers, timeout=timeout)
         except _TRANSPORT_ERRORS as exc:
-            phase = "first_byte" if isinstance(exc, TimeoutError) else phase
-            raise _map_error(exc, phase=phase, timeouts=timeouts) from None
+            raise _map_error(exc, phase="first_byte", timeouts=timeouts) from None
         try:
             connection = response.connection
             if connection is not None and connection.protocol is not None:

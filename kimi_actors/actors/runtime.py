@@ -161,12 +161,13 @@ class Runtime:
             ticket.recorded = True
             self.breaker.record_ignored(self.clock.now(), epoch=ticket.epoch)
 
-    def record(self, outcome: Outcome, ticket: Ticket) -> None:
-        """Feed an outcome to the breaker, the governor and the counters; log what matters."""
+    def record(self, outcome: Outcome, ticket: Ticket | None) -> None:
+        """Feed an outcome to the breaker, the governor and the counters; log what matters.
+        ``ticket`` is None for ungoverned side calls, which the breaker does not see."""
         now = self.clock.now()
         error = outcome.error
         transition: Transition | None = None
-        if not ticket.recorded:
+        if ticket is not None and not ticket.recorded:
             ticket.recorded = True
             if outcome.action is Action.SUCCESS:
                 transition = self.breaker.record_success(now, epoch=ticket.epoch)

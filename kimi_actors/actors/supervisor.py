@@ -12,20 +12,22 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from ..clock import Clock, MonotonicClock
-from ..errors import RequestTimeoutError, SupervisorClosedError
+from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError
 from ..governance.governor import Governor, GovernorStats
 from ..limits import Limits
 from ..observe import register_secret
 from ..policy import BreakerPolicy, ResumePolicy, RetryPolicy, Timeouts
 from ..protocol.chunks import ChatResult, Delta
+from ..protocol.classify import Action, classify_response
 from ..protocol.tokens import DEFAULT_MAX_TOKENS
-from ..transport import Transport
+from ..transport import Transport, json_body
 from .request import RequestActor
 from .runtime import Runtime
 from .stream import END_OF_STREAM, StreamActor
@@ -419,6 +421,48 @@ class Supervisor:
             finished.put_nowait(MapResult(index=index, request=body, error=exc))
         else:
             finished.put_nowait(MapResult(index=index, request=body, result=result))
+
+    async def estimate_tokens(self, *, model: str, messages: list[Mapping[str, Any]],
+                              **body: Any) -> int:
+        """Kimi's own prompt token count for a chat body (``/tokenizers/estimate-token-count``).
+        Not governed: it is a cheap side call, not a completion."""
+        self._check_open()
+        data = await self._side_call("POST", "tokenizers/estimate-token-count",
+                                     {"model": model, "messages": messages, **body})
+        try:
+            return int(data["data"]["total_tokens"])
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError(f"unexpected estimate-token-count answer: {data!r:.200}") \
+                from None
+
+    async def balance(self) -> Mapping[str, Any]:
+        """The account balance (``/users/me/balance``): available, voucher and cash."""
+        self._check_open()
+        data = await self._side_call("GET", "users/me/balance", None)
+        balance = data.get("data") if isinstance(data, Mapping) else None
+        if not isinstance(balance, Mapping):
+            raise ProtocolError(f"unexpected balance answer: {data!r:.200}")
+        return balance
+
+    async def models(self) -> list[str]:
+        """The ids of the models this key may use (``/models``)."""
+        self._check_open()
+        data = await self._side_call("GET", "models", None)
+        try:
+            return [str(item["id"]) for item in data["data"]]
+        except (KeyError, TypeError):
+            raise ProtocolError(f"unexpected models answer: {data!r:.200}") from None
+
+    async def _side_call(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
+        transport = self._runtime.transport
+        raw = await (transport.get(path) if method == "GET"
+                     else transport.post(path, json_body(body or {})))
+        outcome = classify_response(raw.status, raw.headers, raw.body, wall_now=time.time())
+        if outcome.error is not None:
+            if outcome.action is Action.FATAL_RUN:
+                self._runtime.record(outcome, None)
+            raise outcome.error
+        return outcome.body
 
     def statistics(self) -> SupervisorStats:
         rt = self._runtime
