@@ -1,0 +1,235 @@
+"""A web backend that streams Kimi's answers to its clients, from one shared Supervisor.
+
+One Supervisor per process, created in the app's ``cleanup_ctx`` so it starts with the app and
+drains when the app stops: every request handler uses it, so all of them together stay within
+the account's limits, share one connection pool and one circuit breaker. Two endpoints:
+
+* ``GET /ask?q=...`` streams the answer as plain text chunks;
+* ``GET /ask/sse?q=...`` streams it as server-sent events (``data: {"content": ...}``, an
+  ``event: restart`` when the answer starts over, an ``event: error`` on failure, then
+  ``data: [DONE]``), ready for a browser's ``EventSource``;
+* ``GET /stats`` returns the Supervisor's statistics as JSON.
+
+A client that goes away mid-answer makes the write fail; leaving the ``async with
+sup.stream(...)`` block then closes the upstream connection and frees its slot at once.
+
+Without ``MOONSHOT_API_KEY`` (or with ``--fake``) an embedded FakeKimi answers, dropping some
+streams so resumes happen. ``--self-test`` starts the app on a free loopback port, asks it a
+few questions over both endpoints at once, checks the answers and exits.
+
+    python examples/web_backend.py [--fake] [--host 127.0.0.1] [--port 8080]
+    python examples/web_backend.py --self-test [--questions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+import aiohttp
+from aiohttp import web
+
+from kimi_actors import KimiError, Limits, Supervisor
+from kimi_actors.testing import FakeKimi, Faults, Latency, expected_reply
+
+MODEL = "kimi-k2-turbo-preview"
+MAX_TOKENS = 80
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+FAKE = web.AppKey("fake", FakeKimi)
+USE_FAKE = web.AppKey("use_fake", bool)
+
+
+def _messages(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": question}]
+
+
+async def fake_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Start an embedded FakeKimi first (cleanup contexts start in order, stop in reverse)."""
+    if app[USE_FAKE]:
+        async with FakeKimi(faults=Faults(drop=0.2), latency=Latency(per_token=0.002),
+                            seed=3) as fake:
+            app[FAKE] = fake
+            yield
+    else:
+        yield
+
+
+async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The one Supervisor of this process: entered at startup, drained at shutdown."""
+    fake = app.get(FAKE)
+    async with Supervisor(api_key=fake.api_key if fake else None,
+                          base_url=fake.base_url if fake else None,
+                          limits=Limits.tier(1), drain_timeout=10.0) as sup:
+        app[SUPERVISOR] = sup
+        yield
+
+
+def _question(request: web.Request) -> str:
+    question = request.query.get("q", "").strip()
+    if not question:
+        raise web.HTTPBadRequest(text="ask something: ?q=...")
+    return question
+
+
+async def ask_text(request: web.Request) -> web.StreamResponse:
+    """Plain text, written as the deltas arrive."""
+    question = _question(request)
+    sup = request.app[SUPERVISOR]
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        async with sup.stream(model=MODEL, messages=_messages(question),
+                              max_tokens=MAX_TOKENS) as stream:
+            async for delta in stream:
+                if delta.restart:
+                    await response.write(b"\n[the answer starts over]\n")
+                elif delta.content:
+                    await response.write(delta.content.encode())
+    except KimiError as exc:
+        await response.write(f"\n[error: {type(exc).__name__}]\n".encode())
+    except ConnectionResetError:
+        return response  # the client left; the stream is closed already
+    await response.write_eof()
+    return response
+
+
+async def ask_sse(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one ``data:`` event per delta, ``[DONE]`` at the end."""
+    question = _question(request)
+    sup = request.app[SUPERVISOR]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    async def send(data: str, event: str | None = None) -> None:
+        head = f"event: {event}\n" if event else ""
+        await response.write(f"{head}data: {data}\n\n".encode())
+
+    try:
+        async with sup.stream(model=MODEL, messages=_messages(question),
+                              max_tokens=MAX_TOKENS) as stream:
+            async for delta in stream:
+                if delta.restart:
+                    await send("{}", event="restart")
+                elif delta.content:
+                    await send(json.dumps({"content": delta.content}, ensure_ascii=False))
+        await send(json.dumps({"finish_reason": stream.result.finish_reason}), event="end")
+    except KimiError as exc:
+        await send(json.dumps({"error": type(exc).__name__}), event="error")
+    except ConnectionResetError:
+        return response
+    await send("[DONE]")
+    await response.write_eof()
+    return response
+
+
+async def stats(request: web.Request) -> web.Response:
+    snapshot = asdict(request.app[SUPERVISOR].statistics())
+    return web.json_response(snapshot, dumps=lambda data: json.dumps(data, default=str))
+
+
+def build_app(use_fake: bool) -> web.Application:
+    app = web.Application()
+    app[USE_FAKE] = use_fake
+    app.cleanup_ctx.append(fake_ctx)
+    app.cleanup_ctx.append(supervisor_ctx)
+    app.router.add_get("/ask", ask_text)
+    app.router.add_get("/ask/sse", ask_sse)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+async def _read_sse(response: aiohttp.ClientResponse) -> str:
+    """The answer an SSE client would show: content events, reset on ``restart``."""
+    text: list[str] = []
+    event = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            data = line[6:]
+            if data == "[DONE]":
+                break
+            if event == "restart":
+                text.clear()
+            elif event == "error":
+                raise RuntimeError(f"the backend reported {data}")
+            elif not event:
+                text.append(json.loads(data)["content"])
+        elif not line:
+            event = ""
+    return "".join(text)
+
+
+async def self_test(questions: int, use_fake: bool) -> int:
+    """Serve on a free loopback port, ask ``questions`` questions on each endpoint at once."""
+    runner = web.AppRunner(build_app(use_fake))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        base = f"http://{host}:{port}"
+        print(f"serving on {base} ({'embedded FakeKimi' if use_fake else 'Kimi API'})")
+        asked = [f"question {number}: what is on the moon?" for number in range(questions)]
+
+        async with aiohttp.ClientSession() as client:
+            async def plain(question: str) -> str:
+                async with client.get(f"{base}/ask", params={"q": question}) as response:
+                    response.raise_for_status()
+                    return await response.text()
+
+            async def sse(question: str) -> str:
+                async with client.get(f"{base}/ask/sse", params={"q": question}) as response:
+                    response.raise_for_status()
+                    return await _read_sse(response)
+
+            answers = await asyncio.gather(*(plain(q) for q in asked),
+                                           *(sse(q) for q in asked))
+            async with client.get(f"{base}/stats") as response:
+                backend = await response.json()
+        good = 0
+        for question, answer in zip(asked * 2, answers, strict=True):
+            if use_fake:
+                expected = expected_reply(MODEL, _messages(question), max_tokens=MAX_TOKENS)
+                good += answer == expected.content
+            else:
+                good += bool(answer) and "[error" not in answer
+        print(f"  first answer: {answers[0][:70]!r}...")
+        print(f"  backend supervisor: completed {backend['completed']}, resumes "
+              f"{backend['resumes']}, restarts {backend['restarts']}, in flight "
+              f"{backend['in_flight']}")
+        print(f"self-test: {good}/{len(answers)} answers streamed and correct "
+              f"({questions} plain text, {questions} SSE, concurrently)")
+        return 0 if good == len(answers) else 1
+    finally:
+        await runner.cleanup()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fake", action="store_true",
+                        help="use an embedded FakeKimi even when MOONSHOT_API_KEY is set")
+    parser.add_argument("--self-test", action="store_true",
+                        help="serve on loopback, ask a few questions, check, exit")
+    parser.add_argument("--questions", type=int, default=4,
+                        help="questions per endpoint in --self-test")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+    use_fake = args.fake or not os.environ.get("MOONSHOT_API_KEY")
+    if args.self_test:
+        return asyncio.run(self_test(args.questions, use_fake))
+    web.run_app(build_app(use_fake), host=args.host, port=args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
