@@ -59,9 +59,11 @@ async def run(server: FakeServer, limits: Limits, count: int, window_margin: flo
     first_error = ""
     started = time.perf_counter()
     try:
-        margin = {} if window_margin is None else {"window_margin": window_margin}
-        async with Supervisor(api_key=server.api_key, base_url=server.base_url,
-                              limits=limits, **margin) as sup:
+        supervisor = (Supervisor(api_key=server.api_key, base_url=server.base_url,
+                                 limits=limits) if window_margin is None else
+                      Supervisor(api_key=server.api_key, base_url=server.base_url,
+                                 limits=limits, window_margin=window_margin))
+        async with supervisor as sup:
             async for item in sup.map(bodies):
                 if not item.ok:
                     failed += 1

@@ -59,12 +59,12 @@ async def paced(base_url: str, api_key: str, limits: Limits, count: int) -> tupl
     """Send ``count`` requests under ``limits``; print the governor as it paces them."""
     async with Supervisor(api_key=api_key, base_url=base_url, limits=limits) as sup:
         started = time.perf_counter()
-        bodies = [{"model": MODEL, "max_tokens": 16,
-                   "messages": [{"role": "user", "content": f"paced question {number}"}]}
-                  for number in range(count)]
+        questions = [f"paced question {number}" for number in range(count)]
         every = max(1, limits.rpm or 1)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(sup.chat(**body)) for body in bodies]
+            tasks = [group.create_task(sup.chat(
+                model=MODEL, max_tokens=16, messages=[{"role": "user", "content": question}]))
+                for question in questions]
             for done, finished in enumerate(asyncio.as_completed(tasks), start=1):
                 await finished
                 if done % every == 1 and done < count:
