@@ -45,7 +45,7 @@ import secrets
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -424,13 +424,15 @@ def scan_input(path: Path, *, default_model: str | None, skip: DoneSet | None = 
 
 def iter_requests(path: Path, *, default_model: str | None, skip: DoneSet | None = None,
                   skip_bad: bool = False,
-                  duplicate_ids: Collection[str] = frozenset()) -> Iterator[BatchRequest]:
+                  duplicate_ids: Collection[str] = frozenset()
+                  ) -> Generator[BatchRequest, None, None]:
     """Yield the requests of an input file one at a time, in file order.
 
     Requests whose custom_id is in ``skip`` are left out. A bad line, or a repeat of one of
     ``duplicate_ids`` (pass ``InputScan.duplicate_ids``; the first occurrence is kept), raises
     :class:`BatchInputError` unless ``skip_bad``, in which case it is left out: the scan has
-    reported it already.
+    reported it already. A generator, so ``contextlib.closing`` closes the file when the
+    caller stops early.
     """
     seen_duplicates: set[str] = set()
     for number, raw in _iter_lines(path):
