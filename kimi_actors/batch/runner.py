@@ -1,0 +1,709 @@
+"""The batch runner: a JSONL file of chat requests through the actor runtime, into a resumable
+JSONL output, as fast as the account's limits allow.
+
+Order of work, and why:
+
+1. Without ``--fake`` the API key is read from the environment first, so a missing key fails
+   in a second instead of after a long scan. The key is never printed.
+2. The output is opened (:class:`~kimi_actors.batch.io.OutputWriter` locks it and cuts a torn
+   last line), then scanned for the custom_ids already final, then the input is scanned whole,
+   line by line, skipping those ids. Bad lines and duplicate custom_ids are reported with their
+   line numbers before anything is sent; the run stops there unless ``--skip-bad``. This part
+   is synchronous, so Ctrl-C during it is an ordinary ``KeyboardInterrupt``.
+3. The input is read again, lazily, and fed to ``Supervisor.map``, which keeps a bounded window
+   of actors: memory does not grow with the file. Each result is written as one whole line the
+   moment it arrives. Only answers and errors that cannot succeed on a re-run are written
+   (:func:`~kimi_actors.batch.io.is_final_error`); everything else stays unwritten, so running
+   the same command again sends exactly what is missing.
+
+Stopping (signal handlers on the event loop):
+
+* First SIGINT (Ctrl-C) or SIGTERM: stop sending. The supervisor is closed with a drain
+  timeout (``drain_timeout``, 30 s by default): requests not yet admitted fail at once and
+  stay unwritten, requests in flight get the drain time to finish and are written. Then the
+  summary and the command that resumes the run are printed. SIGTERM is treated like the first
+  Ctrl-C because process managers send it and then wait a grace period: finishing in-flight
+  answers saves their tokens, and a SIGKILL at the end of the grace period loses nothing
+  written.
+* Second SIGINT or SIGTERM: stop now. Everything in flight is cancelled; every line already
+  written stays valid (each is one ``write()``), and a resumed run sends the rest.
+
+A run-fatal API error (wrong key, exhausted quota) stops the runtime at once; the runner
+prints one message for it, however many requests were waiting, and exits with
+:data:`EXIT_FATAL`.
+
+Exit codes (:data:`EXIT_CODES`)::
+
+    0    every request is answered (lines skipped by --skip-bad do not count)
+    1    some requests failed with a final error, or were not finished (a re-run sends them)
+    2    usage error or bad input: nothing was sent (bad lines, missing key, locked output)
+    3    a run-fatal API error stopped the run (authentication failed, quota exhausted)
+    130  interrupted by SIGINT or SIGTERM; run the same command again to resume
+
+Achieved rates in the summary. The governor counts what its rolling windows hold right now
+(requests admitted, retries included, and tokens reserved at admission: prompt estimate +
+max_tokens), exactly what the server compares with the limits. The runner samples that count
+ten times a second and reports its time average over the run: "on average the last minute held
+X requests, Y% of the limit". A run that keeps every window full scores 100% whatever the
+number of requests; nothing is credited for the first window's burst (a count like
+``N / T * W`` would be), and a run that is not rate-bound shows how much room it left. Where a
+dimension has no limit, the governor does not count it and the runner counts finished requests
+and billed tokens over the same window instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TextIO
+
+from ..actors.supervisor import MapResult, Supervisor, SupervisorStats
+from ..errors import (
+    AuthenticationError,
+    BatchInputError,
+    KimiError,
+    QuotaExhaustedError,
+    SupervisorClosedError,
+)
+from ..limits import Limits
+from ..observe import redact_text
+from ..policy import ResumePolicy
+from ..protocol.chunks import ChatResult
+from .config import RunConfig
+from .io import (
+    BatchRequest,
+    DoneSet,
+    InputScan,
+    OutputWriter,
+    is_final_error,
+    iter_requests,
+    scan_input,
+    scan_output,
+)
+from .plan import plan_run, render_plan
+from .progress import (
+    ProgressReporter,
+    ProgressSnapshot,
+    RunSummary,
+    format_duration,
+    render_problems,
+    render_summary,
+)
+
+__all__ = [
+    "DRAIN_SECONDS",
+    "EXIT_CODES",
+    "EXIT_FATAL",
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "RUN_PROGRAM",
+    "RunResult",
+    "cli_logging",
+    "completion_body",
+    "run_batch",
+]
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_FATAL = 3
+EXIT_INTERRUPTED = 130
+#: Every exit code of ``kimi-actors run`` and what it means (the README's table).
+EXIT_CODES: Mapping[int, str] = MappingProxyType({
+    EXIT_OK: "every request is answered",
+    EXIT_INCOMPLETE: "some requests failed with a final error or were not finished; run the "
+                     "same command again to send the unfinished ones",
+    EXIT_USAGE: "usage error or bad input (bad lines, missing key, output in use): nothing "
+                "was sent",
+    EXIT_FATAL: "a run-fatal API error (authentication failed, quota exhausted) stopped "
+                "the run",
+    EXIT_INTERRUPTED: "interrupted by SIGINT (Ctrl-C) or SIGTERM; run the same command again "
+                      "to resume",
+})
+#: Seconds in-flight requests get to finish after the first Ctrl-C.
+DRAIN_SECONDS = 30.0
+#: The command a resume hint names.
+RUN_PROGRAM = "kimi-actors run"
+
+_TICK_SECONDS = 0.1
+_RATE_BUCKETS = 60
+_LOGGER_NAME = "kimi_actors"
+_CLEAR_LINE = "\r\x1b[K"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """How a run ended. ``summary`` is ``None`` when nothing was sent (usage error, bad input,
+    dry run); ``message`` is the one-line reason for a non-zero exit, already printed."""
+
+    exit_code: int
+    summary: RunSummary | None = None
+    message: str | None = None
+    #: Lines written to the output by this run.
+    lines_written: int = 0
+
+    def __post_init__(self) -> None:
+        if self.exit_code not in EXIT_CODES:
+            raise ValueError(f"RunResult.exit_code must be one of {sorted(EXIT_CODES)}, "
+                             f"got {self.exit_code!r}")
+
+
+def completion_body(result: ChatResult) -> dict[str, Any]:
+    """A ``chat.completion`` body for ``result``: the server's own body for a non-stream
+    answer, else one built from the assembled stream (choices with role, content, reasoning
+    and tool calls, finish_reason, and usage)."""
+    raw = result.raw
+    if isinstance(raw, Mapping) and raw.get("object") == "chat.completion" \
+            and isinstance(raw.get("choices"), list):
+        return dict(raw)
+    choices = []
+    for choice in result.choices:
+        message: dict[str, Any] = {"role": choice.role, "content": choice.content}
+        if choice.reasoning_content:
+            message["reasoning_content"] = choice.reasoning_content
+        if choice.tool_calls:
+            message["tool_calls"] = [
+                {"index": call.index, "id": call.id, "type": call.type,
+                 "function": {"name": call.name, "arguments": call.arguments}}
+                for call in choice.tool_calls]
+        choices.append({"index": choice.index, "message": message,
+                        "finish_reason": choice.finish_reason})
+    body: dict[str, Any] = {"id": result.id, "object": "chat.completion",
+                            "created": result.created, "model": result.model,
+                            "choices": choices}
+    usage = result.usage
+    if usage is not None:
+        usage_body: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens,
+                                      "completion_tokens": usage.completion_tokens,
+                                      "total_tokens": usage.total_tokens}
+        if usage.cached_tokens is not None:
+            usage_body["cached_tokens"] = usage.cached_tokens
+        body["usage"] = usage_body
+    return body
+
+
+class _RateWindow:
+    """Amounts added over the last ``window`` seconds, in 60 buckets (bounded memory whatever
+    the rate); for the progress line when a dimension has no limit for the governor to count."""
+
+    __slots__ = ("_buckets", "_width")
+
+    def __init__(self, window: float) -> None:
+        self._width = window / _RATE_BUCKETS
+        self._buckets: deque[list[float]] = deque()
+
+    def add(self, now: float, amount: float) -> None:
+        slot = math.floor(now / self._width)
+        if self._buckets and self._buckets[-1][0] == slot:
+            self._buckets[-1][1] += amount
+        else:
+            self._buckets.append([slot, amount])
+        self._expire(slot)
+
+    def total(self, now: float) -> float:
+        self._expire(math.floor(now / self._width))
+        return sum(amount for _, amount in self._buckets)
+
+    def _expire(self, slot: int) -> None:
+        while self._buckets and self._buckets[0][0] <= slot - _RATE_BUCKETS:
+            self._buckets.popleft()
+
+
+class _TimeAverage:
+    """The time average of a step function sampled at increasing times (each value holds
+    until the next sample)."""
+
+    __slots__ = ("_area", "_first", "_last_time", "_last_value")
+
+    def __init__(self) -> None:
+        self._area = 0.0
+        self._first: float | None = None
+        self._last_time = 0.0
+        self._last_value = 0.0
+
+    def sample(self, now: float, value: float) -> None:
+        if self._first is None:
+            self._first = now
+        else:
+            self._area += self._last_value * max(0.0, now - self._last_time)
+        self._last_time, self._last_value = now, value
+
+    def mean(self) -> float:
+        if self._first is None:
+            return 0.0
+        span = self._last_time - self._first
+        return self._area / span if span > 0 else self._last_value
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes library log records to the terminal without breaking the progress bar: the
+    bar's line is cleared first (it is redrawn on the next update)."""
+
+    def __init__(self, stream: TextIO, before_write: Callable[[], None]) -> None:
+        super().__init__(stream)
+        self._before_write = before_write
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._before_write()
+        super().emit(record)
+
+
+def _not_run_stopped(record: logging.LogRecord) -> bool:
+    """The runner reports a run-fatal error itself, once: the library's event would repeat
+    it."""
+    return not record.getMessage().startswith("event='run_stopped'")
+
+
+@contextlib.contextmanager
+def cli_logging(log_file: Path | None, stream: TextIO,
+                before_write: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Route the library's ``kimi_actors`` logger for a command-line run, restoring it after.
+
+    With ``log_file`` every event from INFO up (retries, resumes, 429s, breaker transitions)
+    goes there. On ``stream`` only errors appear, after ``before_write`` (which clears the
+    progress bar's line); the progress line counts 429s and retries instead of logging each.
+    """
+    logger = logging.getLogger(_LOGGER_NAME)
+    saved_level, saved_propagate = logger.level, logger.propagate
+    console = _ConsoleHandler(stream, before_write)
+    console.setLevel(logging.ERROR)
+    console.addFilter(_not_run_stopped)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise BatchInputError(f"cannot open the log file {log_file}: "
+                                  f"{exc.strerror or exc}") from exc
+        file_handler.setLevel(logging.INFO)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handlers.append(file_handler)
+    logger.setLevel(logging.INFO if log_file is not None else logging.ERROR)
+    logger.propagate = False
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(saved_level)
+        logger.propagate = saved_propagate
+
+
+def _limit_text(limits: Limits) -> str:
+    def one(value: int | None) -> str:
+        return "no limit" if value is None else f"{value:,}"
+
+    text = (f"concurrency {one(limits.concurrency)}, RPM {one(limits.rpm)}, "
+            f"TPM {one(limits.tpm)}, TPD {one(limits.tpd)}")
+    if limits.minute != 60:
+        text += f" (a minute lasts {limits.minute:g} s)"
+    return text
+
+
+def _fatal_message(error: KimiError, config: RunConfig) -> str:
+    detail = redact_text(str(error))
+    if isinstance(error, AuthenticationError):
+        where = "the fake server's key" if config.fake else f"${config.api_key_env}"
+        return (f"the server rejected the API key from {where} ({detail}); every request "
+                f"would fail the same way, so the run stopped. Check the key (and that it "
+                f"belongs to {config.base_url}: a key of api.moonshot.cn is rejected by "
+                f"api.moonshot.ai and back), then run the same command again.")
+    if isinstance(error, QuotaExhaustedError):
+        return (f"the account's quota is exhausted or the account is suspended ({detail}); "
+                f"every request would fail the same way, so the run stopped. Recharge, then "
+                f"run the same command again.")
+    return (f"a run-fatal API error stopped the run ({type(error).__name__}: {detail}); "
+            f"fix its cause, then run the same command again.")
+
+
+class _Console:
+    """stderr for people: messages that do not collide with the progress bar."""
+
+    def __init__(self, stream: TextIO, reporter: ProgressReporter) -> None:
+        self.stream = stream
+        self.reporter = reporter
+
+    def clear_bar(self) -> None:
+        """Erase the bar's line on a terminal (it is redrawn on the next update)."""
+        if self.reporter.is_tty:
+            self.stream.write(_CLEAR_LINE)
+
+    def say(self, text: str) -> None:
+        self.clear_bar()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What the consumer counted."""
+
+    ok: int = 0
+    failed_final: dict[str, int] = field(default_factory=dict)
+    not_final: dict[str, int] = field(default_factory=dict)
+    fatal: KimiError | None = None
+
+    @property
+    def done(self) -> int:
+        return self.ok + sum(self.failed_final.values()) + sum(self.not_final.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failed_final.values()) + sum(self.not_final.values())
+
+
+class _Sender:
+    """The asynchronous part of one run: the supervisor (and FakeKimi), the consumer of
+    ``Supervisor.map``, the progress ticker and the signal handlers."""
+
+    def __init__(self, config: RunConfig, *, api_key: str | None, writer: OutputWriter,
+                 scan: InputScan, skip: DoneSet, console: _Console, drain_timeout: float) -> None:
+        self._config = config
+        self._api_key = api_key
+        self._writer = writer
+        self._scan = scan
+        self._skip = skip
+        self._console = console
+        self._drain_timeout = drain_timeout
+        self._limits = config.limits()
+        self.tally = _Tally()
+        self._pending: dict[int, BatchRequest] = {}
+        self._next_index = 0
+        self._feeding = True
+        self.signals = 0
+        self._interrupt: asyncio.Future[None] | None = None
+        self._consumer: asyncio.Task[None] | None = None
+        self._requests_window = _RateWindow(self._limits.minute)
+        self._tokens_window = _RateWindow(self._limits.minute)
+        self.started = self.ended = time.monotonic()
+        self.stats: SupervisorStats | None = None
+        self.rpm_average = _TimeAverage()
+        self.tpm_average = _TimeAverage()
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        self.signals += 1
+        if self.signals == 1:
+            self._feeding = False
+            in_flight = len(self._pending)
+            self._console.say(
+                f"{signum.name}: stopping. No new requests are sent; up to {in_flight:,} "
+                f"started ones get {format_duration(self._drain_timeout)} to finish. "
+                f"Press Ctrl-C again to stop now (what is written stays valid).")
+            if self._interrupt is not None and not self._interrupt.done():
+                self._interrupt.set_result(None)
+        else:
+            self._console.say(f"{signum.name} again: stopping now.")
+            if self._consumer is not None:
+                self._consumer.cancel()
+
+    @contextlib.contextmanager
+    def _signal_handlers(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        installed: list[signal.Signals] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, threads
+                continue
+            installed.append(signum)
+        try:
+            yield
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._interrupt = loop.create_future()
+        with self._signal_handlers(loop):
+            async with contextlib.AsyncExitStack() as stack:
+                base_url, api_key = self._config.base_url, self._api_key
+                if self._config.fake:
+                    from ..testing.server import FakeKimi
+
+                    fake = await stack.enter_async_context(
+                        FakeKimi(limits=self._limits, faults=self._config.faults()))
+                    base_url, api_key = fake.base_url, fake.api_key
+                    self._console.say(f"FakeKimi serving {fake.base_url} (in this process)")
+                sup = await stack.enter_async_context(Supervisor(
+                    api_key=api_key, base_url=base_url, limits=self._limits,
+                    retry=self._config.retry_policy(), resume=ResumePolicy(),
+                    drain_timeout=self._drain_timeout))
+                self.started = time.monotonic()
+                ticker = asyncio.create_task(self._tick(sup))
+                consumer = self._consumer = asyncio.create_task(self._consume(sup))
+                try:
+                    await asyncio.wait([consumer, self._interrupt],
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not consumer.done():
+                        await sup.aclose(timeout=self._drain_timeout)
+                        await self._let_consumer_catch_up(consumer)
+                        consumer.cancel()
+                    await asyncio.wait([consumer])
+                finally:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                    self.stats = sup.statistics()
+                    self.ended = time.monotonic()
+                if not consumer.cancelled() and consumer.exception() is not None:
+                    raise consumer.exception()  # type: ignore[misc]
+
+    async def _let_consumer_catch_up(self, consumer: asyncio.Task[None]) -> None:
+        """Once the supervisor is closed no result is still coming, but the consumer may not
+        have taken the last ones from the map yet: give it loop turns while it makes
+        progress, so nothing answered is left unwritten. An actor cancelled at the drain
+        timeout never reports, so the consumer is then cancelled rather than awaited."""
+        seen = -1
+        while not consumer.done() and seen != self.tally.done:
+            seen = self.tally.done
+            await asyncio.sleep(0)
+
+    def _bodies(self, requests: Iterator[BatchRequest]) -> Iterator[Mapping[str, Any]]:
+        for request in requests:
+            if not self._feeding:
+                return
+            self._pending[self._next_index] = request
+            self._next_index += 1
+            yield request.body
+
+    async def _consume(self, sup: Supervisor) -> None:
+        config = self._config
+        requests = iter_requests(config.input, default_model=config.model, skip=self._skip,
+                                 skip_bad=config.skip_bad,
+                                 duplicate_ids=self._scan.duplicate_ids)
+        with contextlib.closing(requests):
+            results = sup.map(self._bodies(requests), stream=config.stream)
+            assert isinstance(results, AsyncGenerator)
+            try:
+                async with contextlib.aclosing(results):
+                    async for item in results:
+                        self._finish(item)
+            except KimiError as exc:
+                if exc.fatal_for_run:
+                    self.tally.fatal = self.tally.fatal or exc
+                elif not (isinstance(exc, SupervisorClosedError) and self.signals):
+                    raise
+
+    def _finish(self, item: MapResult) -> None:
+        request = self._pending.pop(item.index)
+        tally = self.tally
+        now = time.monotonic()
+        self._requests_window.add(now, 1)
+        if item.result is not None:
+            result = item.result
+            self._writer.write_result(request, status_code=200, request_id=result.request_id,
+                                      body=completion_body(result))
+            tally.ok += 1
+            if result.usage is not None:
+                self._tokens_window.add(now, result.usage.total_tokens)
+            return
+        error = item.error
+        name = type(error).__name__
+        if isinstance(error, KimiError) and is_final_error(error):
+            self._writer.write_error(request, error=error)
+            tally.failed_final[name] = tally.failed_final.get(name, 0) + 1
+            return
+        tally.not_final[name] = tally.not_final.get(name, 0) + 1
+        if isinstance(error, KimiError) and error.fatal_for_run and tally.fatal is None:
+            tally.fatal = error
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def snapshot(self, stats: SupervisorStats, now: float) -> ProgressSnapshot:
+        limits = self._limits
+        dimensions = stats.governor.dimensions
+        rpm = (dimensions["rpm"].used if limits.rpm is not None and "rpm" in dimensions
+               else self._requests_window.total(now))
+        tpm = (dimensions["tpm"].used if limits.tpm is not None and "tpm" in dimensions
+               else self._tokens_window.total(now))
+        rpm, tpm = max(0.0, float(rpm)), max(0.0, float(tpm))
+        self.rpm_average.sample(now, rpm)
+        self.tpm_average.sample(now, tpm)
+        tally = self.tally
+        return ProgressSnapshot(
+            total=self._scan.requests, done=tally.done, failed=tally.failed,
+            retries=stats.retries, rate_limited=stats.rate_limited,
+            in_flight=stats.in_flight, elapsed=max(0.0, now - self.started),
+            rpm=rpm, tpm=tpm, limits=limits)
+
+    async def _tick(self, sup: Supervisor) -> None:
+        reporter = self._console.reporter
+        while True:
+            now = time.monotonic()
+            reporter.update(self.snapshot(sup.statistics(), now), now)
+            await asyncio.sleep(_TICK_SECONDS)
+
+
+def _resolve_key(config: RunConfig, environ: Mapping[str, str]) -> str | None:
+    key = environ.get(config.api_key_env, "").strip()
+    return key or None
+
+
+def _dry_run(config: RunConfig, stdout: TextIO, stderr: TextIO) -> RunResult:
+    """Scan without locking or repairing (a dry run changes nothing) and print the plan."""
+    try:
+        output = scan_output(config.output)
+        scan = scan_input(config.input, default_model=config.model, skip=output.done)
+    except BatchInputError as exc:
+        stderr.write(f"error: {exc}\n")
+        return RunResult(exit_code=EXIT_USAGE, message=str(exc))
+    exit_code = EXIT_OK
+    message = None
+    if output.torn_tail_bytes:
+        stderr.write(f"note: the last line of {config.output} is torn "
+                     f"({output.torn_tail_bytes:,} bytes); a run cuts it and sends its request "
+                     f"again\n")
+    if not scan.ok:
+        stderr.write(render_problems(scan, str(config.input), skip_bad=config.skip_bad) + "\n")
+        if not config.skip_bad:
+            exit_code, message = EXIT_USAGE, str(scan.error(str(config.input)))
+    limits = config.limits()
+    stdout.write(render_plan(plan_run(scan, limits), limits) + "\n")
+    stdout.flush()
+    return RunResult(exit_code=exit_code, message=message)
+
+
+def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+              environ: Mapping[str, str] | None = None, log_file: Path | None = None,
+              drain_timeout: float = DRAIN_SECONDS, log_every: float = 10.0,
+              is_tty: bool | None = None, program: str = RUN_PROGRAM) -> RunResult:
+    """Run ``config`` from start to end (``kimi-actors run``): see the module docstring.
+
+    Human output goes to ``stderr`` (progress, problems, summary); a dry run's plan to
+    ``stdout``. ``environ`` is where the key is looked up (default ``os.environ``);
+    ``log_every`` is the interval of plain progress lines when ``stderr`` is not a terminal.
+    Returns the exit code and the summary; exceptions other than those documented as exit
+    codes (an output that cannot be written, a bug) propagate.
+    """
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    if not (math.isfinite(drain_timeout) and drain_timeout >= 0):
+        raise ValueError(f"drain_timeout must be a number of seconds >= 0, got {drain_timeout!r}")
+    if config.dry_run:
+        return _dry_run(config, stdout, stderr)
+    api_key: str | None = None
+    if not config.fake:
+        api_key = _resolve_key(config, environ if environ is not None else os.environ)
+        if api_key is None:
+            message = (f"no API key: the environment variable {config.api_key_env} is not set "
+                       f"(set it, name another variable with --api-key-env, or try --fake to "
+                       f"run against the embedded fake server)")
+            stderr.write(f"error: {message}\n")
+            return RunResult(exit_code=EXIT_USAGE, message=message)
+    reporter = ProgressReporter(stderr, is_tty=is_tty, log_every=log_every)
+    console = _Console(stderr, reporter)
+    try:
+        with cli_logging(log_file, stderr, console.clear_bar), \
+                OutputWriter(config.output) as writer:
+            return _run_locked(config, api_key, writer, console, drain_timeout, program)
+    except BatchInputError as exc:
+        message = redact_text(str(exc))
+        console.say(f"error: {message}")
+        return RunResult(exit_code=EXIT_USAGE, message=message)
+
+
+def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
+                console: _Console, drain_timeout: float, program: str) -> RunResult:
+    if writer.repaired_bytes:
+        console.say(f"repaired {config.output}: cut a torn last line of "
+                    f"{writer.repaired_bytes:,} bytes (its request is sent again)")
+    output = scan_output(config.output)
+    scan = scan_input(config.input, default_model=config.model, skip=output.done)
+    if not scan.ok:
+        console.say(render_problems(scan, str(config.input), skip_bad=config.skip_bad))
+        if not config.skip_bad:
+            return RunResult(exit_code=EXIT_USAGE, message=str(scan.error(str(config.input))))
+    limits = config.limits()
+    plan = plan_run(scan, limits)
+    already = f" ({scan.skipped_done:,} already in {config.output} are skipped)" \
+        if scan.skipped_done else ""
+    console.say(f"{scan.requests:,} requests to send{already}; limits: {_limit_text(limits)}")
+    if plan.binding is not None:
+        console.say(f"at these limits this takes at least "
+                    f"{format_duration(plan.estimated_seconds)} ({plan.binding.upper()} binds)")
+    for warning in plan.warnings:
+        console.say(f"warning: {warning}")
+    if scan.requests == 0:
+        summary = _summary(scan, _Tally(), None, limits, 0.0, stopped_reason=None,
+                           achieved=(0.0, 0.0))
+        console.say(render_summary(summary, resume_command=None))
+        return RunResult(exit_code=EXIT_OK, summary=summary)
+
+    sender = _Sender(config, api_key=api_key, writer=writer, scan=scan, skip=output.done,
+                     console=console, drain_timeout=drain_timeout)
+    try:
+        asyncio.run(sender.run())
+    except OSError as exc:
+        message = f"cannot write {config.output}: {exc.strerror or exc}"
+        console.say(f"error: {message}")
+        return RunResult(exit_code=EXIT_INCOMPLETE, message=message,
+                         lines_written=writer.lines_written)
+    writer.sync()
+    tally = sender.tally
+    stats = sender.stats
+    wall = max(0.0, sender.ended - sender.started)
+    if stats is not None:
+        console.reporter.finish(sender.snapshot(stats, sender.ended))
+    stopped_reason = None
+    if tally.fatal is not None:
+        stopped_reason = f"run-fatal API error ({type(tally.fatal).__name__})"
+    elif sender.signals:
+        stopped_reason = "interrupted" if sender.signals == 1 else "interrupted twice"
+    summary = _summary(scan, tally, stats, limits, wall, stopped_reason=stopped_reason,
+                       achieved=(sender.rpm_average.mean(), sender.tpm_average.mean()))
+    console.say(render_summary(summary, resume_command=config.command_line(program)))
+    if tally.not_final:
+        reasons = ", ".join(f"{name} {count:,}" for name, count in
+                            sorted(tally.not_final.items(), key=lambda kv: (-kv[1], kv[0])))
+        console.say(f"  not finished by error: {reasons} (not written: a re-run sends them)")
+    if tally.fatal is not None:
+        message = _fatal_message(tally.fatal, config)
+        console.say(f"error: {message}")
+        return RunResult(exit_code=EXIT_FATAL, summary=summary, message=message,
+                         lines_written=writer.lines_written)
+    if sender.signals:
+        return RunResult(exit_code=EXIT_INTERRUPTED, summary=summary,
+                         message="interrupted", lines_written=writer.lines_written)
+    if summary.failed or summary.not_finished:
+        return RunResult(exit_code=EXIT_INCOMPLETE, summary=summary,
+                         message=f"{summary.failed:,} failed, {summary.not_finished:,} not "
+                                 f"finished", lines_written=writer.lines_written)
+    return RunResult(exit_code=EXIT_OK, summary=summary, lines_written=writer.lines_written)
+
+
+def _summary(scan: InputScan, tally: _Tally, stats: SupervisorStats | None, limits: Limits,
+             wall: float, *, stopped_reason: str | None,
+             achieved: tuple[float, float]) -> RunSummary:
+    failed_final = sum(tally.failed_final.values())
+    return RunSummary(
+        ok=tally.ok, failed_by_type=dict(tally.failed_final),
+        not_finished=max(0, scan.requests - tally.ok - failed_final),
+        skipped_done=scan.skipped_done,
+        retries=stats.retries if stats is not None else 0,
+        resumes=stats.resumes if stats is not None else 0,
+        rate_limited=stats.rate_limited if stats is not None else 0,
+        prompt_tokens=stats.prompt_tokens if stats is not None else 0,
+        completion_tokens=stats.completion_tokens if stats is not None else 0,
+        wall_seconds=wall,
+        achieved_rpm=achieved[0], achieved_tpm=achieved[1],
+        limits=limits, stopped_reason=stopped_reason)
