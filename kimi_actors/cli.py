@@ -1,4 +1,8 @@
-"""The ``kimi-actors`` command."""
+"""The ``kimi-actors`` command: ``run`` (a batch file), ``demo``, ``tiers``, ``fake-server``.
+
+A Ctrl-C outside the batch runner's own handling (while a file is scanned, before anything is
+sent) exits with 130 and a short line instead of a traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
+from .batch.cli import register_cli as register_batch_cli
+from .batch.runner import EXIT_INTERRUPTED
 from .limits import TIERS
+from .testing.cli import register_cli as register_fake_server_cli
 
 __all__ = ["main"]
 
@@ -33,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     tiers = sub.add_parser("tiers", help="print Kimi's account tiers and their limits")
     tiers.set_defaults(func=_cmd_tiers)
+    register_batch_cli(sub)
+    register_fake_server_cli(sub)
     return parser
 
 
@@ -42,7 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; what was written stays valid: run the same command again to "
+              "resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return result
 
 

@@ -1,9 +1,21 @@
-"""The JSONL batch runner's parts that do not need the runtime: input and output files
-(:mod:`.io`), the dry-run plan (:mod:`.plan`), progress display (:mod:`.progress`) and the
-``kimi-actors run`` options (:mod:`.config`)."""
+"""The JSONL batch runner: input and output files (:mod:`.io`), the dry-run plan
+(:mod:`.plan`), progress display (:mod:`.progress`), the ``kimi-actors run`` options
+(:mod:`.config`), the run itself through the actor runtime (:mod:`.runner`) and the ``run``
+and ``demo`` subcommands (:mod:`.cli`)."""
 
 from __future__ import annotations
 
+from .cli import (
+    DEMO_FAULTS,
+    DEMO_REQUESTS,
+    DEMO_TIER,
+    DEMO_WINDOW_SECONDS,
+    DemoCheck,
+    demo_requests,
+    register_cli,
+    verify_answers,
+    write_demo_input,
+)
 from .config import (
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
@@ -40,13 +52,40 @@ from .progress import (
     render_problems,
     render_summary,
 )
+from .runner import (
+    DRAIN_SECONDS,
+    EXIT_CODES,
+    EXIT_FATAL,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    RUN_PROGRAM,
+    RunResult,
+    cli_logging,
+    completion_body,
+    run_batch,
+)
 
 __all__ = [
     "CHAT_COMPLETIONS_URL",
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIER",
+    "DEMO_FAULTS",
+    "DEMO_REQUESTS",
+    "DEMO_TIER",
+    "DEMO_WINDOW_SECONDS",
+    "DRAIN_SECONDS",
+    "EXIT_CODES",
+    "EXIT_FATAL",
+    "EXIT_INCOMPLETE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "RUN_PROGRAM",
     "BatchRequest",
+    "DemoCheck",
     "DoneSet",
     "InputScan",
     "OutputScan",
@@ -55,9 +94,13 @@ __all__ = [
     "ProgressSnapshot",
     "RunConfig",
     "RunPlan",
+    "RunResult",
     "RunSummary",
     "add_run_arguments",
+    "cli_logging",
+    "completion_body",
     "config_from_args",
+    "demo_requests",
     "eta_seconds",
     "format_count",
     "format_duration",
@@ -66,6 +109,7 @@ __all__ = [
     "iter_requests",
     "parse_line",
     "plan_run",
+    "register_cli",
     "render_bar",
     "render_log_line",
     "render_plan",
@@ -73,6 +117,9 @@ __all__ = [
     "render_summary",
     "repair_output",
     "rolling_window_seconds",
+    "run_batch",
     "scan_input",
     "scan_output",
+    "verify_answers",
+    "write_demo_input",
 ]
