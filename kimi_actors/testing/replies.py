@@ -191,11 +191,59 @@ def _full_pieces(model: str, conversation: str, seed: int | None,
     return reasoning, tuple(pieces)
 
 
+_ANCHOR_TAIL = 32
+
+
 @functools.lru_cache(maxsize=1024)
-def _free_continuation(model: str, conversation: str, prefix: str, seed: int | None,
-                       choice: int) -> tuple[str, ...]:
-    data = _digest(2 + MAX_PIECES, "continuation", model, conversation, prefix, seed, choice)
+def _conversation_digest(conversation: str) -> bytes:
+    return _digest(16, conversation)
+
+
+@functools.lru_cache(maxsize=4096)
+def _free_continuation(model: str, conversation: str, anchor_length: int, anchor_tail: str,
+                       seed: int | None, choice: int) -> tuple[str, ...]:
+    """Text generated after an anchor, from its length and its last characters (any function
+    of the anchor keeps answers consistent; this one costs the same for any length)."""
+    data = _digest(2 + MAX_PIECES, "continuation", model, _conversation_digest(conversation),
+                   anchor_length, anchor_tail, seed, choice)
     return tuple(_pick(_CONTENT_POOL, data[2:2 + _count(data[0:2], MIN_PIECES, MAX_PIECES)]))
+
+
+def _common_length(text: str, prefix: str, start: int = 0) -> int:
+    """How many characters of ``text`` match ``prefix`` from position ``start`` on."""
+    matched = 0
+    for char, expected in zip(text, prefix[start:start + len(text)], strict=False):
+        if char != expected:
+            break
+        matched += 1
+    return matched
+
+
+def _continue(model: str, conversation: str, pieces: tuple[str, ...], prefix: str,
+              seed: int | None, choice: int) -> tuple[str, ...]:
+    """The pieces that follow ``prefix``, consistently: continuing ``prefix`` plus any start of
+    the answer gives the rest of that same answer, so resumes of resumes agree.
+
+    The answer is a "virtual reply" V that starts with ``prefix``. It is the real reply while
+    that starts with ``prefix``; where ``prefix`` departs from it, V becomes the prefix up to and
+    including the first differing character (the anchor) followed by text generated from the
+    anchor, and so on until V covers the whole prefix. A longer prefix that follows V meets the
+    same anchors, hence the same V.
+    """
+    continued = _continuation_pieces(pieces, prefix)
+    if continued is not None:
+        return continued
+    common = _common_length("".join(pieces), prefix)
+    while True:
+        anchor_length = common + 1
+        tail = _free_continuation(model, conversation, anchor_length,
+                                  prefix[max(0, anchor_length - _ANCHOR_TAIL):anchor_length],
+                                  seed, choice)
+        common = anchor_length + _common_length("".join(tail), prefix, anchor_length)
+        if common >= len(prefix):
+            continued = _continuation_pieces((prefix[:anchor_length], *tail), prefix)
+            assert continued is not None, "the virtual reply starts with the prefix"
+            return continued
 
 
 def _continuation_pieces(pieces: tuple[str, ...], prefix: str) -> tuple[str, ...] | None:
@@ -237,7 +285,9 @@ def expected_reply(
     With a trailing ``{"role": "assistant", "content": P, "partial": true}`` message the reply
     is the continuation of the full reply R to the conversation without it: the rest of R after
     P when R starts with P (its first piece may be the tail of one of R's pieces), otherwise a
-    deterministic continuation of P. Reasoning is never repeated in a continuation.
+    deterministic continuation of P, itself consistent under resumes (continuing P plus the
+    first part of that continuation gives its rest). Reasoning is never repeated in a
+    continuation.
     ``max_tokens`` cuts the pieces (reasoning first) and makes ``finish_reason`` "length".
     """
     _check_reply_args(seed, max_tokens, choice)
@@ -268,9 +318,7 @@ def reply_parts(
     reasoning, pieces = _full_pieces(model, conversation, seed, choice)
     if prefix is not None:
         reasoning = ()
-        continued = _continuation_pieces(pieces, prefix)
-        pieces = (continued if continued is not None
-                  else _free_continuation(model, conversation, prefix, seed, choice))
+        pieces = _continue(model, conversation, pieces, prefix, seed, choice)
     if max_tokens is not None and len(reasoning) + len(pieces) > max_tokens:
         return (reasoning[:max_tokens], pieces[:max(0, max_tokens - len(reasoning))], "length")
     return reasoning, pieces, "stop"

@@ -346,3 +346,26 @@ def test_a_prefix_diverging_inside_a_piece_is_foreign() -> None:
     assert not full.content.startswith(prefix)
     assert rest == expected_reply(MODEL, partial(conversation(), prefix))
     assert MIN_PIECES <= len(rest.pieces) <= MAX_PIECES
+
+
+@settings(max_examples=200, deadline=None)
+@given(own_prefix=st.text(min_size=1, max_size=20), data=st.data())
+def test_continuing_a_continuation_gives_the_rest_of_it(own_prefix: str,
+                                                        data: st.DataObject) -> None:
+    first = expected_reply(MODEL, partial(conversation(), own_prefix))
+    received = data.draw(st.integers(0, len(first.content)))
+    resumed = expected_reply(MODEL, partial(conversation(),
+                                            own_prefix + first.content[:received]))
+    assert first.content[:received] + resumed.content == first.content
+    again = data.draw(st.integers(0, len(resumed.content)))
+    third = expected_reply(MODEL, partial(
+        conversation(), own_prefix + first.content[:received] + resumed.content[:again]))
+    assert resumed.content[:again] + third.content == resumed.content
+
+
+def test_a_long_foreign_prefix_is_continued_quickly_and_consistently() -> None:
+    own = "用户自己的开头 " * 200
+    first = expected_reply(MODEL, partial(conversation(), own))
+    assert first.content
+    rest = expected_reply(MODEL, partial(conversation(), own + first.content[:7]))
+    assert first.content[:7] + rest.content == first.content

@@ -504,3 +504,10 @@ async def test_start_fails_cleanly_on_a_taken_port() -> None:
         with pytest.raises(RuntimeError, match="not started"):
             _ = second.base_url
         await second.close()
+
+
+async def test_unknown_paths_get_a_kimi_style_404(client: Client) -> None:
+    answer = await client.get("/nowhere")
+    assert answer.status == 404
+    assert answer.json() == error("Not found", "resource_not_found_error")
+    assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
