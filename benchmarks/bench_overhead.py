@@ -9,12 +9,15 @@ the same ``--requests`` bodies from ``--concurrency`` workers, through either
 * runtime: one ``Supervisor`` with ``Limits()`` (nothing to wait for), ``sup.chat`` or
   ``sup.stream`` + ``async for delta``.
 
-Rounds alternate the order of the two phases; the figures are medians over rounds. The
-runtime also does what the bare loop does not (governor admission, breaker, classification,
-assembling a typed result), which is exactly the overhead this measures. Target: ratio <= 1.3.
+Rounds alternate the order of the two phases; the figures are medians over rounds, and the
+spread of the per-round ratios is printed because other load on the machine moves them. The
+time spent in the garbage collector is shown apart. The runtime also does what the bare loop
+does not (governor admission, breaker, classification, assembling a typed result), which is
+exactly the overhead this measures. ``--map`` adds ``sup.map`` against the same bare loop;
+``--profile`` prints cProfile's top costs of the runtime phases instead. Target: ratio <= 1.3.
 
     python benchmarks/bench_overhead.py [--requests 2000] [--concurrency 50] [--rounds 5]
-                                        [--max-tokens 50] [--profile]
+                                        [--max-tokens 50] [--map] [--profile]
 """
 
 from __future__ import annotations
