@@ -44,11 +44,14 @@ Achieved rates in the summary. The governor counts what its rolling windows hold
 (requests admitted, retries included, and tokens reserved at admission: prompt estimate +
 max_tokens), exactly what the server compares with the limits. The runner samples that count
 ten times a second and reports its time average over the run: "on average the last minute held
-X requests, Y% of the limit". A run that keeps every window full scores 100% whatever the
-number of requests; nothing is credited for the first window's burst (a count like
-``N / T * W`` would be), and a run that is not rate-bound shows how much room it left. Where a
-dimension has no limit, the governor does not count it and the runner counts finished requests
-and billed tokens over the same window instead.
+X requests, Y% of the limit". The governor's windows are longer than the server's by a margin
+against network jitter (1.5%, and at least 0.15 s, which matters only for the short windows
+of tests and demos), so the count is scaled back to the server's window. A run that keeps
+every window full scores 100% less the margin, whatever the number of requests; nothing is
+credited for the first window's burst (a count like ``N / T * W`` would be), and a run that
+is not rate-bound shows how much room it left. Where a dimension has no limit, the governor
+does not count it, and the runner counts finished requests and billed tokens over the same
+window instead.
 """
 
 from __future__ import annotations
@@ -138,6 +141,12 @@ DRAIN_SECONDS = 30.0
 #: The command a resume hint names.
 RUN_PROGRAM = "kimi-actors run"
 
+#: The Supervisor's default window margin, and the least absolute time it must amount to. The
+#: first window's requests reach the server late by the time to open their connections, the
+#: renewals on open connections do not, so the first renewal can beat the server's window by
+#: that much: ample at 60 s (1.5% = 0.9 s), too little in a 1 s window of a test or a demo.
+_WINDOW_MARGIN = 0.015
+_WINDOW_MARGIN_SECONDS = 0.15
 _TICK_SECONDS = 0.1
 _RATE_BUCKETS = 60
 _LOGGER_NAME = "kimi_actors"
@@ -382,6 +391,7 @@ class _Sender:
         self._console = console
         self._drain_timeout = drain_timeout
         self._limits = config.limits()
+        self._margin = min(0.5, max(_WINDOW_MARGIN, _WINDOW_MARGIN_SECONDS / self._limits.minute))
         self.tally = _Tally()
         self._pending: dict[int, BatchRequest] = {}
         self._next_index = 0
@@ -389,6 +399,7 @@ class _Sender:
         self.signals = 0
         self._interrupt: asyncio.Future[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._sup: Supervisor | None = None
         self._requests_window = _RateWindow(self._limits.minute)
         self._tokens_window = _RateWindow(self._limits.minute)
         self.started = self.ended = time.monotonic()
@@ -402,11 +413,11 @@ class _Sender:
         self.signals += 1
         if self.signals == 1:
             self._feeding = False
-            in_flight = len(self._pending)
+            in_flight = self._sup.statistics().in_flight if self._sup is not None else 0
             self._console.say(
-                f"{signum.name}: stopping. No new requests are sent; up to {in_flight:,} "
-                f"started ones get {format_duration(self._drain_timeout)} to finish. "
-                f"Press Ctrl-C again to stop now (what is written stays valid).")
+                f"{signum.name}: stopping. No new requests are sent; the {in_flight:,} in "
+                f"flight get {format_duration(self._drain_timeout)} to finish. Press Ctrl-C "
+                f"again to stop now (what is written stays valid).")
             if self._interrupt is not None and not self._interrupt.done():
                 self._interrupt.set_result(None)
         else:
@@ -447,7 +458,8 @@ class _Sender:
                 sup = await stack.enter_async_context(Supervisor(
                     api_key=api_key, base_url=base_url, limits=self._limits,
                     retry=self._config.retry_policy(), resume=ResumePolicy(),
-                    drain_timeout=self._drain_timeout))
+                    drain_timeout=self._drain_timeout, window_margin=self._margin))
+                self._sup = sup
                 self.started = time.monotonic()
                 ticker = asyncio.create_task(self._tick(sup))
                 consumer = self._consumer = asyncio.create_task(self._consume(sup))
@@ -532,9 +544,11 @@ class _Sender:
     def snapshot(self, stats: SupervisorStats, now: float) -> ProgressSnapshot:
         limits = self._limits
         dimensions = stats.governor.dimensions
-        rpm = (dimensions["rpm"].used if limits.rpm is not None and "rpm" in dimensions
+        # The governor's windows are stretched by the margin: per true window it is less.
+        stretch = 1.0 + self._margin
+        rpm = (dimensions["rpm"].used / stretch if limits.rpm is not None and "rpm" in dimensions
                else self._requests_window.total(now))
-        tpm = (dimensions["tpm"].used if limits.tpm is not None and "tpm" in dimensions
+        tpm = (dimensions["tpm"].used / stretch if limits.tpm is not None and "tpm" in dimensions
                else self._tokens_window.total(now))
         rpm, tpm = max(0.0, float(rpm)), max(0.0, float(tpm))
         self.rpm_average.sample(now, rpm)
@@ -647,7 +661,9 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
         summary = _summary(scan, _Tally(), None, limits, 0.0, stopped_reason=None,
                            achieved=(0.0, 0.0))
         console.say(render_summary(summary, resume_command=None))
-        return RunResult(exit_code=EXIT_OK, summary=summary)
+        _say_earlier_failures(console, output.failed_final, config)
+        return RunResult(exit_code=EXIT_INCOMPLETE if output.failed_final else EXIT_OK,
+                         summary=summary)
 
     sender = _Sender(config, api_key=api_key, writer=writer, scan=scan, skip=output.done,
                      console=console, drain_timeout=drain_timeout)
@@ -676,6 +692,7 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
         reasons = ", ".join(f"{name} {count:,}" for name, count in
                             sorted(tally.not_final.items(), key=lambda kv: (-kv[1], kv[0])))
         console.say(f"  not finished by error: {reasons} (not written: a re-run sends them)")
+    _say_earlier_failures(console, output.failed_final, config)
     if tally.fatal is not None:
         message = _fatal_message(tally.fatal, config)
         console.say(f"error: {message}")
@@ -684,11 +701,22 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     if sender.signals:
         return RunResult(exit_code=EXIT_INTERRUPTED, summary=summary,
                          message="interrupted", lines_written=writer.lines_written)
-    if summary.failed or summary.not_finished:
+    if summary.failed or summary.not_finished or output.failed_final:
         return RunResult(exit_code=EXIT_INCOMPLETE, summary=summary,
-                         message=f"{summary.failed:,} failed, {summary.not_finished:,} not "
-                                 f"finished", lines_written=writer.lines_written)
+                         message=f"{summary.failed + output.failed_final:,} failed, "
+                                 f"{summary.not_finished:,} not finished",
+                         lines_written=writer.lines_written)
     return RunResult(exit_code=EXIT_OK, summary=summary, lines_written=writer.lines_written)
+
+
+def _say_earlier_failures(console: _Console, count: int, config: RunConfig) -> None:
+    """The exit code speaks for the whole output, so say why it is 1 when an earlier run's
+    final errors are what is left."""
+    if count:
+        what = "1 request" if count == 1 else f"{count:,} requests"
+        console.say(f"  {what} failed with a final error in an earlier run (in "
+                    f"{config.output}); a re-run does not retry final errors: remove those "
+                    f"lines to send them again")
 
 
 def _summary(scan: InputScan, tally: _Tally, stats: SupervisorStats | None, limits: Limits,
