@@ -73,6 +73,24 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts) -> KimiErr
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
 
 
+async def _read_body(content: aiohttp.StreamReader, limit: int, *, truncate: bool) -> bytes:
+    """The whole body. Past ``limit`` bytes: the first ``limit`` when ``truncate`` (an error
+    page), else ProtocolError. (``StreamReader.read(n)`` returns only what is buffered, so a
+    body arriving in pieces would be cut short.)"""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        data = await content.readany()
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+        size += len(data)
+        if size > limit:
+            if truncate:
+                return b"".join(parts)[:limit]
+            raise ProtocolError(f"the response body is larger than {limit} bytes")
+
+
 class StreamResponse:
     """An open streaming response. Iterate ``chunks()`` for the body bytes as they come."""
 
@@ -100,7 +118,7 @@ class StreamResponse:
     async def read(self, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
         """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page."""
         try:
-            return await self._response.content.read(limit)
+            return await _read_body(self._response.content, limit, truncate=True)
         except _TRANSPORT_ERRORS as exc:
             raise _map_error(exc, phase="read_idle", timeouts=self._timeouts) from None
 
@@ -153,7 +171,7 @@ class Transport:
         try:
             async with self._get_session().post(self.url(path), data=body, headers=headers,
                                                 timeout=timeout) as response:
-                data = await response.content.read(MAX_BODY_BYTES)
+                data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
                 return RawResponse(status=response.status, headers=response.headers,
                                    body=data, content_type=response.content_type)
         except _TRANSPORT_ERRORS as exc:
@@ -164,7 +182,7 @@ class Transport:
                                         sock_connect=self._timeouts.connect)
         try:
             async with self._get_session().get(self.url(path), timeout=timeout) as response:
-                data = await response.content.read(MAX_BODY_BYTES)
+                data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
                 return RawResponse(status=response.status, headers=response.headers,
                                    body=data, content_type=response.content_type)
         except _TRANSPORT_ERRORS as exc:

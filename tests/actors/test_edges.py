@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -141,3 +142,25 @@ async def test_leaving_a_stream_early_closes_it_and_frees_its_slot() -> None:
         # The only slot is free again.
         result = await asyncio.wait_for(sup.chat(model=MODEL, messages=QUESTION), 10)
         assert result.content == expected_reply(MODEL, QUESTION).content
+
+
+async def test_a_body_written_in_pieces_is_read_whole() -> None:
+    body = json.dumps({"id": "cmpl-2", "object": "chat.completion", "model": MODEL, "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "x" * 3000},
+         "finish_reason": "stop"}]}).encode()
+    pieces_sent = asyncio.Event()
+
+    async def slow_writer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for start in range(0, len(body), 500):
+            await response.write(body[start:start + 500])
+            await asyncio.sleep(0.01)  # the scenario: a body that arrives in several pieces
+        pieces_sent.set()
+        return response
+
+    async with serve(slow_writer) as base_url, \
+            Supervisor(api_key="sk-test-pieces", base_url=base_url) as sup:
+        result = await sup.chat(model=MODEL, messages=QUESTION)
+    assert pieces_sent.is_set()
+    assert result.content == "x" * 3000
