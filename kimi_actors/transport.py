@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -127,7 +128,8 @@ class Transport:
     """One aiohttp session for every actor, its connection pool sized to the concurrency."""
 
     def __init__(self, *, base_url: str, api_key: str, timeouts: Timeouts,
-                 pool_size: int | None = None, headers: Mapping[str, str] | None = None) -> None:
+                 pool_size: int | None = None, headers: Mapping[str, str] | None = None,
+                 report_sent: bool = False) -> None:
         self._base_url = base_url.rstrip("/")
         self._headers = {
             "Authorization": f"Bearer {api_key}",
@@ -137,6 +139,7 @@ class Transport:
         }
         self._timeouts = timeouts
         self._pool_size = pool_size
+        self._report_sent = report_sent
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
@@ -150,8 +153,14 @@ class Transport:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._pool_size or 0, limit_per_host=0,
                                              ttl_dns_cache=300)
+            traces = []
+            if self._report_sent:
+                trace = aiohttp.TraceConfig()
+                trace.on_request_headers_sent.append(_call_on_sent)
+                traces.append(trace)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self._headers, auto_decompress=True,
+                trace_configs=traces,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeouts.connect))
         return self._session
 
@@ -163,14 +172,16 @@ class Transport:
     def url(self, path: str) -> str:
         return f"{self._base_url}/{path.lstrip('/')}"
 
-    async def post(self, path: str, body: bytes, *,
-                   headers: Mapping[str, str] | None = None) -> RawResponse:
-        """POST and read the whole answer (bounded by ``Timeouts.response``)."""
+    async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+                   on_sent: Callable[[], None] | None = None) -> RawResponse:
+        """POST and read the whole answer (bounded by ``Timeouts.response``). ``on_sent`` is
+        called once the request is on the wire, when the transport reports sending."""
         timeout = aiohttp.ClientTimeout(total=self._timeouts.response,
                                         sock_connect=self._timeouts.connect)
         try:
             async with self._get_session().post(self.url(path), data=body, headers=headers,
-                                                timeout=timeout) as response:
+                                                timeout=timeout,
+                                                trace_request_ctx=on_sent) as response:
                 data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
                 return RawResponse(status=response.status, headers=response.headers,
                                    body=data, content_type=response.content_type)
@@ -189,8 +200,9 @@ class Transport:
             raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
 
     @asynccontextmanager
-    async def stream(self, path: str, body: bytes, *,
-                     headers: Mapping[str, str] | None = None) -> AsyncIterator[StreamResponse]:
+    async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+                     on_sent: Callable[[], None] | None = None
+                     ) -> AsyncIterator[StreamResponse]:
         """POST and hold the response open for streaming. Headers must come within
         ``first_byte``; after that, each gap between reads may last ``read_idle``. Leaving the
         block closes the connection unless the body was read to its end."""
@@ -199,8 +211,9 @@ class Transport:
                                         sock_read=timeouts.first_byte)
         try:
             async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-                response = await self._get_session().post(self.url(path), data=body,
-                                                          headers=headers, timeout=timeout)
+                response = await self._get_session().post(
+                    self.url(path), data=body, headers=headers, timeout=timeout,
+                    trace_request_ctx=on_sent)
         except _TRANSPORT_ERRORS as exc:
             raise _map_error(exc, phase="first_byte", timeouts=timeouts) from None
         try:
@@ -213,6 +226,13 @@ class Transport:
                 response.release()
             else:
                 response.close()
+
+
+async def _call_on_sent(session: aiohttp.ClientSession, context: SimpleNamespace,
+                        params: aiohttp.TraceRequestHeadersSentParams) -> None:
+    on_sent = context.trace_request_ctx
+    if on_sent is not None:
+        on_sent()
 
 
 def json_body(body: Mapping[str, Any]) -> bytes:

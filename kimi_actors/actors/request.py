@@ -51,7 +51,8 @@ class RequestActor:
             ticket = await rt.admit(tokens, priority=self._priority, first=attempt == 1,
                                     deadline=self._deadline)
             try:
-                raw = await rt.transport.post(CHAT_PATH, payload, headers=self._headers)
+                raw = await rt.transport.post(CHAT_PATH, payload, headers=self._headers,
+                                              on_sent=ticket.on_sent)
             except KimiError as exc:
                 outcome = classify_error(exc)
             except BaseException:

@@ -37,12 +37,17 @@ class Ticket:
     """One admitted attempt: its governor permit and the breaker epoch it was let through in.
     Every ticket ends in exactly one ``Runtime.record`` or ``Runtime.abandon``."""
 
-    __slots__ = ("epoch", "permit", "recorded")
+    __slots__ = ("_governor", "epoch", "permit", "recorded")
 
-    def __init__(self, permit: Permit, epoch: int) -> None:
+    def __init__(self, permit: Permit, epoch: int, governor: Governor) -> None:
         self.permit = permit
         self.epoch = epoch
         self.recorded = False
+        self._governor = governor
+
+    def on_sent(self) -> None:
+        """The request is on the wire: its rate units count from now."""
+        self._governor.restamp(self.permit)
 
 
 @dataclass(slots=True)
@@ -152,7 +157,7 @@ class Runtime:
         if first:
             self.budget.record_attempt(self.clock.now())
         self.counters.attempts += 1
-        return Ticket(permit, epoch)
+        return Ticket(permit, epoch, self.governor)
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt ended without an outcome (cancelled): free everything it holds."""
@@ -213,7 +218,10 @@ class Runtime:
             if attempt >= self.retry.max_attempts:
                 error.add_note(f"kimi_actors: gave up after {attempt} attempts")
                 raise error
-            if not self.budget.try_spend(self.clock.now()):
+            # A rate-limit 429 is paced by the governor's pause, not multiplied by retrying, so
+            # it does not draw on the budget (which guards against overload retry storms).
+            if not isinstance(error, RateLimitError) and not self.budget.try_spend(
+                    self.clock.now()):
                 error.add_note("kimi_actors: not retried: the retry budget is spent "
                                "(too many retries in the last window)")
                 raise error

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -89,7 +89,7 @@ class StreamActor:
                                     deadline=self._deadline)
             chunks_before = self._assembler.chunks
             try:
-                outcome, usage = await self._attempt(body)
+                outcome, usage = await self._attempt(body, ticket.on_sent)
             except BaseException:
                 rt.abandon(ticket)
                 raise
@@ -187,13 +187,14 @@ class StreamActor:
 
     # -- one HTTP attempt --------------------------------------------------------------------
 
-    async def _attempt(self, body: Mapping[str, Any]) -> tuple[Outcome, Usage | None]:
+    async def _attempt(self, body: Mapping[str, Any],
+                       on_sent: Callable[[], None]) -> tuple[Outcome, Usage | None]:
         """Read one response into the queue. Returns the outcome and this attempt's usage."""
         rt = self._rt
         usage: Usage | None = None
         try:
-            async with rt.transport.stream(CHAT_PATH, json_body(body),
-                                           headers=self._headers) as response:
+            async with rt.transport.stream(CHAT_PATH, json_body(body), headers=self._headers,
+                                           on_sent=on_sent) as response:
                 self.request_id = response.headers.get(REQUEST_ID_HEADER) or self.request_id
                 if response.status != 200 or "event-stream" not in response.content_type:
                     data = await response.read()

@@ -210,9 +210,10 @@ class Supervisor:
         self._clock = clock or MonotonicClock()
         self._stream_queue_size = stream_queue_size
         base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
-        transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
-                              pool_size=self.limits.concurrency, headers=headers)
         governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
+        transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
+                              pool_size=self.limits.concurrency, headers=headers,
+                              report_sent=governor.rate_limited)
         self._runtime = Runtime(
             transport=transport, governor=governor, clock=self._clock,
             rng=rng or random.Random(), retry=retry or RetryPolicy(),

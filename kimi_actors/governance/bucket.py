@@ -188,6 +188,16 @@ class RollingWindow:
         else:
             reservation._parts.append([slot_id, amount])
 
+    def restamp(self, reservation: Reservation, now: float) -> None:
+        """Count the reservation's live units from ``now`` instead of from its admission (the
+        request only reached the wire now). Later is conservative: never more than exact."""
+        self._check_owner(reservation)
+        before = self._total
+        self.refund(reservation)
+        moved = before - self._total
+        if moved:
+            self.charge(reservation, moved, now)
+
     def pause_until(self, until: float) -> None:
         """Admit nothing before ``until`` (a 429 that named a wait). The latest deadline wins."""
         if math.isnan(until):

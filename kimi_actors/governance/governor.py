@@ -168,6 +168,19 @@ class Governor:
         permit.reservations = {}
         self._wake_dispatcher()
 
+    def restamp(self, permit: Permit) -> None:
+        """The request has just been written to the connection: count its rate units from now.
+        Admission may precede sending by a connection setup; the server counts arrival."""
+        if permit.reservations:
+            now = self._clock.now()
+            for dimension, reservation in permit.reservations.items():
+                self._windows[dimension].restamp(reservation, now)
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether any rate window (RPM, TPM, TPD) is governed."""
+        return bool(self._windows)
+
     def settle(self, permit: Permit, actual_tokens: int | None) -> None:
         """Correct the token reservation with what the server counted (prompt + max_tokens).
 

@@ -552,3 +552,18 @@ def test_level_release_more_than_held_raises() -> None:
     assert level.held == 2
     with pytest.raises(ValueError, match="amount must be an int"):
         level.try_acquire(-1)
+
+
+def test_restamp_moves_live_units_to_now_and_never_revives_expired_ones() -> None:
+    window = RollingWindow(10, 5.0)
+    reservation = window.reserve(4, 0.0)
+    assert reservation is not None
+    window.restamp(reservation, 2.0)
+    assert window.used(4.9) == 4
+    assert window.used(6.9) == 4  # counted from 2.0 now, not from 0.0
+    assert window.used(7.0) == 0
+    window.restamp(reservation, 8.0)  # already expired: nothing comes back
+    assert window.used(8.0) == 0
+    other = RollingWindow(10, 5.0)
+    with pytest.raises(ValueError, match="another RollingWindow"):
+        other.restamp(reservation, 1.0)

@@ -251,3 +251,20 @@ async def test_unlimited_dimensions_adopt_a_limit_the_server_names(clock: FakeCl
         message="request reached organization TPD rate limit, current:10, limit:5000") == 5000
     assert governor.statistics().dimensions["tpd"].limit == 5000
     assert governor.on_rate_limited(None, retry_after=1.0, message="whatever") is None
+
+
+async def test_restamp_counts_units_from_when_the_request_was_sent(clock: FakeClock) -> None:
+    governor = Governor(Limits(rpm=1, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        permit = await gov.admit(1)
+        clock.advance(3.0)  # e.g. a slow connection setup before the request went out
+        gov.restamp(permit)
+        gov.release(permit)
+        waiter = asyncio.create_task(gov.admit(1))
+        await clock.wait_for_sleepers(1)
+        clock.advance(7.5)  # 10 s after admission, but only 7.5 s after sending
+        await run_ready()
+        assert not waiter.done()
+        clock.advance(2.6)
+        await run_ready()
+        assert waiter.done()
