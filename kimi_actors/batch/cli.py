@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -50,9 +51,15 @@ _DEMO_DATA = "data/demo_requests.jsonl"
 _SHOWN_MISMATCHES = 5
 
 
+def _paragraph(text: str) -> str:
+    """Wrapped by hand: the raw formatter that keeps the exit-code table aligned does not."""
+    return textwrap.fill(text, width=79)
+
+
 def _exit_code_table() -> str:
-    return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}"
-                                       for code, meaning in EXIT_CODES.items())
+    return "exit codes:\n" + "\n".join(
+        textwrap.fill(meaning, width=79, initial_indent=f"  {code:<4} ",
+                      subsequent_indent=" " * 7) for code, meaning in EXIT_CODES.items())
 
 
 def demo_requests(count: int) -> Iterator[dict[str, Any]]:
@@ -210,11 +217,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     """Add the ``run`` and ``demo`` subcommands to the ``kimi-actors`` command."""
     run = subparsers.add_parser(
         "run", help="send a JSONL file of chat requests within your limits, resumably",
-        description="Send every request of INPUT.jsonl through the runtime at the highest rate "
+        description=_paragraph(
+                    "Send every request of INPUT.jsonl through the runtime at the highest rate "
                     "your limits allow and append each answer to OUT.jsonl as it finishes. "
                     "Run the same command again to resume: what is in the output is skipped. "
                     "Ctrl-C once stops sending and lets requests in flight finish; twice stops "
-                    "now.",
+                    "now."),
         epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(run)
     run.add_argument("--log-file", type=Path, metavar="PATH",
@@ -224,10 +232,11 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
     demo = subparsers.add_parser(
         "demo", help="run the bundled example batch against the embedded fake Kimi",
-        description="Start the embedded FakeKimi with a tier's limits and some faults, send "
+        description=_paragraph(
+                    "Start the embedded FakeKimi with a tier's limits and some faults, send "
                     "the example requests shipped with the package through the full stack "
                     "with progress and summary, and check every answer against the reply "
-                    "FakeKimi is bound to give. Needs no account and no network.",
+                    "FakeKimi is bound to give. Needs no account and no network."),
         epilog=_exit_code_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--tier", type=_tier, default=DEMO_TIER, metavar="0-5",
                       help=f"whose limits FakeKimi enforces and the runner keeps to "
