@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from _common import FakeServer, fake_server, percentile, server_spec
@@ -47,9 +47,10 @@ async def run(server: FakeServer, limits: Limits, count: int, window_margin: flo
     original = Transport.post
 
     async def stamped_post(self: Transport, path: str, body: bytes, *,
-                           headers: Mapping[str, str] | None = None) -> RawResponse:
+                           headers: Mapping[str, str] | None = None,
+                           on_sent: Callable[[], None] | None = None) -> RawResponse:
         stamps.append(time.perf_counter())
-        return await original(self, path, body, headers=headers)
+        return await original(self, path, body, headers=headers, on_sent=on_sent)
 
     Transport.post = stamped_post  # type: ignore[method-assign]
     bodies = ({"model": MODEL, "max_tokens": 8,
