@@ -228,10 +228,14 @@ class StreamActor:
         if assembler.done:
             return None
         usage = None
+        queue = self._queue
         for delta in assembler.feed_event(event):
             if delta.usage is not None:
                 usage = delta.usage
-            await self._deliver(delta)
+            if queue.full():  # inlined _deliver: this runs for every event of every stream
+                await queue.put(delta)
+            else:
+                queue.put_nowait(delta)
         return usage
 
     async def _deliver(self, delta: Delta) -> None:

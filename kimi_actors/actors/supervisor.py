@@ -147,7 +147,9 @@ class Stream:
         if self._task is None:
             raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
         queue = self._queue
-        if queue.empty() and self._finished:
+        if not queue.empty():
+            item = queue.get_nowait()
+        elif self._finished:
             item = END_OF_STREAM
         else:
             item = await queue.get()
