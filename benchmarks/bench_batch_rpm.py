@@ -6,8 +6,9 @@ short requests from a JSONL file through the embedded FakeKimi (same process, sa
 which enforces ``--rpm`` per ``--window`` seconds over exact rolling windows, as the runner's
 governor does. Far more requests than one window holds, so RPM paces the run.
 
-How the share is measured. Each attempt is stamped when the runtime hands it to the transport
-(the moment the governor admitted it). A rolling-window limit of L per W lets attempt ``j + L``
+How the share is measured. Each attempt is stamped when its request headers reach the wire
+(the transport's ``on_sent`` hook, the moment the governor counts it and close to when the
+server does). A rolling-window limit of L per W lets attempt ``j + L``
 go no earlier than one window after attempt ``j``, whatever the pattern, so the figure is
 ``W / mean(t[j + L] - t[j])`` over every ``j``: how fast the run renewed a full window of
 attempts, 100% being exactly L in every window, the most a client can send without a 429 from
@@ -30,7 +31,7 @@ import io
 import json
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from _common import percentile
@@ -71,9 +72,17 @@ def main() -> None:
     original = Transport.post
 
     async def stamped_post(self: Transport, path: str, body: bytes, *,
-                           headers: Mapping[str, str] | None = None) -> RawResponse:
-        stamps.append(time.perf_counter())
-        return await original(self, path, body, headers=headers)
+                           headers: Mapping[str, str] | None = None,
+                           on_sent: Callable[[], None] | None = None) -> RawResponse:
+        if on_sent is None:
+            stamps.append(time.perf_counter())
+            return await original(self, path, body, headers=headers)
+
+        def sent() -> None:
+            stamps.append(time.perf_counter())
+            on_sent()
+
+        return await original(self, path, body, headers=headers, on_sent=sent)
 
     with tempfile.TemporaryDirectory() as scratch:
         source, output = Path(scratch) / "in.jsonl", Path(scratch) / "out.jsonl"

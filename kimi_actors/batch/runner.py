@@ -45,8 +45,7 @@ Achieved rates in the summary. The governor counts what its rolling windows hold
 max_tokens), exactly what the server compares with the limits. The runner samples that count
 ten times a second and reports its time average over the run: "on average the last minute held
 X requests, Y% of the limit". The governor's windows are longer than the server's by a margin
-against network jitter (1.5%, and at least 0.15 s, which matters only for the short windows
-of tests and demos), so the count is scaled back to the server's window. A run that keeps
+against network jitter (1.5%), so the count is scaled back to the server's window. A run that keeps
 every window full scores 100% less the margin, whatever the number of requests; nothing is
 credited for the first window's burst (a count like ``N / T * W`` would be), and a run that
 is not rate-bound shows how much room it left. Where a dimension has no limit, the governor
@@ -141,12 +140,9 @@ DRAIN_SECONDS = 30.0
 #: The command a resume hint names.
 RUN_PROGRAM = "kimi-actors run"
 
-#: The Supervisor's default window margin, and the least absolute time it must amount to. The
-#: first window's requests reach the server late by the time to open their connections, the
-#: renewals on open connections do not, so the first renewal can beat the server's window by
-#: that much: ample at 60 s (1.5% = 0.9 s), too little in a 1 s window of a test or a demo.
+#: The governor's window margin (the Supervisor's default), passed explicitly because the
+#: progress line scales the governor's counts back to the server's window with it.
 _WINDOW_MARGIN = 0.015
-_WINDOW_MARGIN_SECONDS = 0.15
 _TICK_SECONDS = 0.1
 _RATE_BUCKETS = 60
 _LOGGER_NAME = "kimi_actors"
@@ -391,7 +387,7 @@ class _Sender:
         self._console = console
         self._drain_timeout = drain_timeout
         self._limits = config.limits()
-        self._margin = min(0.5, max(_WINDOW_MARGIN, _WINDOW_MARGIN_SECONDS / self._limits.minute))
+        self._margin = _WINDOW_MARGIN
         self.tally = _Tally()
         self._pending: dict[int, BatchRequest] = {}
         self._next_index = 0
