@@ -13,7 +13,15 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Coroutine,
+    Iterable,
+    Mapping,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -367,7 +375,7 @@ class Supervisor:
 
     async def map(self, requests: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
                   *, stream: bool = False, window: int | None = None, priority: int = 0,
-                  timeout: float | None = None) -> AsyncIterator[MapResult]:
+                  timeout: float | None = None) -> AsyncGenerator[MapResult, None]:
         """Send every body of ``requests`` and yield a :class:`MapResult` for each as it
         finishes (completion order). At most ``window`` actors exist at once (default: twice
         the concurrency limit), so an iterable of any length runs in bounded memory. Errors
@@ -420,6 +428,11 @@ class Supervisor:
                                  deadline=self._deadline(timeout))
         try:
             result = await self._guarded(actor.run(), timeout)
+        except asyncio.CancelledError:
+            if self._closing:  # cancelled by the drain: its consumer is owed an answer
+                finished.put_nowait(MapResult(index=index, request=body, error=(
+                    SupervisorClosedError("the supervisor closed before the request finished"))))
+            raise
         except Exception as exc:
             finished.put_nowait(MapResult(index=index, request=body, error=exc))
         else:

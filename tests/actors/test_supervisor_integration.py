@@ -357,3 +357,23 @@ async def test_map_pulls_requests_lazily_and_stops_cleanly() -> None:
         assert pulled <= 20 + 8  # never more than the window ahead of what was consumed
         await wait_until(lambda: sup.statistics().actors == 0)
         assert sup.statistics().in_flight == 0
+
+
+async def test_map_reports_work_the_drain_cancelled_instead_of_hanging() -> None:
+    async with FakeKimi(faults=Faults(stall=1.0)) as fake:
+        sup = Supervisor(api_key=fake.api_key, base_url=fake.base_url,
+                         limits=Limits(concurrency=4))
+        async with sup:
+            items: list[Any] = []
+
+            async def consume() -> None:
+                bodies = [{"model": MODEL, "messages": messages(i)} for i in range(4)]
+                async for item in sup.map(bodies, stream=True):
+                    items.append(item)
+
+            consumer = asyncio.create_task(consume())
+            await wait_until(lambda: sup.statistics().in_flight == 4)
+            await sup.aclose(timeout=0.05)
+            await asyncio.wait_for(consumer, 10)
+        assert len(items) == 4
+        assert all(isinstance(item.error, SupervisorClosedError) for item in items)
