@@ -9,7 +9,6 @@ headers (and so the key) are never chained.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import orjson
 
 from .errors import ConnectionFailedError, KimiError, ProtocolError, RequestTimeoutError
 from .policy import Timeouts
@@ -236,4 +236,6 @@ async def _call_on_sent(session: aiohttp.ClientSession, context: SimpleNamespace
 
 
 def json_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON; non-string keys (e.g. ``logit_bias`` token ids) become strings,
+    as ``json.dumps`` would make them. Raises TypeError for values JSON cannot hold."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)

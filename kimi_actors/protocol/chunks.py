@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import IncompleteStreamError, ProtocolError
 from .classify import error_from_payload
 
@@ -340,7 +342,7 @@ class ChunkAssembler:
             self._done = True
             return []
         try:
-            chunk = json.loads(event.data)
+            chunk = orjson.loads(event.data)
         except (ValueError, RecursionError) as exc:
             shown = event.data if len(event.data) <= 200 else event.data[:200] + "..."
             raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") from exc

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+import orjson
+
 from ..errors import (
     APIError,
     AuthenticationError,
@@ -438,7 +440,7 @@ def _outcome_for(error: APIError) -> Outcome:
 
 def _parse_json(text: str | bytes) -> tuple[bool, Any]:
     try:
-        return True, json.loads(text)
+        return True, orjson.loads(text)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return False, None
 
