@@ -249,18 +249,8 @@ class StreamActor:
         """A 200 JSON answer to a stream request (some servers ignore ``stream``): hand it to
         the consumer as one delta per choice."""
         result: ChatResult = parse_completion(body, request_id=self.request_id)
-        choices = []
-        for choice in result.choices:
-            delta: dict[str, Any] = {"role": choice.role, "content": choice.content}
-            if choice.reasoning_content:
-                delta["reasoning_content"] = choice.reasoning_content
-            if choice.tool_calls:
-                delta["tool_calls"] = [
-                    {"index": call.index, "id": call.id, "type": call.type,
-                     "function": {"name": call.name, "arguments": call.arguments}}
-                    for call in choice.tool_calls]
-            choices.append({"index": choice.index, "delta": delta,
-                            "finish_reason": choice.finish_reason})
+        choices = [{"index": choice.index, "delta": choice.message(),
+                    "finish_reason": choice.finish_reason} for choice in result.choices]
         chunk: dict[str, Any] = {"id": result.id, "model": result.model, "choices": choices}
         if result.usage is not None:
             chunk["usage"] = dict(result.usage.raw) or {

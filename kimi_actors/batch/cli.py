@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..limits import TIERS
-from .config import RunConfig, add_run_arguments, config_from_args
+from .config import RunConfig, add_run_arguments, config_from_args, positive_float, positive_int
 from .io import iter_requests
 from .runner import EXIT_CODES, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK, run_batch
 
@@ -186,26 +186,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_OK if check.ok else EXIT_INCOMPLETE
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def _tier(text: str) -> int:
     value = int(text) if text.isdigit() else -1
     if value not in TIERS:
@@ -241,12 +221,12 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     demo.add_argument("--tier", type=_tier, default=DEMO_TIER, metavar="0-5",
                       help=f"whose limits FakeKimi enforces and the runner keeps to "
                            f"(default {DEMO_TIER})")
-    demo.add_argument("--requests", type=_positive_int, default=DEMO_REQUESTS, metavar="N",
+    demo.add_argument("--requests", type=positive_int, default=DEMO_REQUESTS, metavar="N",
                       help=f"requests to send; the 200 examples are cycled "
                            f"(default {DEMO_REQUESTS})")
     demo.add_argument("--faults", default=DEMO_FAULTS, metavar="SPEC",
                       help=f"faults FakeKimi injects, '' for none (default {DEMO_FAULTS})")
-    demo.add_argument("--window-seconds", type=_positive_float, default=DEMO_WINDOW_SECONDS,
+    demo.add_argument("--window-seconds", type=positive_float, default=DEMO_WINDOW_SECONDS,
                       metavar="S", help=f"length of a rate-limit 'minute' "
                                         f"(default {DEMO_WINDOW_SECONDS:g})")
     demo.add_argument("--output", type=Path, metavar="PATH",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..actors.supervisor import DEFAULT_BASE_URL
 from ..limits import DAY, MINUTE, TIERS, Limits
 from ..policy import RetryPolicy
 
@@ -30,7 +31,6 @@ __all__ = [
     "config_from_args",
 ]
 
-DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
 DEFAULT_API_KEY_ENV = "MOONSHOT_API_KEY"
 #: The tier whose limits apply to every limit not given: the first paid tier, so a run is never
 #: unlimited by accident and a tier-1 account (the common case) runs at full speed.
@@ -163,7 +163,7 @@ class RunConfig:
         return shlex.join([*program.split(), *self.to_argv()])
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", "").replace(",", ""))
     except ValueError:
@@ -173,7 +173,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -217,12 +217,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                   f"fills in what is not given")
     limits.add_argument("--tier", type=_tier, metavar="0-5",
                         help="your Kimi account tier (see `kimi-actors tiers`)")
-    limits.add_argument("--concurrency", type=_positive_int, metavar="N",
+    limits.add_argument("--concurrency", type=positive_int, metavar="N",
                         help="requests in flight at once")
-    limits.add_argument("--rpm", type=_positive_int, metavar="N", help="requests per minute")
-    limits.add_argument("--tpm", type=_positive_int, metavar="N",
+    limits.add_argument("--rpm", type=positive_int, metavar="N", help="requests per minute")
+    limits.add_argument("--tpm", type=positive_int, metavar="N",
                         help="tokens per minute (prompt + max_tokens, as Kimi counts them)")
-    limits.add_argument("--tpd", type=_positive_int, metavar="N", help="tokens per day")
+    limits.add_argument("--tpd", type=positive_int, metavar="N", help="tokens per day")
     api = parser.add_argument_group("API")
     api.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
                      help=f"OpenAI-compatible base URL (default {DEFAULT_BASE_URL}; "
@@ -232,7 +232,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                           f"{DEFAULT_API_KEY_ENV}); the key is never printed")
     api.add_argument("--model", metavar="MODEL",
                      help="model for request bodies that name none")
-    api.add_argument("--max-attempts", type=_positive_int, default=6, metavar="N",
+    api.add_argument("--max-attempts", type=positive_int, default=6, metavar="N",
                      help="attempts per request, the first included (default 6)")
     api.add_argument("--stream", action="store_true",
                      help="send as streams, so long answers survive dropped connections by "
@@ -251,7 +251,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     fake.add_argument("--fake-faults", type=_fault_spec, metavar="SPEC",
                       help="faults for FakeKimi to inject (needs --fake), e.g. "
                            "'overload=0.05,drop=0.1,split_writes'")
-    fake.add_argument("--window-seconds", type=_positive_float, metavar="SECONDS",
+    fake.add_argument("--window-seconds", type=positive_float, metavar="SECONDS",
                       help="length of a rate-limit 'minute' (needs --fake; default 60)")
 
 

@@ -178,18 +178,8 @@ def completion_body(result: ChatResult) -> dict[str, Any]:
     if isinstance(raw, Mapping) and raw.get("object") == "chat.completion" \
             and isinstance(raw.get("choices"), list):
         return dict(raw)
-    choices = []
-    for choice in result.choices:
-        message: dict[str, Any] = {"role": choice.role, "content": choice.content}
-        if choice.reasoning_content:
-            message["reasoning_content"] = choice.reasoning_content
-        if choice.tool_calls:
-            message["tool_calls"] = [
-                {"index": call.index, "id": call.id, "type": call.type,
-                 "function": {"name": call.name, "arguments": call.arguments}}
-                for call in choice.tool_calls]
-        choices.append({"index": choice.index, "message": message,
-                        "finish_reason": choice.finish_reason})
+    choices = [{"index": choice.index, "message": choice.message(),
+                "finish_reason": choice.finish_reason} for choice in result.choices]
     body: dict[str, Any] = {"id": result.id, "object": "chat.completion",
                             "created": result.created, "model": result.model,
                             "choices": choices}

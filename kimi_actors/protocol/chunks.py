@@ -169,6 +169,19 @@ class Choice:
         if self.index < 0:
             raise ValueError(f"Choice.index must be >= 0, got {self.index}")
 
+    def message(self) -> dict[str, Any]:
+        """This choice as an OpenAI chat message dict (role, content, and reasoning and tool
+        calls when present)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning_content:
+            message["reasoning_content"] = self.reasoning_content
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {"index": call.index, "id": call.id, "type": call.type,
+                 "function": {"name": call.name, "arguments": call.arguments}}
+                for call in self.tool_calls]
+        return message
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChatResult:

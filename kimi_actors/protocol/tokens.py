@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "admission_tokens",
+    "char_classes",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
     "requested_max_tokens",
@@ -36,14 +37,22 @@ _CJK = re.compile(
 _ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
+def char_classes(text: str) -> tuple[int, int, int, int]:
+    """How many characters of ``text`` are ASCII, CJK (with kana and hangul), astral (emoji),
+    and anything else: the classes a BPE tokenizer treats differently."""
+    if text.isascii():
+        return len(text), 0, 0, 0
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    cjk = len(_CJK.findall(text))
+    astral = len(_ASTRAL.findall(text))
+    return ascii_chars, cjk, astral, len(text) - ascii_chars - cjk - astral
+
+
 def estimate_text_tokens(text: str) -> int:
     """An upper-leaning estimate of the tokens in ``text``."""
     if text.isascii():
         return -(-len(text) // 4)
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    cjk = len(_CJK.findall(text))
-    astral = len(_ASTRAL.findall(text))
-    other = len(text) - ascii_chars - cjk - astral
+    ascii_chars, cjk, astral, other = char_classes(text)
     return -(-ascii_chars // 4) + cjk + 2 * astral + -(-other // 2)
 
 

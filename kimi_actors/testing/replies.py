@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..protocol.tokens import char_classes
+
 __all__ = [
     "DEFAULT_MODELS",
     "Reply",
@@ -432,21 +434,10 @@ def expected_tool_call(
 _MESSAGE_OVERHEAD = 3
 _REPLY_PRIMING = 2
 _IMAGE_TOKENS = 765
-_CJK_CHARS = re.compile(
-    "[\u1100-\u11ff\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f"
-    "\u31a0-\u31ff\u3200-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff"
-    "\ufe30-\ufe4f\uff00-\uffef]"
-)
-_ASTRAL_CHARS = re.compile("[\U00010000-\U0010ffff]")
 
 
 def _text_tokens(text: str) -> int:
-    if text.isascii():
-        return -(-len(text) // 5)
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    cjk = len(_CJK_CHARS.findall(text))
-    astral = len(_ASTRAL_CHARS.findall(text))
-    other = len(text) - ascii_chars - cjk - astral
+    ascii_chars, cjk, astral, other = char_classes(text)
     return -(-ascii_chars // 5) + cjk + astral + -(-other // 3)
 
 
