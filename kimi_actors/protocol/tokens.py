@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "admission_tokens",
     "char_classes",
+    "count_body_tokens",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
     "requested_max_tokens",
@@ -56,48 +57,64 @@ def estimate_text_tokens(text: str) -> int:
     return -(-ascii_chars // 4) + cjk + 2 * astral + -(-other // 2)
 
 
-def _content_tokens(content: Any) -> int:
+def _content_tokens(content: Any, text_tokens: Callable[[str], int], image_tokens: int) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
-        return estimate_text_tokens(content)
+        return text_tokens(content)
     if isinstance(content, list):
         total = 0
         for part in content:
             if isinstance(part, Mapping):
                 if part.get("type") == "text":
-                    total += estimate_text_tokens(str(part.get("text", "")))
+                    total += text_tokens(str(part.get("text", "")))
                 elif part.get("type") in ("image_url", "video_url", "input_image"):
-                    total += IMAGE_TOKENS
+                    total += image_tokens
                 else:
-                    total += estimate_text_tokens(json.dumps(part, ensure_ascii=False, default=str))
+                    total += text_tokens(_dumps(part))
             else:
-                total += estimate_text_tokens(str(part))
+                total += text_tokens(str(part))
         return total
-    return estimate_text_tokens(json.dumps(content, ensure_ascii=False, default=str))
+    return text_tokens(_dumps(content))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def count_body_tokens(body: Mapping[str, Any], *, text_tokens: Callable[[str], int],
+                      message_overhead: int, reply_priming: int, image_tokens: int) -> int:
+    """Walk a chat body (messages with their content parts, names, reasoning and tool calls,
+    and the tools) and add up ``text_tokens`` of each text plus the fixed costs given.
+    ``estimate_prompt_tokens`` is this walk with conservative weights; FakeKimi's "true"
+    count is the same walk with lighter ones, so it never exceeds the estimate."""
+    total = reply_priming
+    for message in body.get("messages") or ():
+        if not isinstance(message, Mapping):
+            total += message_overhead + text_tokens(str(message))
+            continue
+        total += message_overhead + _content_tokens(message.get("content"), text_tokens,
+                                                    image_tokens)
+        name = message.get("name")
+        if isinstance(name, str):
+            total += text_tokens(name) + 1
+        reasoning = message.get("reasoning_content")
+        if isinstance(reasoning, str):
+            total += text_tokens(reasoning)
+        tool_calls = message.get("tool_calls")
+        if tool_calls:
+            total += text_tokens(_dumps(tool_calls))
+    tools = body.get("tools")
+    if tools:
+        total += text_tokens(_dumps(tools))
+    return total
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """Estimate the prompt tokens of a chat body: messages, names, tool calls and tools."""
-    total = REPLY_PRIMING
-    for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
-            total += MESSAGE_OVERHEAD + estimate_text_tokens(str(message))
-            continue
-        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
-        name = message.get("name")
-        if isinstance(name, str):
-            total += estimate_text_tokens(name) + 1
-        reasoning = message.get("reasoning_content")
-        if isinstance(reasoning, str):
-            total += estimate_text_tokens(reasoning)
-        tool_calls = message.get("tool_calls")
-        if tool_calls:
-            total += estimate_text_tokens(json.dumps(tool_calls, ensure_ascii=False, default=str))
-    tools = body.get("tools")
-    if tools:
-        total += estimate_text_tokens(json.dumps(tools, ensure_ascii=False, default=str))
-    return total
+    return count_body_tokens(body, text_tokens=estimate_text_tokens,
+                             message_overhead=MESSAGE_OVERHEAD, reply_priming=REPLY_PRIMING,
+                             image_tokens=IMAGE_TOKENS)
 
 
 def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:

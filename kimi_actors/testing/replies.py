@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol.tokens import char_classes
+from ..protocol.tokens import char_classes, count_body_tokens
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -441,43 +441,9 @@ def _text_tokens(text: str) -> int:
     return -(-ascii_chars // 5) + cjk + astral + -(-other // 3)
 
 
-def _content_tokens(content: Any) -> int:
-    if content is None:
-        return 0
-    if isinstance(content, str):
-        return _text_tokens(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            if isinstance(part, Mapping):
-                if part.get("type") == "text":
-                    total += _text_tokens(str(part.get("text", "")))
-                elif part.get("type") in ("image_url", "video_url", "input_image"):
-                    total += _IMAGE_TOKENS
-                else:
-                    total += _text_tokens(json.dumps(part, ensure_ascii=False))
-            else:
-                total += _text_tokens(str(part))
-        return total
-    return _text_tokens(json.dumps(content, ensure_ascii=False, default=str))
-
-
 def count_prompt_tokens(body: Mapping[str, Any]) -> int:
     """FakeKimi's "true" prompt token count of a chat body (what usage.prompt_tokens and the
     estimate-token-count endpoint report). Never above the library's local estimate."""
-    total = _REPLY_PRIMING
-    for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
-            total += _MESSAGE_OVERHEAD + _text_tokens(str(message))
-            continue
-        total += _MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
-        reasoning = message.get("reasoning_content")
-        if isinstance(reasoning, str):
-            total += _text_tokens(reasoning)
-        tool_calls = message.get("tool_calls")
-        if tool_calls:
-            total += _text_tokens(json.dumps(tool_calls, ensure_ascii=False, default=str))
-    tools = body.get("tools")
-    if tools:
-        total += _text_tokens(json.dumps(tools, ensure_ascii=False, default=str))
-    return total
+    return count_body_tokens(body, text_tokens=_text_tokens,
+                             message_overhead=_MESSAGE_OVERHEAD, reply_priming=_REPLY_PRIMING,
+                             image_tokens=_IMAGE_TOKENS)
