@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..clock import Clock
 from ..errors import (
@@ -254,7 +253,3 @@ class Runtime:
     def usage_seen(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.counters.prompt_tokens += prompt_tokens
         self.counters.completion_tokens += completion_tokens
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"breaker_state": self.breaker.state(self.clock.now()).value,
-                "breaker_trips": self.breaker.trips}

@@ -484,7 +484,6 @@ class Supervisor:
         rt = self._runtime
         counters = rt.counters
         governor = rt.governor.statistics()
-        extra = rt.snapshot()
         return SupervisorStats(
             in_flight=governor.in_flight, queued=governor.queued, waiting=rt.waiting,
             actors=len(self._actors), submitted=counters.submitted,
@@ -496,7 +495,8 @@ class Supervisor:
             prompt_tokens=counters.prompt_tokens, completion_tokens=counters.completion_tokens,
             tokens_reserved=governor.tokens_reserved, tokens_settled=governor.tokens_settled,
             failures_by_type=dict(counters.failures_by_type),
-            breaker_state=extra["breaker_state"], breaker_trips=extra["breaker_trips"],
+            breaker_state=rt.breaker.state(rt.clock.now()).value,
+            breaker_trips=rt.breaker.trips,
             governor=governor, closed=self._closing)
 
 
