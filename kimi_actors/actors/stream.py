@@ -38,7 +38,7 @@ from .runtime import Runtime
 
 __all__ = ["END_OF_STREAM", "StreamActor"]
 
-#: Put on the queue after the last delta.
+#: Put on the queue after the last batch of deltas (every other item is a list of deltas).
 END_OF_STREAM: Any = object()
 _DONE_EVENT = SSEEvent(data="[DONE]")
 
@@ -148,7 +148,7 @@ class StreamActor:
                 rt.counters.restarts += 1
                 emit("info", "stream_restarted", error_type=type(error).__name__,
                      request_id=self.request_id)
-                await self._deliver(Delta(restart=True))
+                await self._deliver([Delta(restart=True)])
                 self._assembler = ChunkAssembler()
                 self._allowance_start = 0
                 body = self._original
@@ -172,8 +172,7 @@ class StreamActor:
 
     async def _finish_locally(self, finish_reason: str) -> None:
         chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
-        for delta in self._assembler.feed(chunk):
-            await self._deliver(delta)
+        await self._deliver(self._assembler.feed(chunk))
         self._assembler.feed_event(_DONE_EVENT)
 
     def _continue_body(self) -> dict[str, Any]:
@@ -192,6 +191,7 @@ class StreamActor:
         """Read one response into the queue. Returns the outcome and this attempt's usage."""
         rt = self._rt
         usage: Usage | None = None
+        batch: list[Delta] = []
         try:
             async with rt.transport.stream(CHAT_PATH, json_body(body), headers=self._headers,
                                            on_sent=on_sent) as response:
@@ -208,42 +208,51 @@ class StreamActor:
                 async with aclosing(response.chunks()) as chunks:
                     async for data in chunks:
                         for event in decoder.feed(data):
-                            usage = await self._deliver_event(assembler, event) or usage
+                            usage = self._feed(assembler, event, batch) or usage
+                        if batch:
+                            await self._deliver(batch)
+                            batch = []
                         if assembler.done:
                             break
                     else:
                         for event in decoder.close():
-                            usage = await self._deliver_event(assembler, event) or usage
+                            usage = self._feed(assembler, event, batch) or usage
+                if batch:
+                    await self._deliver(batch)
+                    batch = []
                 if not assembler.done:
                     raise IncompleteStreamError(
                         f"the stream ended without data: [DONE] after {assembler.chunks} "
                         f"chunks", request_id=self.request_id)
                 return Outcome(action=Action.SUCCESS), usage
         except KimiError as exc:
+            if batch:
+                # The assembler has counted these, and a resume continues after them: they
+                # must reach the consumer before the error is handled.
+                await self._deliver(batch)
             if exc.request_id is None:
                 exc.request_id = self.request_id
             return classify_error(exc), usage
 
-    async def _deliver_event(self, assembler: ChunkAssembler, event: SSEEvent) -> Usage | None:
+    @staticmethod
+    def _feed(assembler: ChunkAssembler, event: SSEEvent, batch: list[Delta]) -> Usage | None:
         if assembler.done:
             return None
         usage = None
-        queue = self._queue
         for delta in assembler.feed_event(event):
             if delta.usage is not None:
                 usage = delta.usage
-            if queue.full():  # inlined _deliver: this runs for every event of every stream
-                await queue.put(delta)
-            else:
-                queue.put_nowait(delta)
+            batch.append(delta)
         return usage
 
-    async def _deliver(self, delta: Delta) -> None:
+    async def _deliver(self, deltas: list[Delta]) -> None:
+        """Queue the deltas of one network read as one item: one hand-off per read, not per
+        delta. The queue's bound still caps memory (a read is at most one socket buffer)."""
         queue = self._queue
         if queue.full():
-            await queue.put(delta)
+            await queue.put(deltas)
         else:
-            queue.put_nowait(delta)
+            queue.put_nowait(deltas)
 
     async def _deliver_completion(self, body: Any) -> Usage | None:
         """A 200 JSON answer to a stream request (some servers ignore ``stream``): hand it to
@@ -257,7 +266,6 @@ class StreamActor:
                 "prompt_tokens": result.usage.prompt_tokens,
                 "completion_tokens": result.usage.completion_tokens,
                 "total_tokens": result.usage.total_tokens}
-        for delta_obj in self._assembler.feed(chunk):
-            await self._deliver(delta_obj)
+        await self._deliver(self._assembler.feed(chunk))
         self._assembler.feed_event(_DONE_EVENT)
         return result.usage

@@ -119,6 +119,8 @@ class Stream:
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
         self._finished = False
+        self._batch: list[Delta] = []
+        self._taken = 0
         self._result: ChatResult | None = None
         self._error: BaseException | None = None
 
@@ -154,19 +156,28 @@ class Stream:
     async def __anext__(self) -> Delta:
         if self._task is None:
             raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
+        batch = self._batch
+        if self._taken < len(batch):
+            delta = batch[self._taken]
+            self._taken += 1
+            return delta
         queue = self._queue
-        if not queue.empty():
-            item = queue.get_nowait()
-        elif self._finished:
-            item = END_OF_STREAM
-        else:
-            item = await queue.get()
-        if item is END_OF_STREAM:
-            if self._error is not None:
-                raise self._error
-            raise StopAsyncIteration
-        delta: Delta = item
-        return delta
+        while True:
+            if not queue.empty():
+                item = queue.get_nowait()
+            elif self._finished:
+                item = END_OF_STREAM
+            else:
+                item = await queue.get()
+            if item is END_OF_STREAM:
+                if self._error is not None:
+                    raise self._error
+                raise StopAsyncIteration
+            if item:
+                break
+        self._batch, self._taken = item, 1
+        first: Delta = item[0]
+        return first
 
     @property
     def request_id(self) -> str | None:

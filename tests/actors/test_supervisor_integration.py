@@ -377,3 +377,16 @@ async def test_map_reports_work_the_drain_cancelled_instead_of_hanging() -> None
             await asyncio.wait_for(consumer, 10)
         assert len(items) == 4
         assert all(isinstance(item.error, SupervisorClosedError) for item in items)
+
+
+async def test_deltas_read_together_with_a_bad_event_are_kept_before_resuming() -> None:
+    # Without latency, the good events before the malformed one arrive in the same reads:
+    # they must reach the consumer before the resume continues after them.
+    async with FakeKimi(faults=Faults(malformed=1.0), seed=13) as fake, \
+            Supervisor(api_key=fake.api_key, base_url=fake.base_url, retry=FAST_RETRY) as sup:
+        reader = asyncio.create_task(read_stream(sup, 12))
+        await wait_until(lambda: fake.statistics().faults["malformed"] >= 1)
+        fake.set_faults(Faults())
+        text, restarts = await reader
+    assert text == expected_reply(MODEL, messages(12)).content
+    assert restarts == 0
