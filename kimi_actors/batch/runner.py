@@ -64,7 +64,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -476,8 +476,7 @@ class _Sender:
     async def _let_consumer_catch_up(self, consumer: asyncio.Task[None]) -> None:
         """Once the supervisor is closed no result is still coming, but the consumer may not
         have taken the last ones from the map yet: give it loop turns while it makes
-        progress, so nothing answered is left unwritten. An actor cancelled at the drain
-        timeout never reports, so the consumer is then cancelled rather than awaited."""
+        progress, so nothing answered is left unwritten, then cancel it rather than wait."""
         seen = -1
         while not consumer.done() and seen != self.tally.done:
             seen = self.tally.done
@@ -498,7 +497,6 @@ class _Sender:
                                  duplicate_ids=self._scan.duplicate_ids)
         with contextlib.closing(requests):
             results = sup.map(self._bodies(requests), stream=config.stream)
-            assert isinstance(results, AsyncGenerator)
             try:
                 async with contextlib.aclosing(results):
                     async for item in results:
