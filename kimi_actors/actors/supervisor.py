@@ -317,18 +317,20 @@ class Supervisor:
         """Run an actor body with the caller's timeout, keeping the counters."""
         counters = self._runtime.counters
         counters.submitted += 1
-        scope = asyncio.timeout(timeout)
         try:
-            async with scope:
+            if timeout is None:
                 result = await run
-        except TimeoutError:
-            if not scope.expired():
-                self._runtime.failed(TimeoutError())
-                raise
-            error = RequestTimeoutError(f"the request did not finish within its timeout of "
-                                        f"{timeout} s", phase="deadline", timeout=timeout)
-            self._runtime.failed(error)
-            raise error from None
+            else:
+                scope = asyncio.timeout(timeout)
+                try:
+                    async with scope:
+                        result = await run
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise RequestTimeoutError(
+                        f"the request did not finish within its timeout of {timeout} s",
+                        phase="deadline", timeout=timeout) from None
         except Exception as exc:
             self._runtime.failed(exc)
             raise
