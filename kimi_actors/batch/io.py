@@ -316,16 +316,20 @@ class InputScan:
         """The listed bad lines and duplicates together, in file order."""
         return tuple(sorted(self.bad + self.duplicates))
 
-    def error(self, source: str) -> BatchInputError:
-        """The error a strict run raises for these problems."""
+    @property
+    def problem_summary(self) -> str:
+        """"3 bad lines and 1 duplicate custom_id", or "no problems"."""
         parts = []
         if self.bad_total:
             parts.append(f"{self.bad_total:,} bad line{'s' * (self.bad_total != 1)}")
         if self.duplicates_total:
             parts.append(f"{self.duplicates_total:,} duplicate custom_id"
                          f"{'s' * (self.duplicates_total != 1)}")
-        summary = " and ".join(parts) if parts else "no problems"
-        return BatchInputError(f"{source}: {summary}", problems=self.problems)
+        return " and ".join(parts) if parts else "no problems"
+
+    def error(self, source: str) -> BatchInputError:
+        """The error a strict run raises for these problems."""
+        return BatchInputError(f"{source}: {self.problem_summary}", problems=self.problems)
 
 
 def _open_input(path: Path) -> IO[bytes]:

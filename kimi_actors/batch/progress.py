@@ -238,13 +238,7 @@ def render_problems(scan: InputScan, source: str, *, skip_bad: bool) -> str:
     """The bad lines and duplicates of an input file, with line numbers, and what happens."""
     if scan.ok:
         return f"{source}: no problems"
-    parts = []
-    if scan.bad_total:
-        parts.append(f"{scan.bad_total:,} bad line{'s' * (scan.bad_total != 1)}")
-    if scan.duplicates_total:
-        parts.append(f"{scan.duplicates_total:,} duplicate custom_id"
-                     f"{'s' * (scan.duplicates_total != 1)}")
-    lines = [f"{source}: {' and '.join(parts)}"]
+    lines = [f"{source}: {scan.problem_summary}"]
     problems = scan.problems
     lines.extend(f"  line {line}: {reason}" for line, reason in problems)
     unlisted = scan.bad_total + scan.duplicates_total - len(problems)
