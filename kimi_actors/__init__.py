@@ -28,6 +28,7 @@ from .errors import (
     ProtocolError,
     QuotaExhaustedError,
     RateLimitError,
+    RedirectError,
     RequestTimeoutError,
     ServerError,
     StreamError,
@@ -36,7 +37,15 @@ from .errors import (
 )
 from .governance.governor import DimensionStats, GovernorStats
 from .limits import TIERS, Dimension, Limits
-from .policy import BreakerPolicy, ResumeMode, ResumePolicy, RetryPolicy, Timeouts
+from .policy import (
+    BreakerPolicy,
+    FatalMode,
+    FatalPolicy,
+    ResumeMode,
+    ResumePolicy,
+    RetryPolicy,
+    Timeouts,
+)
 from .protocol.chunks import ChatResult, Choice, Delta, ToolCall, Usage
 from .protocol.tokens import admission_tokens, estimate_prompt_tokens, estimate_text_tokens
 
@@ -62,6 +71,8 @@ __all__ = [
     "DimensionStats",
     "EngineOverloadedError",
     "FakeClock",
+    "FatalMode",
+    "FatalPolicy",
     "GovernorStats",
     "IncompleteStreamError",
     "KimiError",
@@ -75,6 +86,7 @@ __all__ = [
     "ProtocolError",
     "QuotaExhaustedError",
     "RateLimitError",
+    "RedirectError",
     "RequestTimeoutError",
     "ResumeMode",
     "ResumePolicy",

@@ -14,6 +14,7 @@
     │   ├── RateLimitError            429 rate_limit_reached_error (.dimension says which limit)
     │   ├── EngineOverloadedError     429 engine_overloaded_error
     │   ├── QuotaExhaustedError       exceeded_current_quota_error, suspended: fatal for the run
+    │   ├── RedirectError             3xx: API calls do not follow redirects (.location)
     │   └── ServerError               5xx, unexpected_output
     ├── TransportError                no usable HTTP answer
     │   ├── ConnectionFailedError     connect refused, reset, dropped
@@ -29,7 +30,9 @@
 Every error carries structured fields rather than only a message, and ``fatal_for_run`` tells
 the runtime when every further request would fail the same way. When retries run out (attempts
 or retry budget) the last error itself is raised, with ``attempts`` set and a note saying why.
-Messages never contain the API key: they are built from the server's message and our own text.
+The API key never survives into an error: messages, notes, error types, bodies and reprs pass
+:func:`~kimi_actors.redaction.redact_text` when they are set and again when they are shown, so
+a server or proxy that quotes the Authorization header back cannot leak it through an error.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 from typing import Any
 
 from .limits import Dimension
+from .redaction import redact_bytes, redact_text, redact_url
 
 __all__ = [
     "APIError",
@@ -57,6 +61,7 @@ __all__ = [
     "ProtocolError",
     "QuotaExhaustedError",
     "RateLimitError",
+    "RedirectError",
     "RequestTimeoutError",
     "ServerError",
     "StreamError",
@@ -74,6 +79,7 @@ class KimiError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
         self.request_id = request_id
@@ -82,8 +88,11 @@ class KimiError(Exception):
 
     def __str__(self) -> str:
         if self.request_id:
-            return f"{self.message} (request id {self.request_id})"
-        return self.message
+            return redact_text(f"{self.message} (request id {self.request_id})")
+        return redact_text(self.message)
+
+    def add_note(self, note: str, /) -> None:
+        super().add_note(redact_text(note))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.__dict__.copy()))
@@ -111,19 +120,20 @@ class APIError(KimiError):
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status = status
-        self.error_type = error_type
+        self.error_type = None if error_type is None else redact_text(error_type)
         self.retry_after = retry_after
-        #: The raw body (capped), for fields the library does not model.
-        self.body = body
+        #: The raw body (capped, credentials masked), for fields the library does not model.
+        self.body = None if body is None else redact_bytes(body)
 
     def __str__(self) -> str:
         kind = f" {self.error_type}" if self.error_type else ""
         return f"HTTP {self.status}{kind}: {super().__str__()}"
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(status={self.status}, error_type={self.error_type!r}, "
-                f"message={self.message!r}, request_id={self.request_id!r}, "
-                f"retry_after={self.retry_after!r})")
+        return redact_text(
+            f"{type(self).__name__}(status={self.status}, error_type={self.error_type!r}, "
+            f"message={self.message!r}, request_id={self.request_id!r}, "
+            f"retry_after={self.retry_after!r})")
 
 
 class BadRequestError(APIError):
@@ -170,6 +180,16 @@ class EngineOverloadedError(APIError):
 
 class QuotaExhaustedError(APIError):
     fatal_for_run = True
+
+
+class RedirectError(APIError):
+    """The server answered with a redirect. It is not followed (except a 307/308 to the same
+    origin): a POST would turn into a GET, or the key would go to another host."""
+
+    def __init__(self, message: str, *, location: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        #: Where the server pointed (credentials masked).
+        self.location = None if location is None else redact_url(location)
 
 
 class ServerError(APIError):

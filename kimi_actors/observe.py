@@ -4,18 +4,19 @@ kimi_actors is a library, so it does not configure global logging. Its events go
 structlog logger wrapped around the stdlib logger ``kimi_actors`` (so unconfigured programs see
 warnings and errors only, on stderr), unless the application hands its own structlog logger to
 ``set_logger``. Every event passes through ``emit``, which redacts first: any registered
-secret (the API key) in any value is replaced, so no key reaches a log whatever a server
-echoes back.
+secret (the API key) and every credential shape in any value is masked
+(:mod:`kimi_actors.redaction`), so no key reaches a log whatever a server echoes back.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from .redaction import REDACTED, redact_text, register_secret
 
 __all__ = [
     "REDACTED",
@@ -26,25 +27,6 @@ __all__ = [
     "register_secret",
     "set_logger",
 ]
-
-REDACTED = "[redacted]"
-_secrets: set[str] = set()
-_lock = threading.Lock()
-
-
-def register_secret(secret: str | None) -> None:
-    """Redact ``secret`` from every event from now on (short strings are ignored: they would
-    redact ordinary words)."""
-    if secret and len(secret) >= 8:
-        with _lock:
-            _secrets.add(secret)
-
-
-def redact_text(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    return text
 
 
 def _redact_value(value: Any) -> Any:
@@ -61,9 +43,8 @@ def _redact_value(value: Any) -> Any:
 
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """A structlog processor; add it to your own chain to redact kimi_actors' secrets there."""
-    if _secrets:
-        for key, value in event_dict.items():
-            event_dict[key] = _redact_value(value)
+    for key, value in event_dict.items():
+        event_dict[key] = _redact_value(value)
     return event_dict
 
 
@@ -101,6 +82,5 @@ def get_logger() -> Any:
 def emit(level: str, event: str, **fields: Any) -> None:
     """Log one event at ``level`` ("debug", "info", "warning", "error"), secrets redacted."""
     logger = get_logger()
-    if _secrets:
-        fields = {key: _redact_value(value) for key, value in fields.items()}
+    fields = {key: _redact_value(value) for key, value in fields.items()}
     getattr(logger, level)(event, **fields)

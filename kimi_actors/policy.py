@@ -6,7 +6,15 @@ import enum
 import math
 from dataclasses import dataclass
 
-__all__ = ["BreakerPolicy", "ResumeMode", "ResumePolicy", "RetryPolicy", "Timeouts"]
+__all__ = [
+    "BreakerPolicy",
+    "FatalMode",
+    "FatalPolicy",
+    "ResumeMode",
+    "ResumePolicy",
+    "RetryPolicy",
+    "Timeouts",
+]
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -109,17 +117,53 @@ class ResumePolicy:
             raise ValueError("ResumePolicy.max_resumes and continue_on_length must be >= 0")
 
 
+class FatalMode(enum.StrEnum):
+    """What a run-fatal error (a rejected key, an exhausted quota, a suspended account) does."""
+
+    #: Stop for good: every further call fails with the error. Right for a batch run.
+    STOP = "stop"
+    #: Fail fast with the error while the account is known to be bad, let one probe through
+    #: after ``FatalPolicy.cool_down``, and serve again once a probe gets through. Right for a
+    #: long-lived process (a web backend) whose key may be fixed or account topped up.
+    PROBE = "probe"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FatalPolicy:
+    """How a supervisor lives through a run-fatal error; see :class:`FatalMode`. Either way,
+    queued and backing-off work fails at once with the error instead of being sent."""
+
+    mode: FatalMode = FatalMode.PROBE
+    cool_down: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mode, FatalMode):
+            raise ValueError(f"FatalPolicy.mode must be a FatalMode, got {self.mode!r}")
+        _positive("FatalPolicy", cool_down=self.cool_down)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    """Seconds. ``first_byte`` waits for response headers; ``read_idle`` is the longest gap
-    between stream reads (a stall); ``response`` bounds a whole non-stream answer (Kimi itself
-    gives up after two hours)."""
+    """Seconds; each bounds one attempt (the caller's ``timeout=`` bounds the whole call).
+
+    - ``connect``: TCP and TLS set-up.
+    - ``first_byte``: a stream's response headers, from sending.
+    - ``read_idle``: a stream's longest gap between complete data events. Bytes that complete
+      no event (a trickle, ``: keep-alive`` comments) do not count, and neither does time the
+      stream waits for a slow consumer. For a non-stream answer: the longest pause between
+      reads of its body.
+    - ``non_stream_first_byte``: a non-stream answer's headers. Kimi generates the whole answer
+      before it answers, so this is longer than ``first_byte``; prefer streams for long answers.
+    - ``response``: one whole attempt, stream or not (Kimi itself gives up after two hours).
+    """
 
     connect: float = 10.0
     first_byte: float = 120.0
     read_idle: float = 60.0
+    non_stream_first_byte: float = 600.0
     response: float = 7200.0
 
     def __post_init__(self) -> None:
         _positive("Timeouts", connect=self.connect, first_byte=self.first_byte,
-                  read_idle=self.read_idle, response=self.response)
+                  read_idle=self.read_idle, non_stream_first_byte=self.non_stream_first_byte,
+                  response=self.response)

@@ -3,12 +3,18 @@
 Nothing here decides what an answer means (protocol/classify.py does); this module only moves
 bytes and turns every aiohttp or socket failure into ``ConnectionFailedError``,
 ``RequestTimeoutError`` or ``ProtocolError``. aiohttp exceptions that carry the request's
-headers (and so the key) are never chained.
+headers (and so the key), or whose text holds a credential, are never chained.
+
+Redirects are not followed: an API call answered with a redirect fails with the status and the
+location (classify.py), because following one turns a POST into a GET (301/302/303) or sends
+the key to another host. The one exception is a 307/308 to the same origin, which keeps the
+method, the body and the host the key was meant for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,21 +23,46 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from .errors import ConnectionFailedError, KimiError, ProtocolError, RequestTimeoutError
 from .policy import Timeouts
+from .redaction import redact_text, redact_url
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_ERROR_BODY_BYTES",
+    "MAX_SAME_ORIGIN_REDIRECTS",
     "RawResponse",
     "StreamResponse",
     "Transport",
+    "cleartext_host",
     "json_body",
 ]
 
 MAX_BODY_BYTES = 64 << 20
+#: An error page is read up to this many bytes before it is classified.
 MAX_ERROR_BODY_BYTES = 1 << 20
+#: Same-origin 307/308 redirects followed for one request before the answer is taken as is.
+MAX_SAME_ORIGIN_REDIRECTS = 3
+_KEEP_METHOD_REDIRECTS = frozenset({307, 308})
+
+
+def cleartext_host(base_url: str) -> str | None:
+    """The host a ``base_url`` would send the key to in clear text (plain ``http://`` to a
+    host that is not loopback), or ``None`` when the key stays safe."""
+    url = URL(base_url)
+    if url.scheme != "http":
+        return None
+    host = url.host or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return host
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,14 +73,30 @@ class RawResponse:
     content_type: str
 
 
-def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts) -> KimiError:
+def _safe_cause(exc: BaseException) -> bool:
+    """Whether ``exc`` may be chained: its text and its own chain carry no credential."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, aiohttp.ClientResponseError):  # holds the request's headers
+            return False
+        for text in (str(seen), repr(seen)):
+            if redact_text(text) != text:
+                return False
+        seen = seen.__cause__ or seen.__context__
+    return True
+
+
+def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts,
+               limit: float | None = None) -> KimiError:
     """Turn an aiohttp/socket failure into our error. ``phase`` says what we were waiting
-    for; a connect timeout is recognised by its type whatever the phase."""
+    for and ``limit`` its bound (default: the timeout of that name); a connect timeout is
+    recognised by its type whatever the phase."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            phase = "connect"
-        limit = {"connect": timeouts.connect, "first_byte": timeouts.first_byte,
-                 "read_idle": timeouts.read_idle, "response": timeouts.response}.get(phase)
+            phase, limit = "connect", timeouts.connect
+        if limit is None:
+            limit = {"connect": timeouts.connect, "first_byte": timeouts.first_byte,
+                     "read_idle": timeouts.read_idle, "response": timeouts.response}.get(phase)
         err: KimiError = RequestTimeoutError(
             f"timed out waiting for the {phase.replace('_', ' ')} after {limit} s",
             phase=phase, timeout=limit)
@@ -65,7 +112,7 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts) -> KimiErr
                                     f"{type(exc).__name__}: {exc}")
     else:  # pragma: no cover - callers only pass the types above
         raise TypeError(f"not a transport failure: {exc!r}")
-    if not isinstance(exc, aiohttp.ClientResponseError):
+    if _safe_cause(exc):
         err.__cause__ = exc
     err.__suppress_context__ = True
     return err
@@ -131,6 +178,7 @@ class Transport:
                  pool_size: int | None = None, headers: Mapping[str, str] | None = None,
                  report_sent: bool = False) -> None:
         self._base_url = base_url.rstrip("/")
+        self._origin = URL(self._base_url).origin()
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -143,11 +191,15 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
 
     def __repr__(self) -> str:
-        return f"Transport(base_url={self._base_url!r})"
+        return f"Transport(base_url={redact_url(self._base_url)!r})"
 
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -172,60 +224,110 @@ class Transport:
     def url(self, path: str) -> str:
         return f"{self._base_url}/{path.lstrip('/')}"
 
+    def _same_origin_target(self, response: aiohttp.ClientResponse) -> URL | None:
+        """Where a redirect that may be followed points, or ``None``."""
+        if response.status not in _KEEP_METHOD_REDIRECTS:
+            return None
+        location = response.headers.get("Location")
+        if not location:
+            return None
+        try:
+            target = response.url.join(URL(location))
+        except ValueError:
+            return None
+        return target if target.origin() == self._origin else None
+
+    async def _open(self, method: str, path: str, body: bytes | None, *,
+                    headers: Mapping[str, str] | None, on_sent: Callable[[], None] | None,
+                    first_byte: float, total: float | None) -> aiohttp.ClientResponse:
+        """Send and wait for the response headers, within ``connect + first_byte``; follow
+        same-origin 307/308 redirects; leave every other answer, redirects included, to the
+        caller. ``total`` bounds the whole exchange, body included."""
+        timeouts = self._timeouts
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect,
+                                        sock_read=first_byte)
+        url: str | URL = self.url(path)
+        scope = asyncio.timeout(timeouts.connect + first_byte)
+        try:
+            async with scope:
+                for _ in range(MAX_SAME_ORIGIN_REDIRECTS + 1):
+                    response = await self._get_session().request(
+                        method, url, data=body, headers=headers, timeout=timeout,
+                        allow_redirects=False, trace_request_ctx=on_sent)
+                    target = self._same_origin_target(response)
+                    if target is None:
+                        return response
+                    _finish(response)
+                    url = target
+                return response
+        except _TRANSPORT_ERRORS as exc:
+            phase, limit = "first_byte", first_byte
+            if total is not None and not scope.expired() \
+                    and not isinstance(exc, aiohttp.ServerTimeoutError):
+                phase, limit = "response", total
+            raise _map_error(exc, phase=phase, timeouts=timeouts, limit=limit) from None
+
+    async def _whole(self, response: aiohttp.ClientResponse) -> RawResponse:
+        """Read a response's body whole: its reads may pause ``read_idle`` at most."""
+        try:
+            _set_read_timeout(response, self._timeouts.read_idle)
+            data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
+            return RawResponse(status=response.status, headers=response.headers,
+                               body=data, content_type=response.content_type)
+        except _TRANSPORT_ERRORS as exc:
+            raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
+        finally:
+            _finish(response)
+
     async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                    on_sent: Callable[[], None] | None = None) -> RawResponse:
-        """POST and read the whole answer (bounded by ``Timeouts.response``). ``on_sent`` is
-        called once the request is on the wire, when the transport reports sending."""
-        timeout = aiohttp.ClientTimeout(total=self._timeouts.response,
-                                        sock_connect=self._timeouts.connect)
-        try:
-            async with self._get_session().post(self.url(path), data=body, headers=headers,
-                                                timeout=timeout,
-                                                trace_request_ctx=on_sent) as response:
-                data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
-                return RawResponse(status=response.status, headers=response.headers,
-                                   body=data, content_type=response.content_type)
-        except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
+        """POST and read the whole answer. The headers must come within
+        ``non_stream_first_byte`` (the answer is generated before them), the whole answer
+        within ``response``. ``on_sent`` is called once the request is on the wire, when the
+        transport reports sending."""
+        timeouts = self._timeouts
+        response = await self._open("POST", path, body, headers=headers, on_sent=on_sent,
+                                    first_byte=timeouts.non_stream_first_byte,
+                                    total=timeouts.response)
+        return await self._whole(response)
 
     async def get(self, path: str) -> RawResponse:
-        timeout = aiohttp.ClientTimeout(total=self._timeouts.first_byte,
-                                        sock_connect=self._timeouts.connect)
-        try:
-            async with self._get_session().get(self.url(path), timeout=timeout) as response:
-                data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False)
-                return RawResponse(status=response.status, headers=response.headers,
-                                   body=data, content_type=response.content_type)
-        except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
+        timeouts = self._timeouts
+        response = await self._open("GET", path, None, headers=None, on_sent=None,
+                                    first_byte=timeouts.first_byte, total=timeouts.response)
+        return await self._whole(response)
 
     @asynccontextmanager
     async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                      on_sent: Callable[[], None] | None = None
                      ) -> AsyncIterator[StreamResponse]:
         """POST and hold the response open for streaming. Headers must come within
-        ``first_byte``; after that, each gap between reads may last ``read_idle``. Leaving the
-        block closes the connection unless the body was read to its end."""
+        ``first_byte``; after that, each gap between socket reads may last ``read_idle`` (the
+        stream actor also bounds the gap between complete events, and the whole stream).
+        Leaving the block closes the connection unless the body was read to its end."""
         timeouts = self._timeouts
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect,
-                                        sock_read=timeouts.first_byte)
+        response = await self._open("POST", path, body, headers=headers, on_sent=on_sent,
+                                    first_byte=timeouts.first_byte, total=None)
         try:
-            async with asyncio.timeout(timeouts.connect + timeouts.first_byte):
-                response = await self._get_session().post(
-                    self.url(path), data=body, headers=headers, timeout=timeout,
-                    trace_request_ctx=on_sent)
-        except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="first_byte", timeouts=timeouts) from None
-        try:
-            connection = response.connection
-            if connection is not None and connection.protocol is not None:
-                connection.protocol.read_timeout = timeouts.read_idle
+            _set_read_timeout(response, timeouts.read_idle)
             yield StreamResponse(response, timeouts)
         finally:
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            _finish(response)
+
+
+def _finish(response: aiohttp.ClientResponse) -> None:
+    """Give the connection back when the body was read to its end, else close it."""
+    if response.content.at_eof():
+        response.release()
+    else:
+        response.close()
+
+
+def _set_read_timeout(response: aiohttp.ClientResponse, seconds: float) -> None:
+    """From the headers on, a socket read may wait ``seconds`` (not the first-byte bound)."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.read_timeout = seconds
 
 
 async def _call_on_sent(session: aiohttp.ClientSession, context: SimpleNamespace,

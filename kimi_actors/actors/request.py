@@ -7,23 +7,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import KimiError
-from ..protocol.chunks import ChatResult, Usage, parse_completion
+from ..protocol.chunks import ChatResult, parse_completion
 from ..protocol.classify import REQUEST_ID_HEADER, Action, classify_error, classify_response
-from ..protocol.tokens import admission_tokens, requested_max_tokens
+from ..protocol.tokens import admission_tokens
 from ..transport import json_body
 from .runtime import Runtime
 
-__all__ = ["CHAT_PATH", "RequestActor", "settled_tokens"]
+__all__ = ["CHAT_PATH", "RequestActor"]
 
 CHAT_PATH = "chat/completions"
-
-
-def settled_tokens(usage: Usage | None, body: Mapping[str, Any],
-                   default_max_tokens: int) -> int | None:
-    """What Kimi counted at admission, now that the real prompt count is known."""
-    if usage is None or usage.prompt_tokens <= 0:
-        return None
-    return usage.prompt_tokens + requested_max_tokens(body, default_max_tokens)
 
 
 class RequestActor:
@@ -70,11 +62,7 @@ class RequestActor:
                     else:
                         rt.governor.release(ticket.permit)
                         rt.record(outcome, ticket)
-                        rt.governor.settle(ticket.permit, settled_tokens(
-                            result.usage, self._body, rt.default_max_tokens))
-                        if result.usage is not None:
-                            rt.usage_seen(result.usage.prompt_tokens,
-                                          result.usage.completion_tokens)
+                        rt.settle(ticket, result.usage, self._body, len(payload))
                         return result
             rt.governor.release(ticket.permit)
             rt.record(outcome, ticket)

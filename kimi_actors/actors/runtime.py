@@ -9,8 +9,11 @@ instead of sleeping out its backoff.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..clock import Clock
 from ..errors import (
@@ -25,22 +28,32 @@ from ..governance.backoff import RetryBudget, retry_delay
 from ..governance.breaker import BreakerState, CircuitBreaker, Transition
 from ..governance.governor import Governor, Permit
 from ..observe import emit
-from ..policy import BreakerPolicy, ResumePolicy, RetryPolicy
+from ..policy import BreakerPolicy, FatalMode, FatalPolicy, ResumePolicy, RetryPolicy
+from ..protocol.chunks import Usage
 from ..protocol.classify import Action, Outcome
+from ..protocol.tokens import (
+    MAX_CONTEXT_TOKENS,
+    completion_budget,
+    prompt_token_ceiling,
+    requested_max_tokens,
+)
 from ..transport import Transport
 
-__all__ = ["Counters", "Runtime", "Ticket"]
+__all__ = ["Counters", "Runtime", "Ticket", "settled_tokens"]
 
 
 class Ticket:
     """One admitted attempt: its governor permit and the breaker epoch it was let through in.
-    Every ticket ends in exactly one ``Runtime.record`` or ``Runtime.abandon``."""
+    Every ticket ends in exactly one ``Runtime.record`` or ``Runtime.abandon``. ``probe`` is
+    set on the one attempt let through to test an account known to be bad."""
 
-    __slots__ = ("_governor", "epoch", "permit", "recorded")
+    __slots__ = ("_governor", "epoch", "permit", "probe", "recorded")
 
-    def __init__(self, permit: Permit, epoch: int, governor: Governor) -> None:
+    def __init__(self, permit: Permit, epoch: int, governor: Governor, *,
+                 probe: bool = False) -> None:
         self.permit = permit
         self.epoch = epoch
+        self.probe = probe
         self.recorded = False
         self._governor = governor
 
@@ -67,6 +80,7 @@ class Counters:
     transport_errors: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_anomalies: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
 
@@ -75,18 +89,26 @@ class Runtime:
 
     def __init__(self, *, transport: Transport, governor: Governor, clock: Clock,
                  rng: random.Random, retry: RetryPolicy, breaker: BreakerPolicy,
-                 resume: ResumePolicy, default_max_tokens: int) -> None:
+                 resume: ResumePolicy, default_max_tokens: int,
+                 fatal: FatalPolicy | None = None) -> None:
         self.transport = transport
         self.governor = governor
         self.clock = clock
         self.rng = rng
         self.retry = retry
         self.resume = resume
+        self.fatal = fatal or FatalPolicy()
         self.breaker = CircuitBreaker(breaker)
         self.budget = RetryBudget(retry)
         self.default_max_tokens = default_max_tokens
         self.counters = Counters()
+        #: False once the endpoint showed it ignores Partial Mode: streams restart instead.
+        self.partial_mode = True
         self._stopped: KimiError | None = None
+        self._account_error: KimiError | None = None
+        self._account_error_at = 0.0
+        self._probe_at = 0.0
+        self._probing = False
         self._waits: set[asyncio.Future[None]] = set()
         self.waiting = 0
 
@@ -94,18 +116,76 @@ class Runtime:
 
     @property
     def stopped(self) -> KimiError | None:
-        """The error every new attempt fails with, once the run is stopped."""
+        """The error every new attempt fails with, once the run is stopped for good."""
         return self._stopped
+
+    @property
+    def halted(self) -> KimiError | None:
+        """The run-fatal error new work fails with now: the stop, or an account known to be
+        bad (``FatalMode.PROBE``) until a probe gets through."""
+        return self._stopped or self._account_error
 
     def stop(self, error: KimiError) -> None:
         """Refuse new attempts and fail every waiting actor with ``error`` now."""
         if self._stopped is None:
             self._stopped = error
         self.governor.close(self._stopped)
+        self._fail_waits(self._stopped)
+
+    def _fail_waits(self, error: KimiError) -> None:
         waits, self._waits = self._waits, set()
         for future in waits:
             if not future.done():
-                future.set_exception(self._stopped)
+                future.set_exception(error)
+
+    def _on_fatal(self, error: KimiError) -> None:
+        if self.fatal.mode is FatalMode.STOP:
+            emit("error", "run_stopped", error_type=type(error).__name__, message=str(error))
+            self.stop(error)
+            return
+        now = self.clock.now()
+        if self._account_error is None:
+            emit("error", "account_refused", error_type=type(error).__name__,
+                 message=str(error), probe_in=self.fatal.cool_down)
+            self._account_error_at = now
+        self._account_error = error
+        self._probe_at = now + self.fatal.cool_down
+        self._probing = False
+        self.governor.fail_queued(error)
+        self._fail_waits(error)
+
+    def _check_account(self) -> bool:
+        """Raise while the account is known to be bad; True when this attempt is the one
+        probe let through once the cool-down has passed."""
+        error = self._account_error
+        if error is None:
+            return False
+        now = self.clock.now()
+        if self._probing or now < self._probe_at:
+            raise self._known_bad(error, now)
+        self._probing = True
+        return True
+
+    def _known_bad(self, error: KimiError, now: float) -> KimiError:
+        """A fresh copy of the account's error for one more caller (each raise gets its own
+        traceback and notes)."""
+        clone = copy.copy(error)
+        clone.__traceback__ = None
+        clone.__notes__ = [*getattr(error, "__notes__", ()),
+                           f"kimi_actors: not sent: the account was refused "
+                           f"{now - self._account_error_at:.0f} s ago; the next probe goes "
+                           f"in {max(0.0, self._probe_at - now):.0f} s"]
+        return clone
+
+    def _account_answered(self, ticket: Ticket, outcome: Outcome) -> None:
+        if not ticket.probe:
+            return
+        ticket.probe = False
+        self._probing = False
+        if outcome.action is not Action.FATAL_RUN and self._account_error is not None:
+            emit("info", "account_recovered",
+                 refused_for=round(self.clock.now() - self._account_error_at, 3))
+            self._account_error = None
 
     async def wait(self, seconds: float) -> None:
         """Sleep on the clock; shutdown or a run-fatal error interrupts with that error."""
@@ -137,12 +217,15 @@ class Runtime:
         while True:
             if self._stopped is not None:
                 raise self._stopped
+            probe = self._check_account()
             now = self.clock.now()
             delay = self.breaker.allow(now)
             self._log_transitions()
             if delay <= 0:
                 epoch = self.breaker.epoch
                 break
+            if probe:
+                self._probing = False
             if deadline is not None and now + delay > deadline:
                 raise CircuitOpenError(
                     f"the circuit breaker is open for {delay:.1f} s more, longer than this "
@@ -152,14 +235,19 @@ class Runtime:
             permit = await self.governor.admit(tokens, priority=priority)
         except BaseException:
             self.breaker.record_ignored(self.clock.now(), epoch=epoch)
+            if probe:
+                self._probing = False
             raise
         if first:
             self.budget.record_attempt(self.clock.now())
         self.counters.attempts += 1
-        return Ticket(permit, epoch, self.governor)
+        return Ticket(permit, epoch, self.governor, probe=probe)
 
     def abandon(self, ticket: Ticket) -> None:
         """The attempt ended without an outcome (cancelled): free everything it holds."""
+        if ticket.probe:
+            ticket.probe = False
+            self._probing = False
         self.governor.release(ticket.permit)
         if not ticket.recorded:
             ticket.recorded = True
@@ -181,6 +269,8 @@ class Runtime:
             else:
                 self.breaker.record_ignored(now, epoch=ticket.epoch)
         self._log_transitions(transition)
+        if ticket is not None:
+            self._account_answered(ticket, outcome)
         if error is None:
             return
         if isinstance(error, RateLimitError):
@@ -201,8 +291,36 @@ class Runtime:
         elif isinstance(error, TransportError):
             self.counters.transport_errors += 1
         if outcome.action is Action.FATAL_RUN:
-            emit("error", "run_stopped", error_type=type(error).__name__, message=str(error))
-            self.stop(error)
+            self._on_fatal(error)
+
+    def settle(self, ticket: Ticket, usage: Usage | None, body: Mapping[str, Any],
+               payload_size: int) -> None:
+        """Settle a successful attempt's token reservation against its usage, bounded by
+        what the request could possibly have cost: a server that reports absurd numbers
+        cannot stall the windows (an anomaly is logged and counted instead)."""
+        if usage is not None:
+            usage = self._plausible(usage, body, payload_size)
+            self.counters.prompt_tokens += usage.prompt_tokens
+            self.counters.completion_tokens += usage.completion_tokens
+        self.governor.settle(ticket.permit, settled_tokens(usage, body, self.default_max_tokens))
+
+    def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int) -> Usage:
+        prompt_cap = prompt_token_ceiling(body, payload_size)
+        budget = completion_budget(body)
+        completion_cap = (MAX_CONTEXT_TOKENS if budget is None
+                          else requested_max_tokens(body, self.default_max_tokens))
+        if usage.prompt_tokens <= prompt_cap and usage.completion_tokens <= completion_cap:
+            return usage
+        self.counters.usage_anomalies += 1
+        prompt = min(usage.prompt_tokens, prompt_cap)
+        completion = min(usage.completion_tokens, completion_cap)
+        emit("warning", "usage_implausible", prompt_tokens=usage.prompt_tokens,
+             completion_tokens=usage.completion_tokens, prompt_ceiling=prompt_cap,
+             completion_ceiling=completion_cap)
+        cached = usage.cached_tokens
+        return Usage(prompt_tokens=prompt, completion_tokens=completion,
+                     total_tokens=prompt + completion,
+                     cached_tokens=None if cached is None else min(cached, prompt))
 
     async def before_retry(self, outcome: Outcome, *, failures: int, attempt: int,
                            spend_budget: bool, deadline: float | None) -> None:
@@ -250,6 +368,11 @@ class Runtime:
         name = type(error).__name__
         self.counters.failures_by_type[name] = self.counters.failures_by_type.get(name, 0) + 1
 
-    def usage_seen(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.counters.prompt_tokens += prompt_tokens
-        self.counters.completion_tokens += completion_tokens
+
+
+def settled_tokens(usage: Usage | None, body: Mapping[str, Any],
+                   default_max_tokens: int) -> int | None:
+    """What Kimi counted at admission, now that the real prompt count is known."""
+    if usage is None or usage.prompt_tokens <= 0:
+        return None
+    return usage.prompt_tokens + requested_max_tokens(body, default_max_tokens)

@@ -1,25 +1,38 @@
-"""The stream actor: reads one SSE stream into a bounded queue and repairs it when it breaks.
+"""The stream actor: reads one SSE stream into a bounded channel and repairs it when it breaks.
 
 A stream that drops, stalls or garbles mid-way is continued through Kimi's Partial Mode: the
 next request ends with ``{"role": "assistant", "content": <text so far>, "partial": true}`` and
 the reply holds only the continuation, so the consumer receives exactly the missing text. When
 Partial Mode cannot continue it (several choices, a tool call or reasoning in progress, JSON
-mode) or the policy says so, the actor restarts from scratch and first sends a ``restart``
-delta telling the consumer to discard what it got. Nothing reaches the consumer twice.
+mode, an endpoint that ignores ``partial``) or the policy says so, the actor restarts from
+scratch and first sends a ``restart`` delta telling the consumer to discard what it got.
+Nothing reaches the consumer twice.
 
-The queue is bounded: a slow consumer blocks the actor, aiohttp stops reading the socket, and
-TCP slows the server, so memory stays flat whatever the consumer's speed.
+Servers that ignore Partial Mode answer a resume request from the start. The first characters
+of every continuation are therefore held back until they show whether they repeat the text
+already received (:class:`_ResumeProbe`); a repeat, or a 400 that names ``partial``, turns the
+recovery into a restart and switches Partial Mode off for the endpoint.
+
+The channel is bounded in deltas: a slow consumer blocks the actor, aiohttp stops reading the
+socket, and TCP slows the server, so memory stays flat whatever the consumer's speed.
+
+Time is watched per complete event, not per socket read (:class:`_Watchdog`): a server that
+trickles bytes or keep-alive comments without completing an event times out after
+``read_idle``, and every attempt ends after ``response`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
 from typing import Any
 
-from ..errors import IncompleteStreamError, KimiError
+from ..clock import Clock, TimerHandle
+from ..errors import BadRequestError, IncompleteStreamError, KimiError, RequestTimeoutError
 from ..observe import emit
 from ..policy import ResumeMode
 from ..protocol.chunks import ChatResult, ChunkAssembler, Delta, Usage, parse_completion
@@ -31,26 +44,207 @@ from ..protocol.classify import (
     classify_response,
 )
 from ..protocol.sse import SSEDecoder, SSEEvent
-from ..protocol.tokens import admission_tokens
+from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
 from ..transport import json_body
-from .request import CHAT_PATH, settled_tokens
+from .request import CHAT_PATH
 from .runtime import Runtime
 
-__all__ = ["END_OF_STREAM", "StreamActor"]
+__all__ = ["DeltaChannel", "StreamActor"]
 
-#: Put on the queue after the last batch of deltas (every other item is a list of deltas).
-END_OF_STREAM: Any = object()
 _DONE_EVENT = SSEEvent(data="[DONE]")
+#: How many characters of a continuation must match the text already received before the
+#: continuation is taken for a restart from scratch.
+PROBE_CHARS = 16
+_PARTIAL_REFUSED = re.compile(r"\bpartial\b", re.IGNORECASE)
+
+
+class DeltaChannel:
+    """The hand-off from one stream actor to its consumer, bounded in deltas.
+
+    The actor puts the deltas of one network read as one batch (one hand-off per read, not per
+    delta: no task switch per delta) and waits while the consumer has ``limit`` deltas it has
+    not taken; a read larger than the limit goes in pieces. ``close()`` marks the end.
+    """
+
+    __slots__ = ("_batches", "_buffered", "_closed", "_getter", "_limit", "_position",
+                 "_putter", "_wanted")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a DeltaChannel's limit must be >= 1, got {limit}")
+        self._limit = limit
+        self._batches: deque[list[Delta]] = deque()
+        self._position = 0
+        self._buffered = 0
+        self._wanted = 0
+        self._closed = False
+        self._getter: asyncio.Future[None] | None = None
+        self._putter: asyncio.Future[None] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Deltas handed over and not yet taken by the consumer."""
+        return self._buffered
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    def would_block(self, count: int) -> bool:
+        return self._buffered + count > self._limit
+
+    async def put(self, batch: list[Delta]) -> None:
+        """Hand ``batch`` over, emptying it. Interrupted (cancelled, timed out), it keeps
+        exactly the deltas not yet handed over, so nothing is lost or given twice."""
+        limit = self._limit
+        while batch:
+            wanted = min(len(batch), limit)
+            while self._buffered + wanted > limit:
+                self._wanted = wanted
+                self._putter = future = asyncio.get_running_loop().create_future()
+                try:
+                    await future
+                finally:
+                    self._putter = None
+            if len(batch) == wanted:
+                piece = batch.copy()
+                batch.clear()
+            else:
+                piece = batch[:wanted]
+                del batch[:wanted]
+            self._batches.append(piece)
+            self._buffered += wanted
+            _wake(self._getter)
+
+    def close(self) -> None:
+        self._closed = True
+        _wake(self._getter)
+
+    def get_nowait(self) -> Delta | None:
+        """The next delta, or ``None`` when none is waiting."""
+        batches = self._batches
+        if not batches:
+            return None
+        head = batches[0]
+        delta = head[self._position]
+        self._position += 1
+        if self._position == len(head):
+            batches.popleft()
+            self._position = 0
+        self._buffered -= 1
+        if self._putter is not None and self._buffered + self._wanted <= self._limit:
+            _wake(self._putter)
+        return delta
+
+    async def get(self) -> Delta | None:
+        """The next delta; ``None`` once the channel is closed and empty."""
+        while not self._batches:
+            if self._closed:
+                return None
+            self._getter = future = asyncio.get_running_loop().create_future()
+            try:
+                await future
+            finally:
+                self._getter = None
+        return self.get_nowait()
+
+
+def _wake(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
+
+
+class _Watchdog:
+    """Ends a stream attempt when no complete data event arrived for ``idle`` seconds, or when
+    the attempt has lasted ``total`` seconds, by firing ``scope``.
+
+    Noting an event stores a time; the one timer re-arms itself lazily, so the per-event cost
+    is a clock read per network read. Time spent waiting for the consumer does not count.
+    """
+
+    __slots__ = ("_clock", "_ends", "_idle", "_last", "_paused", "_scope", "_timer",
+                 "expired_phase")
+
+    def __init__(self, clock: Clock, scope: asyncio.Timeout, *, idle: float,
+                 total: float) -> None:
+        self._clock = clock
+        self._scope = scope
+        self._idle = idle
+        now = clock.now()
+        self._last = now
+        self._ends = now + total
+        self._paused = False
+        self.expired_phase: str | None = None
+        self._timer: TimerHandle = clock.call_later(min(idle, total), self._check)
+
+    def saw_event(self) -> None:
+        self._last = self._clock.now()
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._last = self._clock.now()
+
+    def _check(self) -> None:
+        now = self._clock.now()
+        if now >= self._ends:
+            self._fire("response")
+            return
+        if not self._paused and now - self._last >= self._idle:
+            self._fire("read_idle")
+            return
+        due = self._ends if self._paused else min(self._last + self._idle, self._ends)
+        self._timer = self._clock.call_later(max(due - now, 0.0), self._check)
+
+    def _fire(self, phase: str) -> None:
+        self.expired_phase = phase
+        self._scope.reschedule(asyncio.get_running_loop().time())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+class _ResumeProbe:
+    """Holds back the start of a continuation until it shows whether the server continued the
+    text (Partial Mode honoured) or started over (ignored)."""
+
+    __slots__ = ("held", "need", "reference", "text")
+
+    def __init__(self, reference: str) -> None:
+        self.reference = reference
+        self.need = min(len(reference), PROBE_CHARS)
+        self.text = ""
+        self.held: list[Delta] = []
+
+    def add(self, delta: Delta) -> None:
+        self.held.append(delta)
+        if delta.index == 0 and delta.content:
+            self.text += delta.content
+
+    @property
+    def decided(self) -> bool:
+        return len(self.text) >= self.need
+
+    @property
+    def repeats(self) -> bool:
+        return self.decided and self.text[:self.need] == self.reference[:self.need]
+
+
+class _PartialModeIgnored(IncompleteStreamError):
+    """The continuation repeated the text already received: the server ignores ``partial``."""
 
 
 class StreamActor:
-    """Streams one chat body into ``queue`` and returns the assembled result."""
+    """Streams one chat body into ``channel`` (``None`` discards the deltas: the caller wants
+    only the result) and returns the assembled result."""
 
-    def __init__(self, rt: Runtime, body: Mapping[str, Any], queue: asyncio.Queue[Any], *,
+    def __init__(self, rt: Runtime, body: Mapping[str, Any], channel: DeltaChannel | None, *,
                  priority: int = 0, deadline: float | None = None,
                  headers: Mapping[str, str] | None = None) -> None:
         self._rt = rt
-        self._queue = queue
+        self._channel = channel
         self._priority = priority
         self._deadline = deadline
         self._headers = headers
@@ -68,10 +262,11 @@ class StreamActor:
                                    if key not in ("role", "content", "partial")}
         else:
             self._partial_extra = {}
-        max_tokens = body.get("max_tokens")
-        self._max_tokens = max_tokens if isinstance(max_tokens, int) else None
+        self._budget_keys = budget_keys(body)
+        self._max_tokens = completion_budget(body)
         self._assembler = ChunkAssembler()
         self._allowance_start = 0
+        self._probe: _ResumeProbe | None = None
         self.request_id: str | None = None
 
     # -- the attempt loop --------------------------------------------------------------------
@@ -88,18 +283,17 @@ class StreamActor:
                                     priority=self._priority, first=attempts == 1,
                                     deadline=self._deadline)
             chunks_before = self._assembler.chunks
+            resuming = self._probe is not None
+            payload = json_body(body)
             try:
-                outcome, usage = await self._attempt(body, ticket.on_sent)
+                outcome, usage = await self._attempt(payload, ticket.on_sent)
             except BaseException:
                 rt.abandon(ticket)
                 raise
             rt.governor.release(ticket.permit)
             rt.record(outcome, ticket)
             if outcome.action is Action.SUCCESS:
-                rt.governor.settle(ticket.permit,
-                                   settled_tokens(usage, body, rt.default_max_tokens))
-                if usage is not None:
-                    rt.usage_seen(usage.prompt_tokens, usage.completion_tokens)
+                rt.settle(ticket, usage, body, len(payload))
                 result = self._assembler.result(request_id=self.request_id)
                 if (result.finish_reason == "length" and continuations < policy.continue_on_length
                         and self._resumable(body)):
@@ -111,6 +305,8 @@ class StreamActor:
                     continue
                 return result
 
+            if resuming and self._refuses_partial(outcome):
+                outcome = Outcome(action=Action.RETRY, error=outcome.error)
             progressed = self._assembler.chunks > chunks_before
             failures = 1 if progressed else failures + 1
             if self._assembler.chunks == 0:
@@ -129,7 +325,7 @@ class StreamActor:
             elif policy.mode is ResumeMode.FAIL and outcome.action is Action.RETRY:
                 outcome = Outcome(action=Action.FAIL, error=error)
             if outcome.action is Action.RETRY and self._allowance_spent(body):
-                # Every token max_tokens allows has arrived (a chunk is at least one token):
+                # Every token the budget allows has arrived (a chunk is at least one token):
                 # only the finish chunk was lost, and asking for more would overshoot.
                 await self._finish_locally("length")
                 return self._assembler.result(request_id=self.request_id)
@@ -142,6 +338,7 @@ class StreamActor:
                 rt.counters.resumes += 1
                 emit("info", "stream_resumed", received_chars=len(self._assembler.content(0)),
                      error_type=type(error).__name__, request_id=self.request_id)
+                self._probe = _ResumeProbe(self._assembler.content(0))
                 body = self._continue_body()
                 self._assembler.begin_continuation()
             else:
@@ -151,14 +348,29 @@ class StreamActor:
                 await self._deliver([Delta(restart=True)])
                 self._assembler = ChunkAssembler()
                 self._allowance_start = 0
+                self._probe = None
                 body = self._original
+
+    def _refuses_partial(self, outcome: Outcome) -> bool:
+        """A resume request that failed because of Partial Mode itself: the continuation
+        repeated the text received, or a 400 names ``partial``. Partial Mode is switched off
+        for this endpoint and the stream restarts instead."""
+        error = outcome.error
+        refused = isinstance(error, _PartialModeIgnored) or (
+            type(error) is BadRequestError and _PARTIAL_REFUSED.search(error.message) is not None)
+        if refused and self._rt.partial_mode:
+            self._rt.partial_mode = False
+            emit("warning", "partial_mode_unsupported", base_url=self._rt.transport.base_url,
+                 reason=str(error), request_id=self.request_id)
+        return refused
 
     def _resumable(self, body: Mapping[str, Any]) -> bool:
         assembler = self._assembler
         n = body.get("n")
         response_format = body.get("response_format")
         return (
-            (n is None or n == 1)
+            self._rt.partial_mode
+            and (n is None or n == 1)
             and assembler.choice_indices() in ((), (0,))
             and not assembler.has_tool_calls(0)
             and not (assembler.has_reasoning(0) and not assembler.content(0))
@@ -180,20 +392,22 @@ class StreamActor:
                    "partial": True, **self._partial_extra}
         body = {**self._original, "messages": [*self._base_messages, partial]}
         if self._max_tokens is not None:
-            used = self._assembler.chunks - self._allowance_start
-            body["max_tokens"] = max(1, self._max_tokens - used)
+            remaining = max(1, self._max_tokens - (self._assembler.chunks - self._allowance_start))
+            for key in self._budget_keys:
+                body[key] = remaining
         return body
 
     # -- one HTTP attempt --------------------------------------------------------------------
 
-    async def _attempt(self, body: Mapping[str, Any],
+    async def _attempt(self, payload: bytes,
                        on_sent: Callable[[], None]) -> tuple[Outcome, Usage | None]:
-        """Read one response into the queue. Returns the outcome and this attempt's usage."""
+        """Read one response into the channel. Returns the outcome and this attempt's usage."""
         rt = self._rt
         usage: Usage | None = None
         batch: list[Delta] = []
+        flowing = False
         try:
-            async with rt.transport.stream(CHAT_PATH, json_body(body), headers=self._headers,
+            async with rt.transport.stream(CHAT_PATH, payload, headers=self._headers,
                                            on_sent=on_sent) as response:
                 self.request_id = response.headers.get(REQUEST_ID_HEADER) or self.request_id
                 if response.status != 200 or "event-stream" not in response.content_type:
@@ -205,18 +419,43 @@ class StreamActor:
                     return outcome, usage
                 decoder = SSEDecoder()
                 assembler = self._assembler
-                async with aclosing(response.chunks()) as chunks:
-                    async for data in chunks:
-                        for event in decoder.feed(data):
-                            usage = self._feed(assembler, event, batch) or usage
-                        if batch:
-                            await self._deliver(batch)
-                            batch = []
-                        if assembler.done:
-                            break
-                    else:
-                        for event in decoder.close():
-                            usage = self._feed(assembler, event, batch) or usage
+                timeouts = rt.transport.timeouts
+                scope = asyncio.timeout(None)
+                watchdog: _Watchdog | None = None
+                try:
+                    async with scope:
+                        watchdog = _Watchdog(rt.clock, scope, idle=timeouts.read_idle,
+                                             total=timeouts.response)
+                        async with aclosing(response.chunks()) as chunks:
+                            async for data in chunks:
+                                events = decoder.feed(data)
+                                if events:
+                                    watchdog.saw_event()
+                                    flowing = True
+                                    for event in events:
+                                        usage = self._feed(assembler, event, batch) or usage
+                                if batch:
+                                    await self._deliver(batch, watchdog)
+                                    batch = []
+                                if assembler.done:
+                                    break
+                            else:
+                                for event in decoder.close():
+                                    usage = self._feed(assembler, event, batch) or usage
+                except TimeoutError:
+                    phase = watchdog.expired_phase if watchdog is not None else None
+                    if phase is None:
+                        raise
+                    limit = timeouts.read_idle if phase == "read_idle" else timeouts.response
+                    what = ("a complete stream event" if phase == "read_idle"
+                            else "the stream to end")
+                    raise RequestTimeoutError(
+                        f"timed out waiting for {what} after {limit} s", phase=phase,
+                        timeout=limit, request_id=self.request_id) from None
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
+                self._settle_probe(batch, at_end=True)
                 if batch:
                     await self._deliver(batch)
                     batch = []
@@ -226,33 +465,61 @@ class StreamActor:
                         f"chunks", request_id=self.request_id)
                 return Outcome(action=Action.SUCCESS), usage
         except KimiError as exc:
+            if not isinstance(exc, _PartialModeIgnored):
+                self._settle_probe(batch, at_end=True)  # held text is received text
             if batch:
                 # The assembler has counted these, and a resume continues after them: they
                 # must reach the consumer before the error is handled.
                 await self._deliver(batch)
             if exc.request_id is None:
                 exc.request_id = self.request_id
-            return classify_error(exc), usage
+            return classify_error(exc, mid_stream=flowing), usage
 
-    @staticmethod
-    def _feed(assembler: ChunkAssembler, event: SSEEvent, batch: list[Delta]) -> Usage | None:
+    def _feed(self, assembler: ChunkAssembler, event: SSEEvent,
+              batch: list[Delta]) -> Usage | None:
         if assembler.done:
             return None
         usage = None
+        probe = self._probe
         for delta in assembler.feed_event(event):
             if delta.usage is not None:
                 usage = delta.usage
-            batch.append(delta)
+            if probe is None:
+                batch.append(delta)
+            else:
+                probe.add(delta)
+        if probe is not None and probe.decided:
+            self._settle_probe(batch, at_end=False)
         return usage
 
-    async def _deliver(self, deltas: list[Delta]) -> None:
-        """Queue the deltas of one network read as one item: one hand-off per read, not per
-        delta. The queue's bound still caps memory (a read is at most one socket buffer)."""
-        queue = self._queue
-        if queue.full():
-            await queue.put(deltas)
+    def _settle_probe(self, batch: list[Delta], *, at_end: bool) -> None:
+        """Release the held-back start of a continuation into ``batch``, or raise when it
+        repeats the text already received."""
+        probe = self._probe
+        if probe is None or not (probe.decided or at_end):
+            return
+        self._probe = None
+        if probe.repeats:
+            raise _PartialModeIgnored(
+                f"the server ignored Partial Mode: its continuation began again with the "
+                f"{probe.need} characters already received", request_id=self.request_id)
+        batch.extend(probe.held)
+
+    async def _deliver(self, deltas: list[Delta], watchdog: _Watchdog | None = None) -> None:
+        """Hand the deltas of one network read over as one batch, emptying ``deltas`` (an
+        interrupted hand-off leaves what was not handed over); waiting for the consumer does
+        not count as a stall."""
+        channel = self._channel
+        if channel is None:
+            return
+        if watchdog is not None and channel.would_block(len(deltas)):
+            watchdog.pause()
+            try:
+                await channel.put(deltas)
+            finally:
+                watchdog.resume()
         else:
-            queue.put_nowait(deltas)
+            await channel.put(deltas)
 
     async def _deliver_completion(self, body: Any) -> Usage | None:
         """A 200 JSON answer to a stream request (some servers ignore ``stream``): hand it to
@@ -266,6 +533,14 @@ class StreamActor:
                 "prompt_tokens": result.usage.prompt_tokens,
                 "completion_tokens": result.usage.completion_tokens,
                 "total_tokens": result.usage.total_tokens}
-        await self._deliver(self._assembler.feed(chunk))
+        deltas: list[Delta] = []
+        probe = self._probe
+        for delta in self._assembler.feed(chunk):
+            if probe is None:
+                deltas.append(delta)
+            else:
+                probe.add(delta)
         self._assembler.feed_event(_DONE_EVENT)
+        self._settle_probe(deltas, at_end=True)
+        await self._deliver(deltas)
         return result.usage

@@ -30,20 +30,34 @@ from ..clock import Clock, MonotonicClock
 from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError
 from ..governance.governor import Governor, GovernorStats
 from ..limits import Limits
-from ..observe import register_secret
-from ..policy import BreakerPolicy, ResumePolicy, RetryPolicy, Timeouts
+from ..observe import emit
+from ..policy import BreakerPolicy, FatalPolicy, ResumePolicy, RetryPolicy, Timeouts
 from ..protocol.chunks import ChatResult, Delta
 from ..protocol.classify import Action, classify_response
 from ..protocol.tokens import DEFAULT_MAX_TOKENS
-from ..transport import Transport, json_body
+from ..redaction import redact_url, register_secret
+from ..transport import Transport, cleartext_host, json_body
 from .request import RequestActor
 from .runtime import Runtime
-from .stream import END_OF_STREAM, StreamActor
+from .stream import DeltaChannel, StreamActor
 
 __all__ = ["DEFAULT_BASE_URL", "MapResult", "Stream", "Supervisor", "SupervisorStats"]
 
 DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
+#: Deltas a stream buffers for a consumer that does not read, by default (about 1 MB).
+DEFAULT_STREAM_BUFFER = 512
 _T = TypeVar("_T")
+_warned_cleartext: set[str] = set()
+
+
+def _warn_cleartext(base_url: str) -> None:
+    """Say once per host and process that the key would travel in clear text."""
+    host = cleartext_host(base_url)
+    if host is not None and host not in _warned_cleartext:
+        _warned_cleartext.add(host)
+        emit("warning", "cleartext_api_key", host=host, base_url=redact_url(base_url),
+             message=f"base_url is plain http:// to {host}: the API key is sent unencrypted; "
+                     f"use https://")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +83,7 @@ class SupervisorStats:
     transport_errors: int
     prompt_tokens: int
     completion_tokens: int
+    usage_anomalies: int
     tokens_reserved: int
     tokens_settled: int
     failures_by_type: Mapping[str, int]
@@ -93,34 +108,22 @@ class MapResult:
         return self.error is None
 
 
-class _Discard(asyncio.Queue[Any]):
-    """A queue that drops deltas: ``map(stream=True)`` wants only the assembled result."""
-
-    def full(self) -> bool:
-        return False
-
-    def put_nowait(self, item: Any) -> None:
-        return None
-
-
 class Stream:
     """An open stream. ``async for delta in stream`` yields :class:`Delta` objects as they
     arrive; a delta with ``restart=True`` means: discard everything received so far. After
     the iteration, ``result`` is the assembled :class:`ChatResult`. Errors are raised from
     the iteration after every delta received before them was delivered."""
 
-    def __init__(self, supervisor: Supervisor, body: dict[str, Any], *, queue_size: int,
+    def __init__(self, supervisor: Supervisor, body: dict[str, Any], *, buffer: int,
                  timeout: float | None, priority: int,
                  headers: Mapping[str, str] | None) -> None:
         self._supervisor = supervisor
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._actor = StreamActor(supervisor._runtime, body, self._queue, priority=priority,
+        self._channel = DeltaChannel(buffer)
+        self._actor = StreamActor(supervisor._runtime, body, self._channel, priority=priority,
                                   deadline=supervisor._deadline(timeout), headers=headers)
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
         self._finished = False
-        self._batch: list[Delta] = []
-        self._taken = 0
         self._result: ChatResult | None = None
         self._error: BaseException | None = None
 
@@ -147,8 +150,7 @@ class Stream:
                 raise
         finally:
             self._finished = True
-            if not self._queue.full():
-                self._queue.put_nowait(END_OF_STREAM)
+            self._channel.close()
 
     def __aiter__(self) -> Self:
         return self
@@ -156,28 +158,20 @@ class Stream:
     async def __anext__(self) -> Delta:
         if self._task is None:
             raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
-        batch = self._batch
-        if self._taken < len(batch):
-            delta = batch[self._taken]
-            self._taken += 1
-            return delta
-        queue = self._queue
-        while True:
-            if not queue.empty():
-                item = queue.get_nowait()
-            elif self._finished:
-                item = END_OF_STREAM
-            else:
-                item = await queue.get()
-            if item is END_OF_STREAM:
+        channel = self._channel
+        delta = channel.get_nowait()
+        if delta is None:
+            delta = await channel.get()
+            if delta is None:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            if item:
-                break
-        self._batch, self._taken = item, 1
-        first: Delta = item[0]
-        return first
+        return delta
+
+    @property
+    def buffered(self) -> int:
+        """Deltas received and not yet taken by this consumer (at most the buffer size)."""
+        return self._channel.buffered
 
     @property
     def request_id(self) -> str | None:
@@ -216,21 +210,23 @@ class Supervisor:
                  breaker: BreakerPolicy | None = None, resume: ResumePolicy | None = None,
                  timeouts: Timeouts | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
-                 default_max_tokens: int = DEFAULT_MAX_TOKENS, stream_queue_size: int = 64,
-                 window_margin: float = 0.015, headers: Mapping[str, str] | None = None,
-                 drain_timeout: float = 30.0) -> None:
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS,
+                 stream_buffer: int = DEFAULT_STREAM_BUFFER, window_margin: float = 0.015,
+                 headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
+                 fatal: FatalPolicy | None = None) -> None:
         key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
         if not key:
             raise ValueError("no API key: pass api_key= or set MOONSHOT_API_KEY")
-        if stream_queue_size < 1:
-            raise ValueError(f"stream_queue_size must be >= 1, got {stream_queue_size}")
+        if stream_buffer < 1:
+            raise ValueError(f"stream_buffer must be >= 1, got {stream_buffer}")
         register_secret(key)
         self.limits = limits if limits is not None else Limits.tier(1)
         self.timeouts = timeouts or Timeouts()
         self.drain_timeout = drain_timeout
         self._clock = clock or MonotonicClock()
-        self._stream_queue_size = stream_queue_size
+        self._stream_buffer = stream_buffer
         base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
+        _warn_cleartext(base)
         governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
         transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
                               pool_size=self.limits.concurrency, headers=headers,
@@ -239,7 +235,7 @@ class Supervisor:
             transport=transport, governor=governor, clock=self._clock,
             rng=rng or random.Random(), retry=retry or RetryPolicy(),
             breaker=breaker or BreakerPolicy(), resume=resume or ResumePolicy(),
-            default_max_tokens=default_max_tokens)
+            default_max_tokens=default_max_tokens, fatal=fatal)
         self._group: asyncio.TaskGroup | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._actors: set[asyncio.Task[Any]] = set()
@@ -248,7 +244,7 @@ class Supervisor:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "closing" if self._closing else "open"
-        return (f"Supervisor(base_url={self._runtime.transport.base_url!r}, "
+        return (f"Supervisor(base_url={redact_url(self._runtime.transport.base_url)!r}, "
                 f"limits={self.limits!r}, {state})")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -378,12 +374,14 @@ class Supervisor:
         return result
 
     def stream(self, *, timeout: float | None = None, priority: int = 0,
-               queue_size: int | None = None, extra_body: Mapping[str, Any] | None = None,
+               buffer: int | None = None, extra_body: Mapping[str, Any] | None = None,
                extra_headers: Mapping[str, str] | None = None, **body: Any) -> Stream:
-        """Open a stream: ``async with sup.stream(model=..., messages=[...]) as stream:``."""
+        """Open a stream: ``async with sup.stream(model=..., messages=[...]) as stream:``.
+        ``buffer`` is how many deltas wait for a consumer that does not read before the
+        socket is paused (default ``stream_buffer``)."""
         self._check_open()
         return Stream(self, self._body(body, extra_body),
-                      queue_size=queue_size or self._stream_queue_size, timeout=timeout,
+                      buffer=buffer or self._stream_buffer, timeout=timeout,
                       priority=priority, headers=extra_headers)
 
     async def map(self, requests: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
@@ -406,7 +404,7 @@ class Supervisor:
         try:
             while True:
                 while (not exhausted and index - yielded < window
-                       and self._runtime.stopped is None):
+                       and self._runtime.halted is None):
                     try:
                         body = await anext(source)
                     except StopAsyncIteration:
@@ -418,9 +416,9 @@ class Supervisor:
                     task.add_done_callback(pending.discard)
                     index += 1
                 if index == yielded:
-                    stopped = self._runtime.stopped
-                    if stopped is not None and not exhausted:
-                        raise stopped
+                    halted = self._runtime.halted
+                    if halted is not None and not exhausted:
+                        raise halted
                     return
                 yielded += 1
                 yield await finished.get()
@@ -434,7 +432,7 @@ class Supervisor:
                        timeout: float | None, finished: asyncio.Queue[MapResult]) -> None:
         actor: RequestActor | StreamActor
         if stream:
-            actor = StreamActor(self._runtime, body, _Discard(), priority=priority,
+            actor = StreamActor(self._runtime, body, None, priority=priority,
                                 deadline=self._deadline(timeout))
         else:
             actor = RequestActor(self._runtime, body, priority=priority,
@@ -506,6 +504,7 @@ class Supervisor:
             rate_limited=counters.rate_limited, overloaded=counters.overloaded,
             server_errors=counters.server_errors, transport_errors=counters.transport_errors,
             prompt_tokens=counters.prompt_tokens, completion_tokens=counters.completion_tokens,
+            usage_anomalies=counters.usage_anomalies,
             tokens_reserved=governor.tokens_reserved, tokens_settled=governor.tokens_settled,
             failures_by_type=dict(counters.failures_by_type),
             breaker_state=rt.breaker.state(rt.clock.now()).value,

@@ -80,7 +80,7 @@ from ..errors import (
 )
 from ..limits import Limits
 from ..observe import redact_text
-from ..policy import ResumePolicy
+from ..policy import FatalMode, FatalPolicy, ResumePolicy
 from ..protocol.chunks import ChatResult
 from .config import RunConfig
 from .io import (
@@ -451,7 +451,8 @@ class _Sender:
                 sup = await stack.enter_async_context(Supervisor(
                     api_key=api_key, base_url=base_url, limits=self._limits,
                     retry=self._config.retry_policy(), resume=ResumePolicy(),
-                    drain_timeout=self._drain_timeout, window_margin=self._margin))
+                    drain_timeout=self._drain_timeout, window_margin=self._margin,
+                    fatal=FatalPolicy(mode=FatalMode.STOP)))
                 self._sup = sup
                 self.started = time.monotonic()
                 ticker = asyncio.create_task(self._tick(sup))

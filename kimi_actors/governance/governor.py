@@ -242,6 +242,10 @@ class Governor:
         """Refuse every further admission and fail every queued waiter with ``error``."""
         if self._closed is None:
             self._closed = error
+        self.fail_queued(self._closed)
+
+    def fail_queued(self, error: KimiError) -> None:
+        """Fail every waiter queued now with ``error``; later admissions are served as usual."""
         queue, self._queue = self._queue, []
         for _, _, waiter in queue:
             if not waiter.future.done():

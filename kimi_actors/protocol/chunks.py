@@ -25,9 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from ..errors import IncompleteStreamError, ProtocolError
+from . import jsontext
 from .classify import error_from_payload
 
 if TYPE_CHECKING:
@@ -355,10 +354,11 @@ class ChunkAssembler:
             self._done = True
             return []
         try:
-            chunk = orjson.loads(event.data)
-        except (ValueError, RecursionError) as exc:
+            chunk = jsontext.loads(event.data)
+        except ValueError as exc:
             shown = event.data if len(event.data) <= 200 else event.data[:200] + "..."
-            raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") from exc
+            raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") \
+                from None
         if not isinstance(chunk, dict):
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")

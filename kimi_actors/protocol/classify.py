@@ -11,6 +11,7 @@ HTTP   type / message                                error                      
 2xx    JSON without ``error``                        none                                success
 2xx    not JSON, truncated, invalid UTF-8            ProtocolError                       retry
 2xx    JSON ``error`` object                         as its type would be                (same)
+3xx    any (not followed, see transport.py)          RedirectError                       fail
 400    ``content_filter``                            ContentFilterError                  fail
 400    "token length too long", "context length"     ContextLengthError                  fail
 400    anything else                                 BadRequestError                     fail
@@ -46,8 +47,6 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-import orjson
-
 from ..errors import (
     APIError,
     AuthenticationError,
@@ -62,11 +61,14 @@ from ..errors import (
     ProtocolError,
     QuotaExhaustedError,
     RateLimitError,
+    RedirectError,
     ServerError,
     StreamError,
     TransportError,
 )
 from ..limits import Dimension
+from ..redaction import redact_url
+from . import jsontext
 
 __all__ = [
     "MAX_ERROR_BODY_BYTES",
@@ -438,11 +440,12 @@ def _outcome_for(error: APIError) -> Outcome:
     return Outcome(action=Action.FAIL, error=error, retry_after=retry_after)
 
 
-def _parse_json(text: str | bytes) -> tuple[bool, Any]:
+def _parse_json(text: str | bytes) -> tuple[bool, Any, str | None]:
+    """(parsed, value, what is wrong when not parsed)."""
     try:
-        return True, orjson.loads(text)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
-        return False, None
+        return True, jsontext.loads(text), None
+    except ValueError as exc:
+        return False, None, str(exc)
 
 
 def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
@@ -453,19 +456,22 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
     numeric waits are read.
     """
     request_id = _request_id(headers)
+    if 300 <= status < 400:
+        return Outcome(action=Action.FAIL,
+                       error=_redirect_error(status, headers, request_id, body))
     if 200 <= status < 300:
-        parsed_ok, parsed = _parse_json(body)
+        parsed_ok, parsed, problem = _parse_json(body)
         if not parsed_ok:
             text = body[:MAX_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
             return Outcome(action=Action.RETRY, error=ProtocolError(
-                f"{_describe_body(status, text)} (a chat answer must be JSON)",
+                f"{_describe_body(status, text)} ({problem}; a chat answer must be JSON)",
                 request_id=request_id))
         if not (isinstance(parsed, Mapping) and parsed.get("error")):
             return Outcome(action=Action.SUCCESS, body=parsed)
         payload: Mapping[str, Any] = parsed
     else:
         text = body.decode("utf-8", errors="replace")
-        parsed_ok, parsed = _parse_json(text)
+        parsed_ok, parsed, _ = _parse_json(text)
         if parsed_ok and isinstance(parsed, Mapping):
             payload = parsed
         elif parsed_ok and isinstance(parsed, str) and parsed.strip():
@@ -482,18 +488,31 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
                                            retry_after=retry_after, body=body))
 
 
-def classify_error(error: KimiError) -> Outcome:
+def _redirect_error(status: int, headers: Mapping[str, str], request_id: str | None,
+                    body: bytes) -> RedirectError:
+    location = _header(headers, "location")
+    target = f" to {redact_url(location)}" if location else " without a Location"
+    return RedirectError(
+        f"HTTP {status} redirect{target}: API calls do not follow redirects (a POST would "
+        f"become a GET, or the key would go to another host); set base_url to the address "
+        f"that answers", status=status, request_id=request_id, location=location,
+        body=body[:MAX_ERROR_BODY_BYTES])
+
+
+def classify_error(error: KimiError, *, mid_stream: bool = False) -> Outcome:
     """Decide what an error raised on the way (transport, stream, in-stream API error) means.
 
-    Transport failures (:class:`ConnectionFailedError`, :class:`RequestTimeoutError`) say the
-    server may be unhealthy, so they count toward the breaker; a broken or garbled stream
-    (:class:`IncompleteStreamError`, :class:`ProtocolError`) says nothing about the server's
-    health and can often be resumed, so it does not.
+    Transport failures (:class:`ConnectionFailedError`, :class:`RequestTimeoutError`) before a
+    stream flowed say the server may be unhealthy, so they count toward the breaker. Once a
+    stream has delivered events (``mid_stream``), a drop or a stall says little about the
+    server's health (a network path, a proxy's idle cut) and is resumed, so it does not; nor
+    does a broken or garbled stream (:class:`IncompleteStreamError`, :class:`ProtocolError`).
+    An error chunk inside a stream counts as its type does (overload trips the breaker).
     """
     if isinstance(error, APIError):
         return _outcome_for(error)
     if isinstance(error, TransportError):
-        return Outcome(action=Action.RETRY, error=error, trips_breaker=True)
+        return Outcome(action=Action.RETRY, error=error, trips_breaker=not mid_stream)
     if isinstance(error, StreamError):
         return Outcome(action=Action.RETRY, error=error)
     if error.fatal_for_run:

@@ -15,17 +15,30 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "BUDGET_KEYS",
     "DEFAULT_MAX_TOKENS",
+    "MAX_CONTEXT_TOKENS",
     "admission_tokens",
+    "budget_keys",
     "char_classes",
+    "completion_budget",
     "count_body_tokens",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
+    "prompt_token_ceiling",
     "requested_max_tokens",
 ]
 
 #: What Kimi reserves for the completion when a request names no ``max_tokens``.
 DEFAULT_MAX_TOKENS = 1024
+#: The two spellings of the completion budget, the one Kimi's reference prefers first.
+BUDGET_KEYS = ("max_completion_tokens", "max_tokens")
+#: No model served today has a longer context: a reported count above it is not believed.
+MAX_CONTEXT_TOKENS = 2_097_152
+#: The most a single image or video part can count for, in the ceiling on a prompt.
+MEDIA_PART_CEILING = 65_536
+_MESSAGE_CEILING = 16
+_MEDIA_TYPES = ("image_url", "video_url", "input_image")
 MESSAGE_OVERHEAD = 4
 REPLY_PRIMING = 3
 IMAGE_TOKENS = 1024
@@ -68,7 +81,7 @@ def _content_tokens(content: Any, text_tokens: Callable[[str], int], image_token
             if isinstance(part, Mapping):
                 if part.get("type") == "text":
                     total += text_tokens(str(part.get("text", "")))
-                elif part.get("type") in ("image_url", "video_url", "input_image"):
+                elif part.get("type") in _MEDIA_TYPES:
                     total += image_tokens
                 else:
                     total += text_tokens(_dumps(part))
@@ -117,17 +130,58 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
                              image_tokens=IMAGE_TOKENS)
 
 
-def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
-    """The completion budget Kimi reserves: ``max_tokens`` (or ``max_completion_tokens``)
-    times the number of choices, or ``default`` when none is sent."""
-    value = body.get("max_tokens")
-    if value is None:
-        value = body.get("max_completion_tokens")
+def _budget_value(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        value = default
+        return None
+    return value
+
+
+def budget_keys(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The spellings of the completion budget ``body`` uses (a resume lowers each of them)."""
+    return tuple(key for key in BUDGET_KEYS if _budget_value(body, key) is not None)
+
+
+def completion_budget(body: Mapping[str, Any]) -> int | None:
+    """The completion budget per choice the server honours: ``max_completion_tokens``
+    (Kimi's current spelling), else the deprecated ``max_tokens``; ``None`` when neither."""
+    for key in BUDGET_KEYS:
+        value = _budget_value(body, key)
+        if value is not None:
+            return value
+    return None
+
+
+def _choices(body: Mapping[str, Any]) -> int:
     n = body.get("n")
-    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
-    return value * choices
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
+    """The completion budget Kimi reserves: ``max_completion_tokens`` or ``max_tokens`` (the
+    larger when both are sent: either may be the one honoured) times the number of choices, or
+    ``default`` when none is sent."""
+    values = [value for key in BUDGET_KEYS if (value := _budget_value(body, key)) is not None]
+    return (max(values) if values else default) * _choices(body)
+
+
+def prompt_token_ceiling(body: Mapping[str, Any], payload_size: int) -> int:
+    """The most prompt tokens ``body`` can count for, whatever a server reports: a byte-level
+    BPE emits at most one token per byte of text, and the JSON payload (``payload_size``
+    bytes) holds every byte of text, escaped; plus a few tokens per message for its markers,
+    and a generous amount per image or video part, which count by pixels, not bytes."""
+    messages = body.get("messages")
+    media = 0
+    count = 0
+    if isinstance(messages, list | tuple):
+        count = len(messages)
+        for message in messages:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, list):
+                media += sum(1 for part in content
+                             if isinstance(part, Mapping) and part.get("type") in _MEDIA_TYPES)
+    ceiling = payload_size + _MESSAGE_CEILING * (count + 1) + MEDIA_PART_CEILING * media
+    return min(ceiling, MAX_CONTEXT_TOKENS)
 
 
 def admission_tokens(body: Mapping[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS) -> int:

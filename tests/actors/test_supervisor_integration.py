@@ -193,11 +193,11 @@ async def test_unknown_model_fails_that_request_only_without_retry() -> None:
 async def test_a_slow_consumer_is_not_mistaken_for_a_stall() -> None:
     async with FakeKimi() as fake, \
             Supervisor(api_key=fake.api_key, base_url=fake.base_url,
-                       timeouts=Timeouts(read_idle=0.2), stream_queue_size=2) as sup:
+                       timeouts=Timeouts(read_idle=0.2), stream_buffer=2) as sup:
         got = ""
         async with sup.stream(model=MODEL, messages=messages(3)) as stream:
             async for delta in stream:
-                assert stream._queue.qsize() <= 2  # memory is bounded by the queue
+                assert stream.buffered <= 2  # memory is bounded by the buffer
                 got += delta.content
                 if len(got) == len(delta.content):
                     await asyncio.sleep(0.5)  # the scenario: a consumer slower than read_idle

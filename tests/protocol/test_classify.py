@@ -29,6 +29,7 @@ from kimi_actors.errors import (
     ProtocolError,
     QuotaExhaustedError,
     RateLimitError,
+    RedirectError,
     RequestTimeoutError,
     ServerError,
     SupervisorClosedError,
@@ -129,7 +130,6 @@ ERROR_TABLE: list[tuple[int, str | None, str, type[APIError], Action, bool,
     (599, None, "odd", ServerError, Action.RETRY, True, None, None),
     (409, None, "Conflict", APIError, Action.FAIL, False, None, None),
     (422, "invalid_request_error", "unprocessable", APIError, Action.FAIL, False, None, None),
-    (302, None, "Found", APIError, Action.FAIL, False, None, None),
 ]
 
 
@@ -608,3 +608,24 @@ def test_never_raises_on_arbitrary_error_objects(status: int, error: Any) -> Non
         assert isinstance(outcome.error, APIError)
         assert outcome.error.status == status
         assert outcome.error.message
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_fails_naming_its_status_and_location(status: int) -> None:
+    headers = {"Location": "https://elsewhere.example/v1/chat?api_key=sk-secret-in-location"}
+    outcome = classify_response(status, headers, b"<html>moved</html>")
+    error = outcome.error
+    assert isinstance(error, RedirectError)
+    assert outcome.action is Action.FAIL
+    assert not outcome.trips_breaker
+    assert error.status == status
+    assert error.location == "https://elsewhere.example/v1/chat?api_key=[redacted]"
+    assert f"HTTP {status} redirect to https://elsewhere.example/v1/chat" in str(error)
+    assert "sk-secret-in-location" not in str(error) + repr(error)
+
+
+def test_a_redirect_without_a_location_says_so() -> None:
+    outcome = classify_response(302, {}, b"")
+    assert isinstance(outcome.error, RedirectError)
+    assert outcome.error.location is None
+    assert "without a Location" in outcome.error.message
