@@ -178,7 +178,9 @@ class Transport:
                  pool_size: int | None = None, headers: Mapping[str, str] | None = None,
                  report_sent: bool = False) -> None:
         self._base_url = base_url.rstrip("/")
-        self._origin = URL(self._base_url).origin()
+        self._base = URL(self._base_url)
+        self._origin = self._base.origin()
+        self._urls: dict[str, URL] = {}
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -221,8 +223,15 @@ class Transport:
             session, self._session = self._session, None
             await session.close()
 
-    def url(self, path: str) -> str:
-        return f"{self._base_url}/{path.lstrip('/')}"
+    def url(self, path: str) -> URL:
+        """``path`` under the base URL's path; a query in the base URL is kept."""
+        url = self._urls.get(path)
+        if url is None:
+            base = self._base
+            url = base.with_path(f"{base.path.rstrip('/')}/{path.lstrip('/')}",
+                                 keep_query=True)
+            self._urls[path] = url
+        return url
 
     def _same_origin_target(self, response: aiohttp.ClientResponse) -> URL | None:
         """Where a redirect that may be followed points, or ``None``."""
@@ -246,7 +255,7 @@ class Transport:
         timeouts = self._timeouts
         timeout = aiohttp.ClientTimeout(total=total, sock_connect=timeouts.connect,
                                         sock_read=first_byte)
-        url: str | URL = self.url(path)
+        url = self.url(path)
         scope = asyncio.timeout(timeouts.connect + first_byte)
         try:
             async with scope:

@@ -91,6 +91,8 @@ class SupervisorStats:
     breaker_trips: int
     governor: GovernorStats
     closed: bool
+    #: True while a run-fatal error (rejected key, exhausted quota) makes new calls fail fast.
+    account_refused: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -509,7 +511,8 @@ class Supervisor:
             failures_by_type=dict(counters.failures_by_type),
             breaker_state=rt.breaker.state(rt.clock.now()).value,
             breaker_trips=rt.breaker.trips,
-            governor=governor, closed=self._closing)
+            governor=governor, closed=self._closing,
+            account_refused=rt.halted is not None)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

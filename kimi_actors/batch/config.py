@@ -11,13 +11,14 @@ import math
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..actors.supervisor import DEFAULT_BASE_URL
 from ..limits import DAY, MINUTE, TIERS, Limits
 from ..policy import RetryPolicy
+from ..redaction import redact_url
 
 if TYPE_CHECKING:
     from ..testing.faults import Faults
@@ -133,16 +134,22 @@ class RunConfig:
         """The retry policy for this run (``max_attempts`` over the library's defaults)."""
         return RetryPolicy(max_attempts=self.max_attempts)
 
+    def __repr__(self) -> str:
+        values = ", ".join(f"{field.name}={getattr(self, field.name)!r}"
+                           for field in fields(self))
+        return redact_url(f"RunConfig({values})")
+
     def to_argv(self) -> list[str]:
         """The arguments (after ``run``) that :func:`config_from_args` turns back into this
-        config; used to print the command that resumes a run."""
+        config; used to print the command that resumes a run. A credential pasted into
+        ``base_url`` is masked: the printed command never carries a key."""
         argv = [str(self.input), "--output", str(self.output)]
         for name in ("tier", *_LIMIT_NAMES):
             value = getattr(self, name)
             if value is not None:
                 argv += [f"--{name}", str(value)]
         if self.base_url != DEFAULT_BASE_URL:
-            argv += ["--base-url", self.base_url]
+            argv += ["--base-url", redact_url(self.base_url)]
         if self.api_key_env != DEFAULT_API_KEY_ENV:
             argv += ["--api-key-env", self.api_key_env]
         if self.model is not None:

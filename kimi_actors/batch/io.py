@@ -53,6 +53,7 @@ from typing import IO, Any
 
 from ..errors import APIError, BatchInputError, KimiError
 from ..protocol.tokens import estimate_prompt_tokens, requested_max_tokens
+from ..redaction import redact_text
 
 if sys.platform != "win32":
     import fcntl
@@ -628,12 +629,14 @@ def is_final_error(error: KimiError) -> bool:
 
 
 def _dumps_line(record: Mapping[str, Any]) -> bytes:
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    """One output line, credentials masked: whatever a server echoed into an answer or an
+    error body, no key reaches the file (the mask keeps the line valid JSON)."""
+    text = redact_text(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
     try:
         return (text + "\n").encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate from a \\ud8xx escape: ASCII escapes keep the line valid JSON.
-        return (json.dumps(record, separators=(",", ":")) + "\n").encode("ascii")
+        return (redact_text(json.dumps(record, separators=(",", ":"))) + "\n").encode("ascii")
 
 
 def _error_body(error: APIError) -> dict[str, Any]:

@@ -79,9 +79,10 @@ from ..errors import (
     SupervisorClosedError,
 )
 from ..limits import Limits
-from ..observe import redact_text
 from ..policy import FatalMode, FatalPolicy, ResumePolicy
 from ..protocol.chunks import ChatResult
+from ..redaction import redact_text, redact_url
+from ..transport import cleartext_host
 from .config import RunConfig
 from .io import (
     BatchRequest,
@@ -321,8 +322,8 @@ def _fatal_message(error: KimiError, config: RunConfig) -> str:
         where = "the fake server's key" if config.fake else f"${config.api_key_env}"
         return (f"the server rejected the API key from {where} ({detail}); every request "
                 f"would fail the same way, so the run stopped. Check the key (and that it "
-                f"belongs to {config.base_url}: a key of api.moonshot.cn is rejected by "
-                f"api.moonshot.ai and back), then run the same command again.")
+                f"belongs to {redact_url(config.base_url)}: a key of api.moonshot.cn is "
+                f"rejected by api.moonshot.ai and back), then run the same command again.")
     if isinstance(error, QuotaExhaustedError):
         return (f"the account's quota is exhausted or the account is suspended ({detail}); "
                 f"every request would fail the same way, so the run stopped. Recharge, then "
@@ -344,8 +345,9 @@ class _Console:
             self.stream.write(_CLEAR_LINE)
 
     def say(self, text: str) -> None:
+        """One line for people; every line passes the redactor, whatever it quotes."""
         self.clear_bar()
-        self.stream.write(text + "\n")
+        self.stream.write(redact_text(text) + "\n")
         self.stream.flush()
 
 
@@ -618,6 +620,10 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
             return RunResult(exit_code=EXIT_USAGE, message=message)
     reporter = ProgressReporter(stderr, is_tty=is_tty, log_every=log_every)
     console = _Console(stderr, reporter)
+    host = None if config.fake else cleartext_host(config.base_url)
+    if host is not None:
+        console.say(f"warning: --base-url is plain http:// to {host}: the API key is sent "
+                    f"unencrypted; use https://")
     try:
         with cli_logging(log_file, stderr, console.clear_bar), \
                 OutputWriter(config.output) as writer:

@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 DEFAULT_MODELS: tuple[str, ...] = (
+    "kimi-k2.6",
+    "kimi-k3",
     "kimi-k2-turbo-preview",
     "kimi-k2-0905-preview",
     "kimi-k2-thinking",
