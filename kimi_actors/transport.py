@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 MAX_BODY_BYTES = 64 << 20
+#: aiohttp pauses reading a socket once twice this much is buffered and unread. Its default
+#: (256 KiB) let a stream whose consumer stopped reading hold about 0.8 MB in aiohttp alone.
+READ_BUFFER_BYTES = 64 << 10
 #: An error page is read up to this many bytes before it is classified.
 MAX_ERROR_BODY_BYTES = 1 << 20
 #: Same-origin 307/308 redirects followed for one request before the answer is taken as is.
@@ -90,7 +93,9 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts,
                limit: float | None = None) -> KimiError:
     """Turn an aiohttp/socket failure into our error. ``phase`` says what we were waiting
     for and ``limit`` its bound (default: the timeout of that name); a connect timeout is
-    recognised by its type whatever the phase."""
+    recognised by its type whatever the phase. Callers raise the result outside their
+    ``except`` block, so the failure is its ``__cause__`` only when that is safe and never a
+    hidden ``__context__``."""
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
             phase, limit = "connect", timeouts.connect
@@ -161,14 +166,16 @@ class StreamResponse:
                     return
                 yield data
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="read_idle", timeouts=self._timeouts) from None
+            failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
+        raise failure
 
     async def read(self, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
         """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page."""
         try:
             return await _read_body(self._response.content, limit, truncate=True)
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="read_idle", timeouts=self._timeouts) from None
+            failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
+        raise failure
 
 
 class Transport:
@@ -214,6 +221,7 @@ class Transport:
                 traces.append(trace)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self._headers, auto_decompress=True,
+                read_bufsize=READ_BUFFER_BYTES,
                 trace_configs=traces,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeouts.connect))
         return self._session
@@ -274,7 +282,8 @@ class Transport:
             if total is not None and not scope.expired() \
                     and not isinstance(exc, aiohttp.ServerTimeoutError):
                 phase, limit = "response", total
-            raise _map_error(exc, phase=phase, timeouts=timeouts, limit=limit) from None
+            failure = _map_error(exc, phase=phase, timeouts=timeouts, limit=limit)
+        raise failure
 
     async def _whole(self, response: aiohttp.ClientResponse) -> RawResponse:
         """Read a response's body whole: its reads may pause ``read_idle`` at most."""
@@ -284,9 +293,10 @@ class Transport:
             return RawResponse(status=response.status, headers=response.headers,
                                body=data, content_type=response.content_type)
         except _TRANSPORT_ERRORS as exc:
-            raise _map_error(exc, phase="response", timeouts=self._timeouts) from None
+            failure = _map_error(exc, phase="response", timeouts=self._timeouts)
         finally:
             _finish(response)
+        raise failure
 
     async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                    on_sent: Callable[[], None] | None = None) -> RawResponse:

@@ -420,6 +420,7 @@ class StreamActor:
                 decoder = SSEDecoder()
                 assembler = self._assembler
                 timeouts = rt.transport.timeouts
+                cap = self._channel.limit if self._channel is not None else 1 << 30
                 scope = asyncio.timeout(None)
                 watchdog: _Watchdog | None = None
                 try:
@@ -434,6 +435,10 @@ class StreamActor:
                                     flowing = True
                                     for event in events:
                                         usage = self._feed(assembler, event, batch) or usage
+                                        if len(batch) >= cap:
+                                            # A large read is parsed only as fast as the
+                                            # consumer takes it: memory stays at the buffer.
+                                            await self._deliver(batch, watchdog)
                                 if batch:
                                     await self._deliver(batch, watchdog)
                                     batch = []

@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_BASE_URL", "MapResult", "Stream", "Supervisor", "SupervisorS
 
 DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
 #: Deltas a stream buffers for a consumer that does not read, by default (about 1 MB).
-DEFAULT_STREAM_BUFFER = 512
+DEFAULT_STREAM_BUFFER = 256
 _T = TypeVar("_T")
 _warned_cleartext: set[str] = set()
 

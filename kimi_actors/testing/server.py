@@ -569,9 +569,10 @@ class FakeKimi:
         messages = body["messages"]
         if split_partial(messages)[1] is not None:
             self._counters.partial += 1
-        max_tokens = body.get("max_tokens")
+        # Kimi's reference prefers max_completion_tokens; max_tokens is its deprecated name.
+        max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
-            max_tokens = body.get("max_completion_tokens")
+            max_tokens = body.get("max_tokens")
         seed = body.get("seed")
         replies: list[_Text | ToolCall] = []
         for choice in range(body.get("n", 1)):

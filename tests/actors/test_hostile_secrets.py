@@ -7,10 +7,12 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import traceback
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from hostile import (
@@ -28,6 +30,7 @@ from hostile import (
 
 from kimi_actors import (
     APIError,
+    ConnectionFailedError,
     KimiError,
     ProtocolError,
     RedirectError,
@@ -111,7 +114,19 @@ async def test_the_key_quoted_by_aiohttps_parser_is_masked() -> None:
     shown = everything_shown(info.value)
     assert KEY[:20] not in shown
     assert "Bearer [redacted]" in shown
-    assert info.value.__cause__ is None
+    assert info.value.__cause__ is None  # aiohttp's error holds the request's headers
+    assert info.value.__context__ is None
+
+
+async def test_a_safe_transport_failure_keeps_its_cause() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with Supervisor(api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1",
+                          retry=ONCE) as sup:
+        with pytest.raises(ConnectionFailedError) as info:
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert isinstance(info.value.__cause__, aiohttp.ClientConnectorError)
 
 
 async def test_logs_carry_no_key_when_a_server_echoes_it(caplog: pytest.LogCaptureFixture

@@ -132,31 +132,41 @@ async def test_a_slow_consumer_does_not_count_against_read_idle() -> None:
 async def test_an_unread_stream_holds_its_buffer_in_deltas_and_pauses_the_server() -> None:
     events = 200_000
     written = 0
-    pushed_back = asyncio.Event()
+    flooding: list[web.Request] = []
 
     async def flood(request: web.Request) -> web.StreamResponse:
         nonlocal written
         response = await start_stream(request)
+        flooding.append(request)
         piece = b"".join(chunk("x", role="assistant" if i == 0 else None) for i in range(500))
         for _ in range(events // 500):
             await response.write(piece)
             written += 500
-            transport = request.transport
-            if transport is not None and transport.get_write_buffer_size() > 0:
-                pushed_back.set()  # the kernel's buffers are full: the client stopped reading
         await response.write(DONE)
         return response
+
+    def pushed_back() -> bool:
+        """asyncio paused the server's writing: the kernel's buffers are full."""
+        protocol = flooding[0].protocol if flooding else None
+        return protocol is not None and protocol.writing_paused
 
     async with serve(flood) as base_url, \
             Supervisor(api_key=KEY, base_url=base_url, stream_buffer=256) as sup, \
             sup.stream(model=MODEL, messages=QUESTION) as stream:
         first = await anext(stream)
         assert first.content == "x"
-        await asyncio.wait_for(pushed_back.wait(), 20)
+        await wait_until(pushed_back)
         assert stream.buffered <= 256
         assert written < events
         rest = "".join([delta.content async for delta in stream])
     assert len(first.content + rest) == events
+
+
+async def wait_until(condition: Any, timeout: float = 20.0) -> None:
+    """Poll a condition the server exposes no event for, failing loudly."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - no event exists for this condition
+            await asyncio.sleep(0.005)
 
 
 # -- trust: reported usage and odd numbers -------------------------------------------------
