@@ -7,7 +7,15 @@ through Kimi's Partial Mode.
 
 from __future__ import annotations
 
-from .actors.supervisor import DEFAULT_BASE_URL, MapResult, Stream, Supervisor, SupervisorStats
+from .actors.supervisor import (
+    DEFAULT_BASE_URL,
+    MapFailure,
+    MapResult,
+    MapSuccess,
+    Stream,
+    Supervisor,
+    SupervisorStats,
+)
 from .clock import Clock, FakeClock, MonotonicClock
 from .errors import (
     APIError,
@@ -37,6 +45,7 @@ from .errors import (
 )
 from .governance.governor import DimensionStats, GovernorStats
 from .limits import TIERS, Dimension, Limits
+from .params import ChatParams
 from .policy import (
     BreakerPolicy,
     FatalMode,
@@ -46,7 +55,7 @@ from .policy import (
     RetryPolicy,
     Timeouts,
 )
-from .protocol.chunks import ChatResult, Choice, Delta, ToolCall, Usage
+from .protocol.chunks import ChatResult, Choice, Delta, Function, Message, ToolCall, Usage
 from .protocol.tokens import admission_tokens, estimate_prompt_tokens, estimate_text_tokens
 
 __version__ = "0.1.0"
@@ -59,6 +68,7 @@ __all__ = [
     "BadRequestError",
     "BatchInputError",
     "BreakerPolicy",
+    "ChatParams",
     "ChatResult",
     "Choice",
     "CircuitOpenError",
@@ -73,12 +83,16 @@ __all__ = [
     "FakeClock",
     "FatalMode",
     "FatalPolicy",
+    "Function",
     "GovernorStats",
     "IncompleteStreamError",
     "KimiError",
     "LimitExceededError",
     "Limits",
+    "MapFailure",
     "MapResult",
+    "MapSuccess",
+    "Message",
     "ModelNotFoundError",
     "MonotonicClock",
     "NotFoundError",

@@ -264,6 +264,7 @@ def test_public_all_is_exactly_the_documented_surface() -> None:
         "DimensionStats", "EngineOverloadedError", "FakeClock", "FatalMode", "FatalPolicy",
             "GovernorStats",
         "IncompleteStreamError", "KimiError", "LimitExceededError", "Limits", "MapResult",
+            "MapSuccess", "MapFailure", "Message", "Function", "ChatParams",
         "ModelNotFoundError", "MonotonicClock", "NotFoundError", "PermissionDeniedError",
         "ProtocolError", "QuotaExhaustedError", "RateLimitError", "RedirectError",
             "RequestTimeoutError",

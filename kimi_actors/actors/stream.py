@@ -530,7 +530,7 @@ class StreamActor:
         """A 200 JSON answer to a stream request (some servers ignore ``stream``): hand it to
         the consumer as one delta per choice."""
         result: ChatResult = parse_completion(body, request_id=self.request_id)
-        choices = [{"index": choice.index, "delta": choice.message(),
+        choices = [{"index": choice.index, "delta": choice.message.to_dict(),
                     "finish_reason": choice.finish_reason} for choice in result.choices]
         chunk: dict[str, Any] = {"id": result.id, "model": result.model, "choices": choices}
         if result.usage is not None:

@@ -24,13 +24,14 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
 from ..clock import Clock, MonotonicClock
 from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError
 from ..governance.governor import Governor, GovernorStats
 from ..limits import Limits
 from ..observe import emit
+from ..params import ChatParams, warn_unknown_keys
 from ..policy import BreakerPolicy, FatalPolicy, ResumePolicy, RetryPolicy, Timeouts
 from ..protocol.chunks import ChatResult, Delta
 from ..protocol.classify import Action, classify_response
@@ -41,7 +42,15 @@ from .request import RequestActor
 from .runtime import Runtime
 from .stream import DeltaChannel, StreamActor
 
-__all__ = ["DEFAULT_BASE_URL", "MapResult", "Stream", "Supervisor", "SupervisorStats"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "MapFailure",
+    "MapResult",
+    "MapSuccess",
+    "Stream",
+    "Supervisor",
+    "SupervisorStats",
+]
 
 DEFAULT_BASE_URL = "https://api.moonshot.cn/v1"
 #: Deltas a stream buffers for a consumer that does not read, by default (about 1 MB).
@@ -96,18 +105,36 @@ class SupervisorStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MapResult:
-    """One finished item of ``Supervisor.map``: its position, its body, and either a result
-    or the error it failed with."""
+class MapSuccess:
+    """A ``Supervisor.map`` item that was answered: its position, its body and its result."""
 
     index: int
     request: Mapping[str, Any]
-    result: ChatResult | None = None
-    error: BaseException | None = None
+    result: ChatResult
+    error: None = None
 
     @property
-    def ok(self) -> bool:
-        return self.error is None
+    def ok(self) -> Literal[True]:
+        return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapFailure:
+    """A ``Supervisor.map`` item that failed: its position, its body and its error."""
+
+    index: int
+    request: Mapping[str, Any]
+    error: BaseException
+    result: None = None
+
+    @property
+    def ok(self) -> Literal[False]:
+        return False
+
+
+#: One finished item of ``Supervisor.map``. ``if item.ok:`` narrows it for a type checker:
+#: ``item.result`` is then a :class:`ChatResult`, else ``item.error`` is the exception.
+MapResult: TypeAlias = MapSuccess | MapFailure
 
 
 class Stream:
@@ -336,15 +363,16 @@ class Supervisor:
         return result
 
     @staticmethod
-    def _body(body: dict[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
-        return {**body, **extra_body} if extra_body else body
+    def _body(body: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:
+        warn_unknown_keys(body)
+        return {**body, **extra_body} if extra_body else dict(body)
 
     # -- the API -----------------------------------------------------------------------------
 
     async def chat(self, *, timeout: float | None = None, priority: int = 0,
                    extra_body: Mapping[str, Any] | None = None,
                    extra_headers: Mapping[str, str] | None = None,
-                   **body: Any) -> ChatResult:
+                   **body: Unpack[ChatParams]) -> ChatResult:
         """Send one chat completion (keyword arguments are the OpenAI chat body) and return
         the result once it succeeded, retrying where that can help."""
         self._check_open()
@@ -377,7 +405,8 @@ class Supervisor:
 
     def stream(self, *, timeout: float | None = None, priority: int = 0,
                buffer: int | None = None, extra_body: Mapping[str, Any] | None = None,
-               extra_headers: Mapping[str, str] | None = None, **body: Any) -> Stream:
+               extra_headers: Mapping[str, str] | None = None,
+               **body: Unpack[ChatParams]) -> Stream:
         """Open a stream: ``async with sup.stream(model=..., messages=[...]) as stream:``.
         ``buffer`` is how many deltas wait for a consumer that does not read before the
         socket is paused (default ``stream_buffer``)."""
@@ -412,8 +441,8 @@ class Supervisor:
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                    task = self._spawn(self._map_one(index, dict(body), stream, priority,
-                                                     timeout, finished))
+                    task = self._spawn(self._map_one(index, self._body(body, None), stream,
+                                                     priority, timeout, finished))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                     index += 1
@@ -443,13 +472,13 @@ class Supervisor:
             result = await self._guarded(actor.run(), timeout)
         except asyncio.CancelledError:
             if self._closing:  # cancelled by the drain: its consumer is owed an answer
-                finished.put_nowait(MapResult(index=index, request=body, error=(
+                finished.put_nowait(MapFailure(index=index, request=body, error=(
                     SupervisorClosedError("the supervisor closed before the request finished"))))
             raise
         except Exception as exc:
-            finished.put_nowait(MapResult(index=index, request=body, error=exc))
+            finished.put_nowait(MapFailure(index=index, request=body, error=exc))
         else:
-            finished.put_nowait(MapResult(index=index, request=body, result=result))
+            finished.put_nowait(MapSuccess(index=index, request=body, result=result))
 
     async def estimate_tokens(self, *, model: str, messages: list[Mapping[str, Any]],
                               **body: Any) -> int:

@@ -17,6 +17,7 @@ from .cli import (
     write_demo_input,
 )
 from .config import (
+    BASE_URL_ENV,
     DEFAULT_API_KEY_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_TIER,
@@ -68,6 +69,7 @@ from .runner import (
 )
 
 __all__ = [
+    "BASE_URL_ENV",
     "CHAT_COMPLETIONS_URL",
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_BASE_URL",

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from ..testing.faults import Faults
 
 __all__ = [
+    "BASE_URL_ENV",
     "DEFAULT_API_KEY_ENV",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIER",
@@ -33,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_API_KEY_ENV = "MOONSHOT_API_KEY"
+#: Where the base URL comes from when --base-url is not given (the library reads it too).
+BASE_URL_ENV = "MOONSHOT_BASE_URL"
 #: The tier whose limits apply to every limit not given: the first paid tier, so a run is never
 #: unlimited by accident and a tier-1 account (the common case) runs at full speed.
 DEFAULT_TIER = 1
@@ -59,7 +63,7 @@ class RunConfig:
     """
 
     input: Path
-    output: Path
+    output: Path | None = None
     tier: int | None = None
     concurrency: int | None = None
     rpm: int | None = None
@@ -78,9 +82,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
-        object.__setattr__(self, "output", Path(self.output))
-        if os.path.abspath(self.input) == os.path.abspath(self.output):
-            raise ValueError(f"the output must be another file than the input ({self.input})")
+        if self.output is None:
+            if not self.dry_run:
+                raise ValueError("an output file is needed (--output OUT.jsonl), except for a "
+                                 "dry run")
+        else:
+            object.__setattr__(self, "output", Path(self.output))
+            if os.path.abspath(self.input) == os.path.abspath(self.output):
+                raise ValueError(f"the output must be another file than the input "
+                                 f"({self.input})")
         if self.tier is not None and (isinstance(self.tier, bool) or self.tier not in TIERS):
             raise ValueError(f"RunConfig.tier must be one of 0-5, got {self.tier!r}")
         for name in _LIMIT_NAMES:
@@ -114,6 +124,13 @@ class RunConfig:
                                  "FakeKimi")
             self.faults()
 
+    @property
+    def output_path(self) -> Path:
+        """The output file (every run but a dry run has one)."""
+        if self.output is None:
+            raise ValueError("this config has no output file (a dry run)")
+        return self.output
+
     def limits(self) -> Limits:
         """The limits to run at: the tier's preset (default :data:`DEFAULT_TIER`) with the
         explicit values put over it, counted over the (possibly shortened) windows."""
@@ -143,7 +160,9 @@ class RunConfig:
         """The arguments (after ``run``) that :func:`config_from_args` turns back into this
         config; used to print the command that resumes a run. A credential pasted into
         ``base_url`` is masked: the printed command never carries a key."""
-        argv = [str(self.input), "--output", str(self.output)]
+        argv = [str(self.input)]
+        if self.output is not None:
+            argv += ["--output", str(self.output)]
         for name in ("tier", *_LIMIT_NAMES):
             value = getattr(self, name)
             if value is not None:
@@ -216,9 +235,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests, one a line: OpenAI Batch lines "
                              "({custom_id, method, url, body}) or bare chat bodies (then the "
                              "custom_id is the line number)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.jsonl",
+    parser.add_argument("-o", "--output", metavar="OUT.jsonl",
                         help="results in the OpenAI Batch output format, appended as they "
-                             "finish; run the same command again to resume")
+                             "finish; run the same command again to resume (needed unless "
+                             "--dry-run)")
     limits = parser.add_argument_group(
         "limits", f"explicit values override the tier; without --tier, tier {DEFAULT_TIER} "
                   f"fills in what is not given")
@@ -231,9 +251,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens per minute (prompt + max_tokens, as Kimi counts them)")
     limits.add_argument("--tpd", type=positive_int, metavar="N", help="tokens per day")
     api = parser.add_argument_group("API")
-    api.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
-                     help=f"OpenAI-compatible base URL (default {DEFAULT_BASE_URL}; "
-                          f"https://api.moonshot.ai/v1 for the global platform)")
+    api.add_argument("--base-url", metavar="URL",
+                     help=f"OpenAI-compatible base URL (default ${BASE_URL_ENV}, else "
+                          f"{DEFAULT_BASE_URL}; https://api.moonshot.ai/v1 for the global "
+                          f"platform)")
     api.add_argument("--api-key-env", default=DEFAULT_API_KEY_ENV, metavar="NAME",
                      help=f"environment variable holding the API key (default "
                           f"{DEFAULT_API_KEY_ENV}); the key is never printed")
@@ -262,14 +283,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                       help="length of a rate-limit 'minute' (needs --fake; default 60)")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The config for parsed ``run`` arguments. Raises ``ValueError`` for combinations the
-    parser cannot check alone (e.g. --window-seconds without --fake): report it with
-    ``parser.error(str(exc))``."""
+def config_from_args(args: argparse.Namespace,
+                     environ: Mapping[str, str] | None = None) -> RunConfig:
+    """The config for parsed ``run`` arguments; ``--base-url`` falls back to
+    ``$MOONSHOT_BASE_URL`` in ``environ`` (default ``os.environ``), as the library does.
+    Raises ``ValueError`` for combinations the parser cannot check alone (e.g.
+    --window-seconds without --fake): report it with ``parser.error(str(exc))``."""
+    env = os.environ if environ is None else environ
+    base_url = args.base_url or env.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     return RunConfig(
-        input=Path(args.input), output=Path(args.output), tier=args.tier,
-        concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm, tpd=args.tpd,
-        base_url=args.base_url, api_key_env=args.api_key_env, model=args.model,
+        input=Path(args.input), output=None if args.output is None else Path(args.output),
+        tier=args.tier, concurrency=args.concurrency, rpm=args.rpm, tpm=args.tpm,
+        tpd=args.tpd, base_url=base_url, api_key_env=args.api_key_env, model=args.model,
         max_attempts=args.max_attempts, stream=args.stream, fake=args.fake,
         dry_run=args.dry_run, skip_bad=args.skip_bad, window_seconds=args.window_seconds,
         fake_faults=args.fake_faults)

@@ -102,6 +102,19 @@ def _limit(value: int | None) -> str:
     return "no limit" if value is None else f"{value:,}"
 
 
+def _bound(seconds: float, limits: Limits, name: str) -> str:
+    """One dimension's lower bound: a duration, or that the file fits in its first window."""
+    if seconds > 0:
+        return format_duration(seconds)
+    limit = limits.limit(Dimension(name))
+    if limit is None:
+        return "no limit"
+    window = limits.window(Dimension(name))
+    span = "day" if name == Dimension.TPD.value and window == 86_400 else \
+        f"{format_duration(window)} window"
+    return f"fits in one {span}"
+
+
 def render_plan(plan: RunPlan, limits: Limits) -> str:
     """The dry run for a person: counts, tokens, time at each limit and which limit binds."""
     lines = ["Dry run: nothing was sent."]
@@ -117,7 +130,7 @@ def render_plan(plan: RunPlan, limits: Limits) -> str:
                  f"{_limit(limits.rpm)}, TPM {_limit(limits.tpm)}, TPD {_limit(limits.tpd)}"
                  f"{window}")
     lines.append("  at the limits  " + ", ".join(
-        f"{name.upper()} {format_duration(value)}"
+        f"{name.upper()} {_bound(value, limits, name)}"
         for name, value in plan.seconds_by_dimension.items()))
     if plan.binding is None:
         lines.append("  estimated time everything fits in the first window: no rate limit binds;"

@@ -81,9 +81,12 @@ def _check_amounts(owner: str, **values: float) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProgressSnapshot:
-    """Where a run stands. ``done`` counts every finished request, answered or failed;
-    ``failed`` is the part of it that failed. ``rpm`` and ``tpm`` are the rates over the last
-    window of ``limits.minute`` seconds, so they compare directly with the limits."""
+    """Where a run stands. ``done`` counts requests finished for good, answered or failed
+    with an error a re-run would repeat; ``failed`` is that part of it. ``unfinished`` counts
+    requests that ended without a final outcome (a re-run sends them). ``rate_limited``,
+    ``overloaded`` and ``server_errors`` count the answers of each kind that were retried;
+    ``resumes`` the dropped streams that were resumed. ``rpm`` and ``tpm`` are the rates over
+    the last window of ``limits.minute`` seconds, so they compare directly with the limits."""
 
     total: int
     done: int
@@ -95,11 +98,17 @@ class ProgressSnapshot:
     rpm: float
     tpm: float
     limits: Limits
+    unfinished: int = 0
+    overloaded: int = 0
+    server_errors: int = 0
+    resumes: int = 0
 
     def __post_init__(self) -> None:
         _check_counts("ProgressSnapshot", total=self.total, done=self.done, failed=self.failed,
                       retries=self.retries, rate_limited=self.rate_limited,
-                      in_flight=self.in_flight)
+                      in_flight=self.in_flight, unfinished=self.unfinished,
+                      overloaded=self.overloaded, server_errors=self.server_errors,
+                      resumes=self.resumes)
         _check_amounts("ProgressSnapshot", elapsed=self.elapsed, rpm=self.rpm, tpm=self.tpm)
         if self.failed > self.done:
             raise ValueError(f"ProgressSnapshot.failed ({self.failed}) cannot exceed done "
@@ -123,18 +132,31 @@ def _percent(s: ProgressSnapshot) -> float:
     return 100.0 * min(s.done, s.total) / s.total if s.total else 100.0
 
 
+_ETA_WIDTH = 7
+_COUNT_WIDTH = 5
+
+
+def _count(value: int) -> str:
+    return format_count(value).rjust(_COUNT_WIDTH)
+
+
 def render_bar(s: ProgressSnapshot, width: int) -> str:
     """One line of at most ``width`` characters: bar, done/total, ETA, RPM and TPM against the
-    limits, failed, 429s, retries, in flight. Figures are dropped from the end when the line is
-    too narrow for them and a bar of 10 (the bar goes before the ETA does); the bar gets
-    whatever is left over."""
+    limits, then failed, rate-limited, overloaded, 5xx, resumed, unfinished and in flight.
+    Every figure has a fixed width for the run (counts right-aligned), so the line does not
+    jump as numbers change. Figures are dropped from the end when the line is too narrow for
+    them and a bar of 10 (the bar goes before the ETA does); the bar gets what is left."""
     eta = eta_seconds(s)
-    figures = [f"{s.done:,}/{s.total:,} {_percent(s):.0f}%",
-               f"ETA {format_duration(eta) if eta is not None else '--'}",
-               f"RPM {_rate(s.rpm, s.limits.rpm, compact=True)}",
-               f"TPM {_rate(s.tpm, s.limits.tpm, compact=True)}",
-               f"failed {s.failed:,}", f"429s {s.rate_limited:,}", f"retries {s.retries:,}",
-               f"in flight {s.in_flight:,}"]
+    total = f"{s.total:,}"
+    eta_text = format_duration(eta) if eta is not None else "--"
+    figures = [f"{s.done:>{len(total)},}/{total} {_percent(s):>3.0f}%",
+               f"ETA {eta_text:>{_ETA_WIDTH}}",
+               f"RPM {_rate_fixed(s.rpm, s.limits.rpm)}",
+               f"TPM {_rate_fixed(s.tpm, s.limits.tpm)}",
+               f"failed {_count(s.failed)}", f"rate-limited {_count(s.rate_limited)}",
+               f"overloaded {_count(s.overloaded)}", f"5xx {_count(s.server_errors)}",
+               f"resumed {_count(s.resumes)}", f"unfinished {_count(s.unfinished)}",
+               f"in flight {_count(s.in_flight)}"]
     for count in range(len(figures), 1, -1):
         text = " | ".join(figures[:count])
         room = width - len(text) - 3
@@ -148,12 +170,19 @@ def render_bar(s: ProgressSnapshot, width: int) -> str:
     return figures[0][:max(0, width)]
 
 
+def _rate_fixed(value: float, limit: int | None) -> str:
+    shown = format_count(value).rjust(_COUNT_WIDTH)
+    return shown if limit is None else f"{shown}/{format_count(limit)}"
+
+
 def render_log_line(s: ProgressSnapshot) -> str:
     """A self-contained line for logs (no bar, full numbers, elapsed time first)."""
     eta = eta_seconds(s)
     return (f"[{format_duration(s.elapsed)}] {s.done:,}/{s.total:,} done ({_percent(s):.1f}%),"
-            f" {s.failed:,} failed, {s.retries:,} retries, {s.rate_limited:,} 429s,"
-            f" {s.in_flight:,} in flight, RPM {_rate(s.rpm, s.limits.rpm, compact=False)},"
+            f" {s.failed:,} failed, {s.unfinished:,} unfinished, {s.retries:,} retries"
+            f" ({s.rate_limited:,} rate-limited, {s.overloaded:,} overloaded,"
+            f" {s.server_errors:,} 5xx), {s.resumes:,} resumed, {s.in_flight:,} in flight,"
+            f" RPM {_rate(s.rpm, s.limits.rpm, compact=False)},"
             f" TPM {_rate(s.tpm, s.limits.tpm, compact=False)},"
             f" ETA {format_duration(eta) if eta is not None else 'unknown'}")
 
@@ -177,11 +206,16 @@ class RunSummary:
     achieved_tpm: float
     limits: Limits
     stopped_reason: str | None = None
+    overloaded: int = 0
+    server_errors: int = 0
+    transport_errors: int = 0
 
     def __post_init__(self) -> None:
         _check_counts("RunSummary", ok=self.ok, not_finished=self.not_finished,
                       skipped_done=self.skipped_done, retries=self.retries,
                       resumes=self.resumes, rate_limited=self.rate_limited,
+                      overloaded=self.overloaded, server_errors=self.server_errors,
+                      transport_errors=self.transport_errors,
                       prompt_tokens=self.prompt_tokens,
                       completion_tokens=self.completion_tokens)
         _check_counts("RunSummary", **{f"failed_by_type[{k!r}]": v
@@ -217,12 +251,21 @@ def render_summary(s: RunSummary, *, resume_command: str | None) -> str:
         lines.append(f"  not finished   {s.not_finished:>10,}   may succeed on a re-run")
     if s.skipped_done:
         lines.append(f"  already done   {s.skipped_done:>10,}   in the output from an earlier run")
-    lines.append(f"  retries        {s.retries:>10,}   stream resumes {s.resumes:,},"
-                 f" 429s {s.rate_limited:,}")
+    lines.append(f"  retries        {s.retries:>10,}   after rate-limited {s.rate_limited:,},"
+                 f" overloaded {s.overloaded:,}, 5xx {s.server_errors:,},"
+                 f" connection failures {s.transport_errors:,}")
+    lines.append(f"  resumed        {s.resumes:>10,}   streams that dropped and went on where "
+                 f"they stopped")
     lines.append(f"  tokens         prompt {s.prompt_tokens:,}, completion "
                  f"{s.completion_tokens:,}")
-    lines.append(f"  achieved       RPM {_share(s.achieved_rpm, s.limits.rpm, digits=1)};"
-                 f" TPM {_share(s.achieved_tpm, s.limits.tpm, digits=0)}")
+    if s.wall_seconds < s.limits.minute:
+        lines.append(f"  achieved       {s.ok + s.failed:,} requests in "
+                     f"{format_duration(s.wall_seconds)}: shorter than one "
+                     f"{s.limits.minute:g} s window, too short to measure a rate against the "
+                     f"limits")
+    else:
+        lines.append(f"  achieved       RPM {_share(s.achieved_rpm, s.limits.rpm, digits=1)};"
+                     f" TPM {_share(s.achieved_tpm, s.limits.tpm, digits=0)}")
     if s.limits.minute != 60:
         lines.append(f"                 (a minute lasts {s.limits.minute:g} s in this run)")
     if s.not_finished:

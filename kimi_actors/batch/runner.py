@@ -172,27 +172,8 @@ class RunResult:
 
 
 def completion_body(result: ChatResult) -> dict[str, Any]:
-    """A ``chat.completion`` body for ``result``: the server's own body for a non-stream
-    answer, else one built from the assembled stream (choices with role, content, reasoning
-    and tool calls, finish_reason, and usage)."""
-    raw = result.raw
-    if isinstance(raw, Mapping) and raw.get("object") == "chat.completion" \
-            and isinstance(raw.get("choices"), list):
-        return dict(raw)
-    choices = [{"index": choice.index, "message": choice.message(),
-                "finish_reason": choice.finish_reason} for choice in result.choices]
-    body: dict[str, Any] = {"id": result.id, "object": "chat.completion",
-                            "created": result.created, "model": result.model,
-                            "choices": choices}
-    usage = result.usage
-    if usage is not None:
-        usage_body: dict[str, Any] = {"prompt_tokens": usage.prompt_tokens,
-                                      "completion_tokens": usage.completion_tokens,
-                                      "total_tokens": usage.total_tokens}
-        if usage.cached_tokens is not None:
-            usage_body["cached_tokens"] = usage.cached_tokens
-        body["usage"] = usage_body
-    return body
+    """A ``chat.completion`` body for ``result`` (:meth:`ChatResult.to_dict`)."""
+    return result.to_dict()
 
 
 class _RateWindow:
@@ -362,11 +343,17 @@ class _Tally:
 
     @property
     def done(self) -> int:
-        return self.ok + sum(self.failed_final.values()) + sum(self.not_final.values())
+        """Requests finished for good: answered, or failed with an error a re-run repeats."""
+        return self.ok + self.failed
 
     @property
     def failed(self) -> int:
-        return sum(self.failed_final.values()) + sum(self.not_final.values())
+        return sum(self.failed_final.values())
+
+    @property
+    def unfinished(self) -> int:
+        """Requests that ended without a final outcome (a re-run sends them)."""
+        return sum(self.not_final.values())
 
 
 class _Sender:
@@ -550,7 +537,9 @@ class _Sender:
         tally = self.tally
         return ProgressSnapshot(
             total=self._scan.requests, done=tally.done, failed=tally.failed,
-            retries=stats.retries, rate_limited=stats.rate_limited,
+            unfinished=tally.unfinished, retries=stats.retries,
+            rate_limited=stats.rate_limited, overloaded=stats.overloaded,
+            server_errors=stats.server_errors, resumes=stats.resumes,
             in_flight=stats.in_flight, elapsed=max(0.0, now - self.started),
             rpm=rpm, tpm=tpm, limits=limits)
 
@@ -570,14 +559,15 @@ def _resolve_key(config: RunConfig, environ: Mapping[str, str]) -> str | None:
 def _dry_run(config: RunConfig, stdout: TextIO, stderr: TextIO) -> RunResult:
     """Scan without locking or repairing (a dry run changes nothing) and print the plan."""
     try:
-        output = scan_output(config.output)
-        scan = scan_input(config.input, default_model=config.model, skip=output.done)
+        output = scan_output(config.output_path) if config.output is not None else None
+        scan = scan_input(config.input, default_model=config.model,
+                          skip=output.done if output is not None else None)
     except BatchInputError as exc:
         stderr.write(f"error: {exc}\n")
         return RunResult(exit_code=EXIT_USAGE, message=str(exc))
     exit_code = EXIT_OK
     message = None
-    if output.torn_tail_bytes:
+    if output is not None and output.torn_tail_bytes:
         stderr.write(f"note: the last line of {config.output} is torn "
                      f"({output.torn_tail_bytes:,} bytes); a run cuts it and sends its request "
                      f"again\n")
@@ -626,7 +616,7 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
                     f"unencrypted; use https://")
     try:
         with cli_logging(log_file, stderr, console.clear_bar), \
-                OutputWriter(config.output) as writer:
+                OutputWriter(config.output_path) as writer:
             return _run_locked(config, api_key, writer, console, drain_timeout, program)
     except BatchInputError as exc:
         message = redact_text(str(exc))
@@ -637,9 +627,9 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
 def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
                 console: _Console, drain_timeout: float, program: str) -> RunResult:
     if writer.repaired_bytes:
-        console.say(f"repaired {config.output}: cut a torn last line of "
+        console.say(f"repaired {config.output_path}: cut a torn last line of "
                     f"{writer.repaired_bytes:,} bytes (its request is sent again)")
-    output = scan_output(config.output)
+    output = scan_output(config.output_path)
     scan = scan_input(config.input, default_model=config.model, skip=output.done)
     if not scan.ok:
         console.say(render_problems(scan, str(config.input), skip_bad=config.skip_bad))
@@ -647,7 +637,7 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
             return RunResult(exit_code=EXIT_USAGE, message=str(scan.error(str(config.input))))
     limits = config.limits()
     plan = plan_run(scan, limits)
-    already = f" ({scan.skipped_done:,} already in {config.output} are skipped)" \
+    already = f" ({scan.skipped_done:,} already in {config.output_path} are skipped)" \
         if scan.skipped_done else ""
     console.say(f"{scan.requests:,} requests to send{already}; limits: {_limit_text(limits)}")
     if plan.binding is not None:
@@ -668,7 +658,7 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     try:
         asyncio.run(sender.run())
     except OSError as exc:
-        message = f"cannot write {config.output}: {exc.strerror or exc}"
+        message = f"cannot write {config.output_path}: {exc.strerror or exc}"
         console.say(f"error: {message}")
         return RunResult(exit_code=EXIT_INCOMPLETE, message=message,
                          lines_written=writer.lines_written)
@@ -713,7 +703,7 @@ def _say_earlier_failures(console: _Console, count: int, config: RunConfig) -> N
     if count:
         what = "1 request" if count == 1 else f"{count:,} requests"
         console.say(f"  {what} failed with a final error in an earlier run (in "
-                    f"{config.output}); a re-run does not retry final errors: remove those "
+                    f"{config.output_path}); a re-run does not retry final errors: remove those "
                     f"lines to send them again")
 
 
@@ -728,6 +718,9 @@ def _summary(scan: InputScan, tally: _Tally, stats: SupervisorStats | None, limi
         retries=stats.retries if stats is not None else 0,
         resumes=stats.resumes if stats is not None else 0,
         rate_limited=stats.rate_limited if stats is not None else 0,
+        overloaded=stats.overloaded if stats is not None else 0,
+        server_errors=stats.server_errors if stats is not None else 0,
+        transport_errors=stats.transport_errors if stats is not None else 0,
         prompt_tokens=stats.prompt_tokens if stats is not None else 0,
         completion_tokens=stats.completion_tokens if stats is not None else 0,
         wall_seconds=wall,

@@ -37,6 +37,8 @@ __all__ = [
     "Choice",
     "ChunkAssembler",
     "Delta",
+    "Function",
+    "Message",
     "ToolCall",
     "Usage",
     "parse_completion",
@@ -106,6 +108,17 @@ class Usage:
                    total_tokens=prompt + completion if total is None else total,
                    cached_tokens=cached, raw=data)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The usage object as the API sends it (the server's own dict when there is one)."""
+        if self.raw:
+            return dict(self.raw)
+        body: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
+                                "completion_tokens": self.completion_tokens,
+                                "total_tokens": self.total_tokens}
+        if self.cached_tokens is not None:
+            body["cached_tokens"] = self.cached_tokens
+        return body
+
     def __add__(self, other: Usage) -> Usage:
         if not isinstance(other, Usage):
             return NotImplemented
@@ -139,8 +152,17 @@ def _combine_choice_usages(usages: list[Usage]) -> Usage | None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Function:
+    """The function a tool call names, as the openai SDK shapes it."""
+
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolCall:
-    """One complete tool call; ``arguments`` is the JSON text exactly as the model wrote it."""
+    """One complete tool call; ``arguments`` is the JSON text exactly as the model wrote it.
+    ``call.function.name`` and ``call.function.arguments`` read as in the openai SDK."""
 
     index: int
     id: str | None
@@ -151,6 +173,33 @@ class ToolCall:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"ToolCall.index must be >= 0, got {self.index}")
+
+    @property
+    def function(self) -> Function:
+        return Function(name=self.name, arguments=self.arguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.id, "type": self.type,
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One choice's message, as the openai SDK shapes it: ``choices[0].message.content``."""
+
+    role: str = "assistant"
+    content: str = ""
+    reasoning_content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as the API sends it (reasoning and tool calls only when present)."""
+        message: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.reasoning_content:
+            message["reasoning_content"] = self.reasoning_content
+        if self.tool_calls:
+            message["tool_calls"] = [call.to_dict() for call in self.tool_calls]
+        return message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -168,18 +217,15 @@ class Choice:
         if self.index < 0:
             raise ValueError(f"Choice.index must be >= 0, got {self.index}")
 
-    def message(self) -> dict[str, Any]:
-        """This choice as an OpenAI chat message dict (role, content, and reasoning and tool
-        calls when present)."""
-        message: dict[str, Any] = {"role": self.role, "content": self.content}
-        if self.reasoning_content:
-            message["reasoning_content"] = self.reasoning_content
-        if self.tool_calls:
-            message["tool_calls"] = [
-                {"index": call.index, "id": call.id, "type": call.type,
-                 "function": {"name": call.name, "arguments": call.arguments}}
-                for call in self.tool_calls]
-        return message
+    @property
+    def message(self) -> Message:
+        """This choice's message: ``choice.message.content``, as in the openai SDK."""
+        return Message(role=self.role, content=self.content,
+                       reasoning_content=self.reasoning_content, tool_calls=self.tool_calls)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "message": self.message.to_dict(),
+                "finish_reason": self.finish_reason}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -218,6 +264,24 @@ class ChatResult:
     @property
     def finish_reason(self) -> str | None:
         return self.choices[0].finish_reason if self.choices else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``chat.completion`` body the API would have sent: the server's own body for a
+        non-stream answer, else one built from the assembled stream."""
+        raw = self.raw
+        if isinstance(raw, Mapping) and raw.get("object") == "chat.completion" \
+                and isinstance(raw.get("choices"), list):
+            return dict(raw)
+        body: dict[str, Any] = {"id": self.id, "object": "chat.completion",
+                                "created": self.created, "model": self.model,
+                                "choices": [choice.to_dict() for choice in self.choices]}
+        if self.usage is not None:
+            body["usage"] = self.usage.to_dict()
+        return body
+
+    def model_dump(self) -> dict[str, Any]:
+        """:meth:`to_dict`, under the name the openai SDK's (pydantic) results use."""
+        return self.to_dict()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -88,7 +88,6 @@ def test_window_seconds_shortens_minute_and_day_in_proportion() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    ["i"],                                         # no --output
     ["i", "-o", "o", "--tier", "6"],
     ["i", "-o", "o", "--tier", "one"],
     ["i", "-o", "o", "--rpm", "0"],
@@ -177,3 +176,11 @@ def test_to_argv_round_trips(tier: int | None, limits: tuple[int | None, ...],
                        skip_bad=skip_bad, window_seconds=window, max_attempts=attempts)
     assert parse(*config.to_argv()) == config
     assert config.limits() == parse(*config.to_argv()).limits()
+
+
+def test_only_a_dry_run_may_go_without_an_output(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="an output file is needed"):
+        RunConfig(input=tmp_path / "in.jsonl")
+    config = RunConfig(input=tmp_path / "in.jsonl", dry_run=True)
+    assert config.output is None
+    assert "--output" not in config.to_argv()

@@ -112,7 +112,7 @@ def test_render_plan_contains_the_figures() -> None:
     assert "nothing was sent" in text
     for figure in ("12,345", "1,234,567", "9,876,543", "55 already in the output",
                    "concurrency 50", "RPM 200", "TPM 2,000,000", "TPD no limit",
-                   "RPM 1h 01m", "TPM 4m 00s", "TPD 0s", "RPM binds",
+                   "RPM 1h 01m", "TPM 4m 00s", "TPD no limit", "RPM binds",
                    "at most 50 requests", "warning", "3,000,000"):
         assert figure in text, figure
 

@@ -74,10 +74,11 @@ def test_eta_uses_the_current_rate_then_the_average() -> None:
 
 def test_render_bar_shows_every_figure_within_width() -> None:
     s = snapshot()
-    line = render_bar(s, 160)
-    assert len(line) == 160
-    for figure in ("250/1,000", "25%", "failed 3", "retries 7", "429s 2", "in flight 40",
-                   "RPM 190/200", "TPM 1.2M/2M", "ETA 3m 57s"):
+    line = render_bar(s, 240)
+    assert len(line) == 240
+    for figure in ("250/1,000", "25%", "failed     3", "rate-limited     2", "overloaded     0",
+                   "5xx     0", "resumed     0", "unfinished     0", "in flight    40",
+                   "RPM   190/200", "TPM  1.2M/2M", "ETA  3m 57s"):
         assert figure in line, figure
     bar = line[1:line.index("]")]
     assert bar.count("#") == len(bar) // 4
@@ -92,12 +93,22 @@ def test_render_bar_never_exceeds_width(width: int) -> None:
 def test_render_bar_narrow_drops_the_least_useful_figures_first() -> None:
     line = render_bar(snapshot(), 79)
     assert line.startswith("[")
-    assert "ETA 3m 57s" in line
-    assert "RPM 190/200" in line
+    assert "ETA  3m 57s" in line
+    assert "RPM   190/200" in line
     assert "in flight" not in line
     no_bar = render_bar(snapshot(), 30)
-    assert no_bar == "250/1,000 25% | ETA 3m 57s"
-    assert render_bar(snapshot(), 12) == "250/1,000 25"
+    assert no_bar == "  250/1,000  25% | ETA  3m 57s"
+    assert render_bar(snapshot(), 12) == "  250/1,000 "
+
+
+def test_render_bar_keeps_its_width_as_figures_change() -> None:
+    """Every figure has a fixed width: the line does not jump as the run goes on."""
+    lines = [render_bar(snapshot(done=done, failed=min(done, failed), rpm=rpm), 200)
+             for done, failed, rpm in ((0, 0, 0.0), (9, 1, 9.0), (250, 3, 190.0),
+                                       (1000, 99, 199.5))]
+    assert len({len(line) for line in lines}) == 1
+    assert len({line.index("ETA") for line in lines}) == 1
+    assert len({line.index("failed") for line in lines}) == 1
 
 
 def test_render_bar_edges() -> None:
@@ -106,14 +117,15 @@ def test_render_bar_edges() -> None:
     empty = render_bar(snapshot(total=0, done=0, failed=0), 200)
     assert "100%" in empty
     unlimited = render_bar(snapshot(limits=Limits.unlimited()), 200)
-    assert "RPM 190 " in unlimited
-    assert "ETA --" in render_bar(snapshot(rpm=0.0, done=0, failed=0), 200)
+    assert "RPM   190 |" in unlimited
+    assert "ETA      --" in render_bar(snapshot(rpm=0.0, done=0, failed=0), 200)
 
 
 def test_render_log_line_has_full_figures() -> None:
     line = render_log_line(snapshot())
-    for figure in ("[1m 15s]", "250/1,000 done (25.0%)", "3 failed", "7 retries", "2 429s",
-                   "40 in flight", "RPM 190/200", "TPM 1,234,567/2,000,000", "ETA 3m 57s"):
+    for figure in ("[1m 15s]", "250/1,000 done (25.0%)", "3 failed", "7 retries",
+                   "2 rate-limited", "0 overloaded", "0 5xx", "0 resumed", "40 in flight",
+                   "RPM 190/200", "TPM 1,234,567/2,000,000", "ETA 3m 57s"):
         assert figure in line, figure
     assert "ETA unknown" in render_log_line(snapshot(rpm=0.0, done=0, failed=0))
     assert "TPM 1,234,567," in render_log_line(snapshot(limits=Limits(rpm=200)))
@@ -132,7 +144,8 @@ def test_render_summary_figures_and_resume() -> None:
     text = render_summary(summary(), resume_command="kimi-actors run in.jsonl -o out.jsonl")
     for figure in ("Finished in 10m 02s", "980", "12", "content_filter 10",
                    "invalid_request_error 2", "not finished", "8", "100",
-                   "in the output from an earlier run", "45", "stream resumes 3", "429s 1",
+                   "in the output from an earlier run", "45", "3   streams that dropped",
+                   "rate-limited 1",
                    "prompt 1,234,567", "completion 234,567",
                    "RPM 198.0 = 99.0% of 200", "TPM 1,500,000 = 75.0% of 2,000,000",
                    "8 unfinished requests", "kimi-actors run in.jsonl -o out.jsonl"):
