@@ -5,19 +5,18 @@ bounded window of actors) and yields results as they finish, errors included. ``
 over ``sup.chat(...)`` calls suits a handful of requests whose answers you want in order. Both
 share one governor, so the account's limits hold whatever mix of callers runs at once.
 
-Without ``MOONSHOT_API_KEY`` (or with ``--fake``) it runs against an embedded FakeKimi that
+By default it runs against an embedded FakeKimi (``--real`` sends to the Kimi API) that
 enforces a small account's limits over a 2-second "minute" (so the RPM limit paces the run)
 and injects some overloads and 500s, so you can watch retries happen and check every answer
 against the fake's deterministic reply.
 
-    python examples/fan_out.py [--fake] [--count 300] [--gather 60] [--model M]
+    python examples/fan_out.py [--real] [--count 300] [--gather 60] [--model M]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -37,7 +36,7 @@ async def endpoint(use_fake: bool) -> AsyncIterator[tuple[str | None, str | None
                                                           FakeKimi | None]]:
     """(base_url, api_key, limits, fake): an embedded FakeKimi, or the real API from the
     environment (``MOONSHOT_API_KEY``, optional ``MOONSHOT_BASE_URL``, tier-1 limits)."""
-    if use_fake or not os.environ.get("MOONSHOT_API_KEY"):
+    if use_fake:
         async with FakeKimi(limits=FAKE_LIMITS, faults=FAKE_FAULTS, latency=FAKE_LATENCY,
                             seed=7) as fake:
             yield fake.base_url, fake.api_key, FAKE_LIMITS, fake
@@ -54,7 +53,7 @@ def bodies(count: int, model: str, tag: str) -> Iterator[dict[str, Any]]:
 
 
 async def main(args: argparse.Namespace) -> int:
-    async with endpoint(args.fake) as (base_url, api_key, limits, fake):
+    async with endpoint(not args.real) as (base_url, api_key, limits, fake):
         where = "an embedded FakeKimi" if fake is not None else "the Kimi API"
         print(f"fanning out to {where} with {limits}")
         mismatched = 0
@@ -109,10 +108,12 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fake", action="store_true",
-                        help="use an embedded FakeKimi even when MOONSHOT_API_KEY is set")
+    parser.add_argument("--real", action="store_true",
+                        help="send to the real Kimi API (billed): needs MOONSHOT_API_KEY, "
+                             "and MOONSHOT_BASE_URL for another endpoint; without it the "
+                             "embedded FakeKimi answers")
     parser.add_argument("--count", type=int, default=300, help="requests sent through map")
     parser.add_argument("--gather", type=int, default=60,
                         help="requests sent through asyncio.gather")
-    parser.add_argument("--model", default="kimi-k2-turbo-preview")
+    parser.add_argument("--model", default="kimi-k2.6")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

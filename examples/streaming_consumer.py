@@ -7,11 +7,11 @@ sends the request again from scratch instead, and first hands the consumer a del
 ``restart=True``: everything received so far must then be discarded. A careful consumer
 handles both, as this one does.
 
-Without ``MOONSHOT_API_KEY`` (or with ``--fake``) it runs against an embedded FakeKimi that
+By default it runs against an embedded FakeKimi (``--real`` sends to the Kimi API) that
 sends a token every few milliseconds and drops a good share of connections mid-stream, then
 checks each answer against the fake's deterministic reply.
 
-    python examples/streaming_consumer.py [--fake] [--count 3] [--drop 0.5]
+    python examples/streaming_consumer.py [--real] [--count 3] [--drop 0.5]
                                           [--mode resume|restart|both]
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,7 +40,7 @@ MAX_TOKENS = 60
 async def endpoint(use_fake: bool, drop: float) -> AsyncIterator[tuple[str | None, str | None,
                                                                       FakeKimi | None]]:
     """(base_url, api_key, fake): an embedded, flaky FakeKimi, or the real API."""
-    if use_fake or not os.environ.get("MOONSHOT_API_KEY"):
+    if use_fake:
         async with FakeKimi(faults=Faults(drop=drop), latency=Latency(per_token=0.003),
                             seed=11) as fake:
             yield fake.base_url, fake.api_key, fake
@@ -75,7 +74,7 @@ async def consume(sup: Supervisor, model: str, prompt: str) -> str:
 
 async def run(mode: ResumeMode, args: argparse.Namespace) -> tuple[int, int, int, int]:
     """Stream the prompts with one recovery mode; (answers, matching, resumes, restarts)."""
-    async with endpoint(args.fake, args.drop) as (base_url, api_key, fake):
+    async with endpoint(not args.real, args.drop) as (base_url, api_key, fake):
         print(f"=== recovery mode: {mode.value} "
               f"({'embedded FakeKimi, drop ' + str(args.drop) if fake else 'Kimi API'})")
         resume = ResumePolicy(mode=mode, max_resumes=10)
@@ -115,11 +114,13 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fake", action="store_true",
-                        help="use an embedded FakeKimi even when MOONSHOT_API_KEY is set")
+    parser.add_argument("--real", action="store_true",
+                        help="send to the real Kimi API (billed): needs MOONSHOT_API_KEY, "
+                             "and MOONSHOT_BASE_URL for another endpoint; without it the "
+                             "embedded FakeKimi answers")
     parser.add_argument("--count", type=int, default=3, help="answers to stream per mode")
     parser.add_argument("--drop", type=float, default=0.5,
                         help="FakeKimi's chance of dropping a stream mid-way (default 0.5)")
     parser.add_argument("--mode", choices=("resume", "restart", "both"), default="both")
-    parser.add_argument("--model", default="kimi-k2-turbo-preview")
+    parser.add_argument("--model", default="kimi-k2.6")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

@@ -8,18 +8,16 @@ window length, so the same code runs a tier-0 account's "minute" in one second a
 FakeKimi. Finally, when the configured limit is higher than the account's, the first 429
 ("max RPM: 3") names the real limit and the governor adopts it for everyone.
 
-Without ``MOONSHOT_API_KEY`` (or with ``--fake``) the requests go to an embedded FakeKimi
-enforcing tier 0 over ``--window`` seconds. With a real key, only the table and the overrides
-are shown (sending requests just to hit limits would spend your quota).
+The requests always go to an embedded FakeKimi enforcing tier 0 over ``--window`` seconds,
+never to the real API: sending requests just to hit limits would spend your quota.
 
-    python examples/tier_tuning.py [--fake] [--window 1.0] [--requests 9]
+    python examples/tier_tuning.py [--window 1.0] [--requests 9]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 from kimi_actors import TIERS, GovernorStats, Limits, Supervisor
@@ -95,9 +93,6 @@ async def adopted(base_url: str, api_key: str, window: float, server_rpm: int) -
 async def main(args: argparse.Namespace) -> int:
     show_table()
     show_overrides(args.window)
-    if not args.fake and os.environ.get("MOONSHOT_API_KEY"):
-        print("(a real key is set: not sending requests; pass --fake to run the demo)")
-        return 0
     tier0 = Limits.tier(0, minute=args.window, day=args.window * 1440)
     async with FakeKimi(limits=tier0) as fake:
         print(f"\nPacing {args.requests} requests under tier 0 ({tier0.rpm} RPM, concurrency "
@@ -119,9 +114,6 @@ async def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fake", action="store_true",
-                        help="run the demo on an embedded FakeKimi even when MOONSHOT_API_KEY "
-                             "is set")
     parser.add_argument("--window", type=float, default=1.0,
                         help="length of a 'minute' in seconds for the demo (default 1)")
     parser.add_argument("--requests", type=int, default=9,

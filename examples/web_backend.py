@@ -13,11 +13,11 @@ the account's limits, share one connection pool and one circuit breaker. Two end
 A client that goes away mid-answer makes the write fail; leaving the ``async with
 sup.stream(...)`` block then closes the upstream connection and frees its slot at once.
 
-Without ``MOONSHOT_API_KEY`` (or with ``--fake``) an embedded FakeKimi answers, dropping some
+By default (without ``--real``) an embedded FakeKimi answers, dropping some
 streams so resumes happen. ``--self-test`` starts the app on a free loopback port, asks it a
 few questions over both endpoints at once, checks the answers and exits.
 
-    python examples/web_backend.py [--fake] [--host 127.0.0.1] [--port 8080]
+    python examples/web_backend.py [--real] [--host 127.0.0.1] [--port 8080]
     python examples/web_backend.py --self-test [--questions 4]
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
@@ -36,7 +35,7 @@ from aiohttp import web
 from kimi_actors import KimiError, Limits, Supervisor
 from kimi_actors.testing import FakeKimi, Faults, Latency, expected_reply
 
-MODEL = "kimi-k2-turbo-preview"
+MODEL = "kimi-k2.6"
 MAX_TOKENS = 80
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 FAKE = web.AppKey("fake", FakeKimi)
@@ -215,8 +214,10 @@ async def self_test(questions: int, use_fake: bool) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fake", action="store_true",
-                        help="use an embedded FakeKimi even when MOONSHOT_API_KEY is set")
+    parser.add_argument("--real", action="store_true",
+                        help="send to the real Kimi API (billed): needs MOONSHOT_API_KEY, "
+                             "and MOONSHOT_BASE_URL for another endpoint; without it the "
+                             "embedded FakeKimi answers")
     parser.add_argument("--self-test", action="store_true",
                         help="serve on loopback, ask a few questions, check, exit")
     parser.add_argument("--questions", type=int, default=4,
@@ -224,7 +225,7 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args()
-    use_fake = args.fake or not os.environ.get("MOONSHOT_API_KEY")
+    use_fake = not args.real
     if args.self_test:
         return asyncio.run(self_test(args.questions, use_fake))
     web.run_app(build_app(use_fake), host=args.host, port=args.port)

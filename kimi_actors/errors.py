@@ -201,7 +201,16 @@ class TransportError(KimiError):
 
 
 class ConnectionFailedError(TransportError):
-    pass
+    """The connection could not be made, or broke. ``reason`` says how a connection attempt
+    failed: ``"refused"``, ``"dns"``, ``"tls"``, ``"timeout"`` or ``"unreachable"``; it is
+    ``None`` for a connection that broke after it was made."""
+
+    def __init__(self, message: str, *, reason: str | None = None, host: str | None = None,
+                 port: int | None = None, request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.reason = reason
+        self.host = host
+        self.port = port
 
 
 class RequestTimeoutError(TransportError):

@@ -105,8 +105,14 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts,
         err: KimiError = RequestTimeoutError(
             f"timed out waiting for the {phase.replace('_', ' ')} after {limit} s",
             phase=phase, timeout=limit)
+        if phase == "connect" and isinstance(exc, aiohttp.ConnectionTimeoutError):
+            err.add_note("kimi_actors: no answer to the connection attempt: check the "
+                         "network, a firewall or proxy, and the host in base_url")
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        err = ConnectionFailedError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}")
+        reason = _connect_reason(exc)
+        err = ConnectionFailedError(
+            f"cannot connect to {exc.host}:{exc.port} ({reason}): {exc.os_error}",
+            reason=reason, host=exc.host, port=exc.port)
     elif isinstance(exc, aiohttp.ClientPayloadError):
         err = ConnectionFailedError(f"the connection broke during the {phase.replace('_', ' ')}:"
                                     f" {type(exc).__name__}")
@@ -124,6 +130,18 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts,
 
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
+
+
+def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc.os_error, TimeoutError):
+        return "timeout"
+    return "unreachable"
 
 
 async def _read_body(content: aiohttp.StreamReader, limit: int, *, truncate: bool) -> bytes:

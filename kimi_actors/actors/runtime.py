@@ -104,6 +104,8 @@ class Runtime:
         self.counters = Counters()
         #: False once the endpoint showed it ignores Partial Mode: streams restart instead.
         self.partial_mode = True
+        #: The latest failure to reach or keep a connection, for diagnosis.
+        self.last_transport_error: TransportError | None = None
         self._stopped: KimiError | None = None
         self._account_error: KimiError | None = None
         self._account_error_at = 0.0
@@ -290,6 +292,7 @@ class Runtime:
             self.counters.server_errors += 1
         elif isinstance(error, TransportError):
             self.counters.transport_errors += 1
+            self.last_transport_error = error
         if outcome.action is Action.FATAL_RUN:
             self._on_fatal(error)
 

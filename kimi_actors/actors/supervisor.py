@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
 from ..clock import Clock, MonotonicClock
-from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError
+from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError, TransportError
 from ..governance.governor import Governor, GovernorStats
 from ..limits import Limits
 from ..observe import emit
@@ -102,6 +102,8 @@ class SupervisorStats:
     closed: bool
     #: True while a run-fatal error (rejected key, exhausted quota) makes new calls fail fast.
     account_refused: bool
+    #: The latest attempt that could not reach the server or lost its connection.
+    last_transport_error: TransportError | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -541,7 +543,8 @@ class Supervisor:
             breaker_state=rt.breaker.state(rt.clock.now()).value,
             breaker_trips=rt.breaker.trips,
             governor=governor, closed=self._closing,
-            account_refused=rt.halted is not None)
+            account_refused=rt.halted is not None,
+            last_transport_error=rt.last_transport_error)
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

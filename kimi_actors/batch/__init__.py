@@ -66,6 +66,7 @@ from .runner import (
     cli_logging,
     completion_body,
     run_batch,
+    unreachable_message,
 )
 
 __all__ = [
@@ -120,6 +121,7 @@ __all__ = [
     "repair_output",
     "rolling_window_seconds",
     "run_batch",
+    "unreachable_message",
     "scan_input",
     "scan_output",
     "verify_answers",

@@ -74,8 +74,10 @@ from ..actors.supervisor import MapResult, Supervisor, SupervisorStats
 from ..errors import (
     AuthenticationError,
     BatchInputError,
+    ConnectionFailedError,
     KimiError,
     QuotaExhaustedError,
+    RequestTimeoutError,
     SupervisorClosedError,
 )
 from ..limits import Limits
@@ -117,6 +119,7 @@ __all__ = [
     "cli_logging",
     "completion_body",
     "run_batch",
+    "unreachable_message",
 ]
 
 EXIT_OK = 0
@@ -545,10 +548,45 @@ class _Sender:
 
     async def _tick(self, sup: Supervisor) -> None:
         reporter = self._console.reporter
+        warned = False
         while True:
             now = time.monotonic()
-            reporter.update(self.snapshot(sup.statistics(), now), now)
+            stats = sup.statistics()
+            reporter.update(self.snapshot(stats, now), now)
+            if not warned and self.tally.ok == 0:
+                problem = unreachable_message(stats, self._config.base_url)
+                if problem is not None:
+                    warned = True
+                    self._console.say(f"warning: {problem}")
             await asyncio.sleep(_TICK_SECONDS)
+
+
+_REASON_HINTS: Mapping[str | None, str] = MappingProxyType({
+    "refused": "nothing accepts connections there: check the port in --base-url and that the "
+               "server is up",
+    "dns": "the host name does not resolve: check its spelling in --base-url and the DNS",
+    "tls": "the TLS handshake failed: check https:// against http:// in --base-url, and the "
+           "certificate (a proxy that intercepts TLS needs its CA trusted)",
+    "timeout": "the host does not answer: check the network, a firewall or proxy "
+               "(HTTPS_PROXY), and the host in --base-url",
+    "unreachable": "the host cannot be reached: check the network and the host in --base-url",
+})
+
+
+def unreachable_message(stats: SupervisorStats, base_url: str) -> str | None:
+    """What to tell a person once attempts fail to connect at all: which address, how, and
+    what to check; ``None`` while nothing says the server is out of reach."""
+    error = stats.last_transport_error
+    if isinstance(error, ConnectionFailedError) and error.reason is not None:
+        where = f"{error.host}:{error.port}" if error.host else redact_url(base_url)
+        reason = error.reason
+    elif isinstance(error, RequestTimeoutError) and error.phase == "connect":
+        where, reason = redact_url(base_url), "timeout"
+    else:
+        return None
+    tries = "attempt" if stats.transport_errors == 1 else "attempts"
+    return (f"cannot connect to {where} ({reason}; {stats.transport_errors:,} {tries} so "
+            f"far, retrying with backoff): {_REASON_HINTS[reason]}")
 
 
 def _resolve_key(config: RunConfig, environ: Mapping[str, str]) -> str | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import signal
+import sys
 from collections.abc import Callable
 
 from ..limits import Limits
@@ -108,7 +110,16 @@ async def serve(args: argparse.Namespace,
         except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, threads
             pass
     try:
-        async with fake:
+        try:
+            await fake.start()
+        except OSError as exc:
+            taken = exc.errno == errno.EADDRINUSE
+            what = ("is already in use (another fake-server, or another program?)" if taken
+                    else f"cannot be listened on: {exc.strerror or exc}")
+            print(f"error: port {args.port} on {args.host} {what}; choose another --port, or "
+                  f"--port 0 for any free one", file=sys.stderr, flush=True)
+            return 2
+        try:
             tier = "none" if args.tier is None else f"tier {args.tier}"
             print(f"FakeKimi serving {fake.base_url}", flush=True)
             print(f"api key: {_key_hint(args.api_key)}", flush=True)
@@ -118,6 +129,8 @@ async def serve(args: argparse.Namespace,
                 on_ready(fake)
             await stop.wait()
             stats = fake.statistics()
+        finally:
+            await fake.close()
         print(f"stopped after {stats.requests} requests ({stats.accepted} accepted, "
               f"{stats.completed} completed)", flush=True)
     finally:

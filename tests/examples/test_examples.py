@@ -1,6 +1,6 @@
 """The examples run end to end against FakeKimi, as a user would start them.
 
-Each example runs in its own process with ``--fake`` (or ``--self-test``) and small counts, and
+Each example runs in its own process (FakeKimi is the default) with small counts, and
 must exit 0 and print its summary line with the counts it promised: every answer present and
 exact, resumes and restarts where drops were injected, no 429 where the governor paces.
 """
@@ -18,8 +18,9 @@ HANG_GUARD = 120
 
 
 def run_example(name: str, *args: str) -> str:
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("MOONSHOT_API_KEY", "MOONSHOT_BASE_URL")}
+    # A key in the environment must not switch an example to the real API: only --real does.
+    env = {**os.environ, "MOONSHOT_API_KEY": "sk-must-not-be-used",
+           "MOONSHOT_BASE_URL": "http://127.0.0.1:9/v1"}
     done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env,
                           capture_output=True, text=True, timeout=HANG_GUARD, check=False)
     assert done.returncode == 0, f"{name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
@@ -33,7 +34,7 @@ def summary(pattern: str, output: str) -> tuple[int, ...]:
 
 
 def test_fan_out_answers_everything_through_map_and_gather() -> None:
-    output = run_example("fan_out.py", "--fake", "--count", "60", "--gather", "20")
+    output = run_example("fan_out.py", "--count", "60", "--gather", "20")
     mapped, asked_map, gathered, asked_gather = summary(
         r"fan-out: (\d+)/(\d+) via map .*?, (\d+)/(\d+) via gather", output)
     assert (mapped, gathered) == (asked_map, asked_gather) == (60, 20)
@@ -41,7 +42,7 @@ def test_fan_out_answers_everything_through_map_and_gather() -> None:
 
 
 def test_streaming_consumer_recovers_dropped_streams_both_ways() -> None:
-    output = run_example("streaming_consumer.py", "--fake", "--count", "3", "--drop", "0.5")
+    output = run_example("streaming_consumer.py", "--count", "3", "--drop", "0.5")
     exact, answers, resumes, restarts = summary(
         r"streaming: (\d+)/(\d+) answers complete and exact, (\d+) resumes, (\d+) restarts",
         output)
@@ -52,13 +53,13 @@ def test_streaming_consumer_recovers_dropped_streams_both_ways() -> None:
 
 
 def test_web_backend_self_test_streams_correct_answers() -> None:
-    output = run_example("web_backend.py", "--fake", "--self-test", "--questions", "2")
+    output = run_example("web_backend.py", "--self-test", "--questions", "2")
     good, total = summary(r"self-test: (\d+)/(\d+) answers streamed and correct", output)
     assert good == total == 4
 
 
 def test_tier_tuning_paces_without_429_and_adopts_the_server_limit() -> None:
-    output = run_example("tier_tuning.py", "--fake", "--window", "0.5", "--requests", "6")
+    output = run_example("tier_tuning.py", "--window", "0.5", "--requests", "6")
     requests, rejected, configured, adopted = summary(
         r"tier tuning: (\d+) requests .*?, (\d+) 429s; server-named limit adopted: "
         r"rpm (\d+) -> (\d+)", output)
