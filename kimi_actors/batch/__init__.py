@@ -121,9 +121,9 @@ __all__ = [
     "repair_output",
     "rolling_window_seconds",
     "run_batch",
-    "unreachable_message",
     "scan_input",
     "scan_output",
+    "unreachable_message",
     "verify_answers",
     "write_demo_input",
 ]
