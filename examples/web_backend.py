@@ -2,7 +2,7 @@
 
 One Supervisor per process, created in the app's ``cleanup_ctx`` so it starts with the app and
 drains when the app stops: every request handler uses it, so all of them together stay within
-the account's limits, share one connection pool and one circuit breaker. Two endpoints:
+the account's limits, share one connection pool and one circuit breaker. Three endpoints:
 
 * ``GET /ask?q=...`` streams the answer as plain text chunks;
 * ``GET /ask/sse?q=...`` streams it as server-sent events (``data: {"content": ...}``, an

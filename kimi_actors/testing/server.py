@@ -433,6 +433,11 @@ class FakeKimi:
         self._faults = faults
         self._random_faults = faults.any_random
 
+    @property
+    def limits(self) -> Limits:
+        """The account limits it enforces now."""
+        return self._limiter.limits
+
     def set_limits(self, limits: Limits) -> None:
         if not isinstance(limits, Limits):
             raise ValueError(f"set_limits needs a Limits, got {type(limits).__name__}")
