@@ -47,7 +47,7 @@ def write_input(path: Path, lines: int, seed: int = 7) -> None:
             if rng.random() < 0.3:
                 messages.append({"role": "system", "content": "You are a concise assistant."})
             messages.append({"role": "user", "content": f"{rng.choice(PROMPTS)} (#{i})"})
-            body = {"model": "kimi-k2-turbo-preview", "messages": messages,
+            body = {"model": "kimi-k2.6", "messages": messages,
                     "max_tokens": rng.choice([64, 256, 1024])}
             fh.write(json.dumps({"custom_id": f"req-{i:07d}", "method": "POST",
                                  "url": "/v1/chat/completions", "body": body},

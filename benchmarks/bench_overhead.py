@@ -39,7 +39,7 @@ from _common import FakeServer, fake_server, median, server_spec
 
 from kimi_actors import Limits, Supervisor
 
-MODEL = "kimi-k2-turbo-preview"
+MODEL = "kimi-k2.6"
 TARGET = 1.3
 
 

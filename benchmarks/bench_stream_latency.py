@@ -49,7 +49,7 @@ from kimi_actors.protocol.sse import SSEEvent
 from kimi_actors.testing import expected_reply
 from kimi_actors.transport import StreamResponse
 
-MODEL = "kimi-k2-turbo-preview"
+MODEL = "kimi-k2.6"
 TARGET_P99_MS = 5.0
 HEARTBEAT = 0.005
 SWEEP = ((0.02, 50), (0.05, 40), (0.1, 30), (0.25, 16), (0.5, 10))

@@ -101,7 +101,7 @@ class DemoCheck:
 def _expected_message(body: Mapping[str, Any]) -> tuple[str, str, str]:
     from ..testing import expected_reply
 
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     reply = expected_reply(body["model"], body["messages"], seed=body.get("seed"),
                            max_tokens=max_tokens if isinstance(max_tokens, int) else None)
     return reply.content, reply.reasoning_content, reply.finish_reason

@@ -38,7 +38,7 @@ def test_the_demo_file_is_varied() -> None:
     assert len(with_cjk) >= 40
     mixed = [p for p in with_cjk if estimate_text_tokens(p.encode("ascii", "ignore").decode()) > 3]
     assert len(mixed) >= 10
-    assert {r.body["model"] for r in requests} == {"kimi-k2-turbo-preview"}
+    assert {r.body["model"] for r in requests} == {"kimi-k2.6"}
     cut_short = [r for r in requests if r.body.get("max_tokens", 1024) <= 16]
     assert 3 <= len(cut_short) <= 20
     assert any(r.body["messages"][0]["role"] == "system" for r in requests)
