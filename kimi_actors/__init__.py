@@ -53,6 +53,7 @@ from .policy import (
     ResumeMode,
     ResumePolicy,
     RetryPolicy,
+    TimeoutPhase,
     Timeouts,
 )
 from .protocol.chunks import ChatResult, Choice, Delta, Function, Message, ToolCall, Usage
@@ -111,6 +112,7 @@ __all__ = [
     "Supervisor",
     "SupervisorClosedError",
     "SupervisorStats",
+    "TimeoutPhase",
     "Timeouts",
     "ToolCall",
     "TransportError",

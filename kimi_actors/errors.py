@@ -27,9 +27,25 @@
     ├── SupervisorClosedError         the supervisor stopped before the request ran
     └── BatchInputError               a batch input file has bad lines (.problems lists them)
 
-Every error carries structured fields rather than only a message, and ``fatal_for_run`` tells
-the runtime when every further request would fail the same way. When retries run out (attempts
-or retry budget) the last error itself is raised, with ``attempts`` set and a note saying why.
+Every error carries structured fields rather than only a message. What the runtime does with
+an error is data on its class, read by the consumers instead of isinstance chains:
+
+=================  ==========================================================================
+flag               meaning
+=================  ==========================================================================
+``retryable``      sending the same request again may succeed
+``fatal_for_run``  every further request of the run would fail the same way
+``trips_breaker``  it says the server is unhealthy: it counts toward the circuit breaker
+``mid_stream``     it still counts when it ends a stream that was flowing (``trips_breaker``)
+``spends_budget``  a retry of it draws on the retry budget (not when the governor paces it)
+``final``          the server refused this very request: a re-run gets the same answer
+``counter``        the ``statistics()`` field an attempt that failed this way increments
+=================  ==========================================================================
+
+Adding an error type is a class here with its flags, and one line in protocol/classify.py that
+says which answers produce it. When retries run out (attempts or retry budget) the last error
+itself is raised, with ``attempts`` set and a note saying why.
+
 The API key never survives into an error: messages, notes, error types, bodies and reprs pass
 :func:`~kimi_actors.redaction.redact_text` when they are set and again when they are shown, so
 a server or proxy that quotes the Authorization header back cannot leak it through an error.
@@ -37,9 +53,10 @@ a server or proxy that quotes the Authorization header back cannot leak it throu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from .limits import Dimension
+from .policy import TimeoutPhase
 from .redaction import redact_bytes, redact_text, redact_url
 
 __all__ = [
@@ -70,13 +87,27 @@ __all__ = [
 ]
 
 
+
+
+
 class KimiError(Exception):
     """Root of every error kimi_actors raises."""
 
-    #: True when every further request of the run would fail the same way.
-    fatal_for_run: bool = False
-    #: True when sending the same request again may succeed.
-    retryable: bool = False
+    #: Every further request of the run would fail the same way.
+    fatal_for_run: ClassVar[bool] = False
+    #: Sending the same request again may succeed.
+    retryable: ClassVar[bool] = False
+    #: It says the server is unhealthy: it counts toward the circuit breaker. An instance may
+    #: say otherwise (a 408 is a retryable 5xx-like answer that says nothing of health).
+    trips_breaker: bool = False
+    #: It still counts toward the breaker when it ends a stream that was already flowing.
+    mid_stream: ClassVar[bool] = True
+    #: A retry of it draws on the retry budget.
+    spends_budget: ClassVar[bool] = True
+    #: The server refused this very request: a re-run gets the same answer.
+    final: ClassVar[bool] = False
+    #: The ``statistics()`` counter an attempt that failed this way increments.
+    counter: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         message = redact_text(message)
@@ -107,6 +138,8 @@ def _rebuild(cls: type[KimiError], state: dict[str, Any]) -> KimiError:
 
 class APIError(KimiError):
     """The server answered with an HTTP or in-body error."""
+
+    final = True
 
     def __init__(
         self,
@@ -150,6 +183,7 @@ class ContentFilterError(APIError):
 
 class AuthenticationError(APIError):
     fatal_for_run = True
+    final = False
 
 
 class PermissionDeniedError(APIError):
@@ -165,21 +199,35 @@ class ModelNotFoundError(NotFoundError):
 
 
 class RateLimitError(APIError):
+    """A numbered limit was hit. Its retry is paced by the governor's pause of the named
+    dimension, so it cannot multiply traffic and does not draw on the retry budget."""
+
     retryable = True
+    final = False
+    spends_budget = False
+    counter = "rate_limited"
 
     def __init__(self, message: str, *, dimension: Dimension | None = None,
-                 **kwargs: Any) -> None:
+                 limit: int | None = None, scope: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         #: Which account limit the server says was hit, when it says so.
         self.dimension = dimension
+        #: The limit's value the server names ("max RPM: 20"), when it names one.
+        self.limit = limit
+        #: Whose limit: "organization" or "project", when the message says.
+        self.scope = scope
 
 
 class EngineOverloadedError(APIError):
     retryable = True
+    final = False
+    trips_breaker = True
+    counter = "overloaded"
 
 
 class QuotaExhaustedError(APIError):
     fatal_for_run = True
+    final = False
 
 
 class RedirectError(APIError):
@@ -192,12 +240,33 @@ class RedirectError(APIError):
         self.location = None if location is None else redact_url(location)
 
 
+#: Statuses that say "not now" without a word about the server's health (408, 425).
+NOT_NOW_STATUSES = frozenset({408, 425})
+
+
 class ServerError(APIError):
+    """5xx, ``server_error``, ``unexpected_output``; 408 and 425 too, which do not count
+    toward the breaker."""
+
     retryable = True
+    final = False
+    trips_breaker = True
+    counter = "server_errors"
+
+    def __init__(self, message: str, *, status: int, **kwargs: Any) -> None:
+        super().__init__(message, status=status, **kwargs)
+        if status in NOT_NOW_STATUSES:
+            self.trips_breaker = False
 
 
 class TransportError(KimiError):
+    """No usable HTTP answer. Before a response it says the server may be unhealthy; once a
+    stream flowed, a drop or a stall says little (a network path, a proxy's idle cut)."""
+
     retryable = True
+    trips_breaker = True
+    mid_stream = False
+    counter = "transport_errors"
 
 
 class ConnectionFailedError(TransportError):
@@ -214,11 +283,11 @@ class ConnectionFailedError(TransportError):
 
 
 class RequestTimeoutError(TransportError):
-    def __init__(self, message: str, *, phase: str, timeout: float | None = None,
-                 request_id: str | None = None) -> None:
+    def __init__(self, message: str, *, phase: TimeoutPhase | str,
+                 timeout: float | None = None, request_id: str | None = None) -> None:
         super().__init__(message, request_id=request_id)
-        #: "connect", "first_byte" or "read_idle".
-        self.phase = phase
+        #: What it was waiting for (compares equal to its string value, "read_idle").
+        self.phase = TimeoutPhase(phase)
         self.timeout = timeout
 
 

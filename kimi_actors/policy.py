@@ -13,6 +13,7 @@ __all__ = [
     "ResumeMode",
     "ResumePolicy",
     "RetryPolicy",
+    "TimeoutPhase",
     "Timeouts",
 ]
 
@@ -140,6 +141,22 @@ class FatalPolicy:
         if not isinstance(self.mode, FatalMode):
             raise ValueError(f"FatalPolicy.mode must be a FatalMode, got {self.mode!r}")
         _positive("FatalPolicy", cool_down=self.cool_down)
+
+
+class TimeoutPhase(enum.StrEnum):
+    """What a :class:`RequestTimeoutError` was waiting for."""
+
+    #: TCP and TLS set-up.
+    CONNECT = "connect"
+    #: Response headers (a stream's within ``first_byte``, a non-stream answer's within
+    #: ``non_stream_first_byte``).
+    FIRST_BYTE = "first_byte"
+    #: The next complete stream event, or the next read of a body.
+    READ_IDLE = "read_idle"
+    #: The end of one whole attempt.
+    RESPONSE = "response"
+    #: The caller's own ``timeout=`` for the whole call, retries included.
+    DEADLINE = "deadline"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

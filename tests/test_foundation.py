@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -264,7 +265,7 @@ def test_public_all_is_exactly_the_documented_surface() -> None:
         "DimensionStats", "EngineOverloadedError", "FakeClock", "FatalMode", "FatalPolicy",
             "GovernorStats",
         "IncompleteStreamError", "KimiError", "LimitExceededError", "Limits", "MapResult",
-            "MapSuccess", "MapFailure", "Message", "Function", "ChatParams",
+            "MapSuccess", "MapFailure", "Message", "Function", "ChatParams", "TimeoutPhase",
         "ModelNotFoundError", "MonotonicClock", "NotFoundError", "PermissionDeniedError",
         "ProtocolError", "QuotaExhaustedError", "RateLimitError", "RedirectError",
             "RequestTimeoutError",
@@ -277,3 +278,32 @@ def test_public_all_is_exactly_the_documented_surface() -> None:
     assert len(kimi_actors.__all__) == len(expected)
     for name in kimi_actors.__all__:
         assert hasattr(kimi_actors, name), name
+
+
+def _flags_table() -> dict[str, list[str]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    start = text.index("| error | retryable |")
+    rows = {}
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        name, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[name] = cells
+    return rows
+
+
+def test_docs_errors_table_is_the_flags_of_the_classes() -> None:
+    """docs/errors.md's table is read from the classes, the one source of their behaviour."""
+    import kimi_actors.errors as errors
+
+    def yes(value: bool) -> str:
+        return "yes" if value else "no"
+
+    rows = _flags_table()
+    assert set(rows) == set(errors.__all__)
+    for name, cells in rows.items():
+        cls = getattr(errors, name)
+        trips = ("before a stream flowed" if cls.trips_breaker and not cls.mid_stream
+                 else yes(cls.trips_breaker))
+        assert cells == [yes(cls.retryable), yes(cls.fatal_for_run), trips,
+                         yes(cls.spends_budget), yes(cls.final), cls.counter or ""], name

@@ -18,10 +18,7 @@ from typing import Any
 from ..clock import Clock
 from ..errors import (
     CircuitOpenError,
-    EngineOverloadedError,
     KimiError,
-    RateLimitError,
-    ServerError,
     TransportError,
 )
 from ..governance.backoff import RetryBudget, retry_delay
@@ -82,6 +79,10 @@ class Counters:
     completion_tokens: int = 0
     usage_anomalies: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        """Add one to the counter ``name`` (an error class's ``counter``)."""
+        setattr(self, name, getattr(self, name) + 1)
 
 
 class Runtime:
@@ -275,24 +276,20 @@ class Runtime:
             self._account_answered(ticket, outcome)
         if error is None:
             return
-        if isinstance(error, RateLimitError):
-            self.counters.rate_limited += 1
+        if error.counter is not None:
+            self.counters.count(error.counter)
+        if isinstance(error, TransportError):
+            self.last_transport_error = error
+        if not error.spends_budget:  # paced by the governor: tell it what the server said
             adopted = self.governor.on_rate_limited(outcome.dimension,
                                                     retry_after=outcome.retry_after,
-                                                    message=error.message)
+                                                    limit=outcome.limit)
             emit("warning", "rate_limited", dimension=outcome.dimension,
                  retry_after=outcome.retry_after, request_id=error.request_id,
                  message=error.message)
             if adopted is not None:
                 emit("warning", "limit_lowered_to_server_limit", dimension=outcome.dimension,
                      limit=adopted)
-        elif isinstance(error, EngineOverloadedError):
-            self.counters.overloaded += 1
-        elif isinstance(error, ServerError):
-            self.counters.server_errors += 1
-        elif isinstance(error, TransportError):
-            self.counters.transport_errors += 1
-            self.last_transport_error = error
         if outcome.action is Action.FATAL_RUN:
             self._on_fatal(error)
 
@@ -340,8 +337,7 @@ class Runtime:
                 raise error
             # A rate-limit 429 is paced by the governor's pause, not multiplied by retrying, so
             # it does not draw on the budget (which guards against overload retry storms).
-            if not isinstance(error, RateLimitError) and not self.budget.try_spend(
-                    self.clock.now()):
+            if error.spends_budget and not self.budget.try_spend(self.clock.now()):
                 error.add_note("kimi_actors: not retried: the retry budget is spent "
                                "(too many retries in the last window)")
                 raise error

@@ -625,7 +625,7 @@ def is_final_error(error: KimiError) -> bool:
     """True for errors that cannot succeed on a retry or a re-run: the server refused this very
     request (bad request, content filter, permission, not found). Only these go to the output;
     anything else (retries exhausted, run stopped, run-fatal) is left for a re-run."""
-    return isinstance(error, APIError) and not error.retryable and not error.fatal_for_run
+    return error.final
 
 
 def _dumps_line(record: Mapping[str, Any]) -> bytes:

@@ -17,7 +17,6 @@ import asyncio
 import heapq
 import itertools
 import math
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,7 +25,7 @@ from ..errors import KimiError, LimitExceededError
 from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
 
-__all__ = ["DimensionStats", "Governor", "GovernorStats", "Permit", "server_limit_from_message"]
+__all__ = ["DimensionStats", "Governor", "GovernorStats", "Permit"]
 
 _RATE_DIMENSIONS: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
 
@@ -70,20 +69,6 @@ class _Waiter:
     def __init__(self, tokens: int, future: asyncio.Future[Permit]) -> None:
         self.tokens = tokens
         self.future = future
-
-
-_SERVER_LIMIT = {
-    Dimension.CONCURRENCY: re.compile(r"max concurrency:\s*(\d+)", re.I),
-    Dimension.RPM: re.compile(r"max RPM:\s*(\d+)", re.I),
-    Dimension.TPM: re.compile(r"TPM rate limit.*?limit:\s*(\d+)", re.I),
-    Dimension.TPD: re.compile(r"TPD rate limit.*?limit:\s*(\d+)", re.I),
-}
-
-
-def server_limit_from_message(dimension: Dimension, message: str) -> int | None:
-    """The limit Kimi names in a rate-limit message ("max RPM: 3", "limit:100"), if any."""
-    match = _SERVER_LIMIT[dimension].search(message)
-    return int(match.group(1)) if match else None
 
 
 class Governor:
@@ -205,14 +190,14 @@ class Governor:
             self._wake_dispatcher()
 
     def on_rate_limited(self, dimension: Dimension | None, *, retry_after: float | None,
-                        message: str) -> int | None:
+                        limit: int | None) -> int | None:
         """A 429 named ``dimension``: pause it for everyone for ``retry_after`` seconds, and
-        adopt the server's limit when it names a lower one. Returns the adopted limit."""
+        adopt the server's ``limit`` when it is lower than ours. Returns the adopted limit."""
         if dimension is None:
             return None
         now = self._clock.now()
         adopted: int | None = None
-        server_limit = server_limit_from_message(dimension, message)
+        server_limit = limit
         if dimension is Dimension.CONCURRENCY:
             if retry_after:
                 self._concurrency_paused_until = max(self._concurrency_paused_until,

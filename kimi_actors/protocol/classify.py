@@ -48,6 +48,7 @@ from datetime import UTC
 from typing import Any
 
 from ..errors import (
+    NOT_NOW_STATUSES,
     APIError,
     AuthenticationError,
     BadRequestError,
@@ -63,8 +64,6 @@ from ..errors import (
     RateLimitError,
     RedirectError,
     ServerError,
-    StreamError,
-    TransportError,
 )
 from ..limits import Dimension
 from ..redaction import redact_url
@@ -79,7 +78,9 @@ __all__ = [
     "classify_error",
     "classify_response",
     "error_from_payload",
+    "limit_scope",
     "parse_retry_after",
+    "server_limit",
 ]
 
 #: The header Kimi uses to name a request in its logs (quote it in a support ticket).
@@ -93,8 +94,6 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 _MAX_MESSAGE_CHARS = 2000
 _EXCERPT_CHARS = 200
 
-#: Statuses that say "not now" without saying the server is unhealthy.
-_RETRY_WITHOUT_BREAKER = frozenset({408, 425})
 
 _AUTH_TYPES = frozenset({
     "invalid_authentication_error", "incorrect_api_key_error", "authentication_error",
@@ -176,13 +175,15 @@ class Outcome:
 
     ``retry_after`` is the wait the server named (header or message), in seconds; the runtime
     honours it instead of its own backoff. ``dimension`` is the account limit a 429 names, so the
-    governor can slow down exactly that one. ``body`` is the parsed JSON of a success.
+    governor can slow down exactly that one, and ``limit`` the value it names for it, so the
+    governor can adopt it. ``body`` is the parsed JSON of a success.
     """
 
     action: Action
     error: KimiError | None = None
     retry_after: float | None = None
     dimension: Dimension | None = None
+    limit: int | None = None
     trips_breaker: bool = False
     body: Any = None
 
@@ -354,6 +355,29 @@ def _natural_status(error_type: str | None, message: str) -> int:
     return 500
 
 
+_SERVER_LIMIT = {
+    Dimension.CONCURRENCY: re.compile(r"max concurrency:\s*(\d+)", re.IGNORECASE),
+    Dimension.RPM: re.compile(r"max RPM:\s*(\d+)", re.IGNORECASE),
+    Dimension.TPM: re.compile(r"TPM rate limit.*?limit:\s*(\d+)", re.IGNORECASE),
+    Dimension.TPD: re.compile(r"TPD rate limit.*?limit:\s*(\d+)", re.IGNORECASE),
+}
+_SCOPE = re.compile(r"\b(organization|project)\b", re.IGNORECASE)
+
+
+def server_limit(dimension: Dimension | None, message: str) -> int | None:
+    """The limit a rate-limit message names for ``dimension`` ("max RPM: 3", "limit:100")."""
+    if dimension is None:
+        return None
+    match = _SERVER_LIMIT[dimension].search(message)
+    return int(match.group(1)) if match else None
+
+
+def limit_scope(message: str) -> str | None:
+    """Whose limit a rate-limit message names: "organization" or "project"."""
+    match = _SCOPE.search(message)
+    return match.group(1).lower() if match else None
+
+
 def _dimension(message: str) -> Dimension | None:
     match = _DIMENSION_MESSAGE.search(_ANGLE_BRACKETED.sub(" ", message))
     if match is None:
@@ -381,7 +405,7 @@ def _error_class(status: int, error_type: str | None, message: str) -> type[APIE
         if error_type in _OVERLOADED_TYPES or _OVERLOADED_MESSAGE.search(message):
             return EngineOverloadedError
         return RateLimitError
-    if status in _RETRY_WITHOUT_BREAKER or status >= 500:
+    if status in NOT_NOW_STATUSES or status >= 500:
         return ServerError
     return APIError
 
@@ -396,8 +420,10 @@ def _build_error(status: int, error_type: str | None, message: str, *,
     if body is not None and len(body) > MAX_ERROR_BODY_BYTES:
         body = body[:MAX_ERROR_BODY_BYTES]
     if cls is RateLimitError:
-        return RateLimitError(message, dimension=_dimension(message), status=status,
-                              error_type=error_type, request_id=request_id,
+        dimension = _dimension(message)
+        return RateLimitError(message, dimension=dimension,
+                              limit=server_limit(dimension, message), scope=limit_scope(message),
+                              status=status, error_type=error_type, request_id=request_id,
                               retry_after=retry_after, body=body)
     return cls(message, status=status, error_type=error_type, request_id=request_id,
                retry_after=retry_after, body=body)
@@ -422,22 +448,14 @@ def error_from_payload(status: int, payload: Mapping[str, Any], *, request_id: s
                         retry_after=retry_after, body=body)
 
 
-def _outcome_for(error: APIError) -> Outcome:
-    retry_after = error.retry_after
-    if error.fatal_for_run:
-        return Outcome(action=Action.FATAL_RUN, error=error, retry_after=retry_after)
-    if isinstance(error, RateLimitError):
-        return Outcome(action=Action.RETRY, error=error, retry_after=retry_after,
-                       dimension=error.dimension)
-    if isinstance(error, EngineOverloadedError):
-        return Outcome(action=Action.RETRY, error=error, retry_after=retry_after,
-                       trips_breaker=True)
-    if isinstance(error, ServerError):
-        return Outcome(action=Action.RETRY, error=error, retry_after=retry_after,
-                       trips_breaker=error.status not in _RETRY_WITHOUT_BREAKER)
-    if error.retryable:
-        return Outcome(action=Action.RETRY, error=error, retry_after=retry_after)
-    return Outcome(action=Action.FAIL, error=error, retry_after=retry_after)
+def _outcome_for(error: KimiError, *, mid_stream: bool = False) -> Outcome:
+    """The decision an error stands for, read from its flags (see errors.py)."""
+    action = (Action.FATAL_RUN if error.fatal_for_run
+              else Action.RETRY if error.retryable else Action.FAIL)
+    return Outcome(action=action, error=error, retry_after=getattr(error, "retry_after", None),
+                   dimension=getattr(error, "dimension", None),
+                   limit=getattr(error, "limit", None),
+                   trips_breaker=error.trips_breaker and (error.mid_stream or not mid_stream))
 
 
 def _parse_json(text: str | bytes) -> tuple[bool, Any, str | None]:
@@ -502,19 +520,9 @@ def _redirect_error(status: int, headers: Mapping[str, str], request_id: str | N
 def classify_error(error: KimiError, *, mid_stream: bool = False) -> Outcome:
     """Decide what an error raised on the way (transport, stream, in-stream API error) means.
 
-    Transport failures (:class:`ConnectionFailedError`, :class:`RequestTimeoutError`) before a
-    stream flowed say the server may be unhealthy, so they count toward the breaker. Once a
-    stream has delivered events (``mid_stream``), a drop or a stall says little about the
-    server's health (a network path, a proxy's idle cut) and is resumed, so it does not; nor
-    does a broken or garbled stream (:class:`IncompleteStreamError`, :class:`ProtocolError`).
-    An error chunk inside a stream counts as its type does (overload trips the breaker).
+    The flags of the error's class decide (errors.py). ``mid_stream`` says the error ended a
+    stream that had delivered events: a drop or a stall then says little about the server's
+    health and does not count toward the breaker, while an error chunk counts as its type
+    does (overload trips it).
     """
-    if isinstance(error, APIError):
-        return _outcome_for(error)
-    if isinstance(error, TransportError):
-        return Outcome(action=Action.RETRY, error=error, trips_breaker=not mid_stream)
-    if isinstance(error, StreamError):
-        return Outcome(action=Action.RETRY, error=error)
-    if error.fatal_for_run:
-        return Outcome(action=Action.FATAL_RUN, error=error)
-    return Outcome(action=Action.FAIL, error=error)
+    return _outcome_for(error, mid_stream=mid_stream)

@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 import pytest
 
 from kimi_actors import Dimension, FakeClock, LimitExceededError, Limits, SupervisorClosedError
-from kimi_actors.governance.governor import Governor, server_limit_from_message
+from kimi_actors.governance.governor import Governor
+from kimi_actors.protocol.classify import server_limit
 
 
 async def run_ready() -> None:
@@ -164,10 +165,7 @@ async def test_rate_limit_pause_holds_everyone_and_server_limit_is_adopted(
     governor = Governor(Limits(rpm=100, minute=60.0), clock=clock, window_margin=0)
     async with started(governor) as gov:
         gov.release(await gov.admit(1))
-        adopted = gov.on_rate_limited(
-            Dimension.RPM, retry_after=5.0,
-            message="Your account x<ak-y> request reached organization max RPM: 40, "
-                    "please try again after 5 seconds")
+        adopted = gov.on_rate_limited(Dimension.RPM, retry_after=5.0, limit=40)
         assert adopted == 40
         assert gov.statistics().dimensions["rpm"].limit == 40
         waiter = asyncio.create_task(gov.admit(1))
@@ -184,9 +182,7 @@ async def test_rate_limit_pause_holds_everyone_and_server_limit_is_adopted(
 async def test_concurrency_429_lowers_the_slot_count(clock: FakeClock) -> None:
     governor = Governor(Limits(concurrency=10), clock=clock)
     async with started(governor) as gov:
-        gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=None,
-                            message="request reached organization max concurrency: 2, "
-                                    "please try again after 1 seconds")
+        gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=None, limit=2)
         permits = [await gov.admit(1), await gov.admit(1)]
         third = asyncio.create_task(gov.admit(1))
         await run_ready()
@@ -222,7 +218,7 @@ async def test_close_fails_queued_waiters_and_refuses_new_ones(clock: FakeClock)
 )
 def test_server_limit_is_read_from_kimi_messages(dimension: Dimension, message: str,
                                                  expected: int | None) -> None:
-    assert server_limit_from_message(dimension, message) == expected
+    assert server_limit(dimension, message) == expected
 
 
 async def test_a_queued_request_over_a_newly_lowered_limit_fails_alone(clock: FakeClock) -> None:
@@ -231,9 +227,7 @@ async def test_a_queued_request_over_a_newly_lowered_limit_fails_alone(clock: Fa
         await gov.admit(900)
         big = asyncio.create_task(gov.admit(600))
         await run_ready()
-        gov.on_rate_limited(Dimension.TPM, retry_after=None,
-                            message="request reached organization TPM rate limit, "
-                                    "current:900, limit:500")
+        gov.on_rate_limited(Dimension.TPM, retry_after=None, limit=500)
         with pytest.raises(LimitExceededError, match="limit is 500"):
             await big
         small = asyncio.create_task(gov.admit(100))
@@ -246,11 +240,9 @@ async def test_a_queued_request_over_a_newly_lowered_limit_fails_alone(clock: Fa
 
 async def test_unlimited_dimensions_adopt_a_limit_the_server_names(clock: FakeClock) -> None:
     governor = Governor(Limits(), clock=clock)
-    assert governor.on_rate_limited(
-        Dimension.TPD, retry_after=30.0,
-        message="request reached organization TPD rate limit, current:10, limit:5000") == 5000
+    assert governor.on_rate_limited(Dimension.TPD, retry_after=30.0, limit=5000) == 5000
     assert governor.statistics().dimensions["tpd"].limit == 5000
-    assert governor.on_rate_limited(None, retry_after=1.0, message="whatever") is None
+    assert governor.on_rate_limited(None, retry_after=1.0, limit=None) is None
 
 
 async def test_restamp_counts_units_from_when_the_request_was_sent(clock: FakeClock) -> None:

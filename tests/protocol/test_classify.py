@@ -629,3 +629,33 @@ def test_a_redirect_without_a_location_says_so() -> None:
     assert isinstance(outcome.error, RedirectError)
     assert outcome.error.location is None
     assert "without a Location" in outcome.error.message
+
+
+@pytest.mark.parametrize(("error", "before", "after"), [
+    (ConnectionFailedError("reset"), True, False),
+    (RequestTimeoutError("stall", phase="read_idle"), True, False),
+    (EngineOverloadedError("overloaded", status=429), True, True),
+    (ServerError("boom", status=500), True, True),
+    (ServerError("later", status=408), False, False),
+    (IncompleteStreamError("no [DONE]"), False, False),
+    (RateLimitError("max RPM: 3", status=429), False, False),
+])
+def test_the_breaker_flag_before_and_after_a_stream_flowed(
+        error: KimiError, before: bool, after: bool) -> None:
+    assert classify_error(error).trips_breaker is before
+    assert classify_error(error, mid_stream=True).trips_breaker is after
+
+
+def test_rate_limit_messages_give_the_governor_numbers_and_a_scope() -> None:
+    message = ("Your account org-x<ak-y> request reached project TPM rate limit, "
+               "current: 1410, limit: 100")
+    outcome = classify_response(429, {}, error_body("rate_limit_reached_error", message))
+    error = outcome.error
+    assert isinstance(error, RateLimitError)
+    assert outcome.dimension is Dimension.TPM
+    assert outcome.limit == error.limit == 100
+    assert error.scope == "project"
+    vague = classify_response(429, {}, error_body(
+        "rate_limit_reached_error", "We're receiving too many requests at the moment."))
+    assert isinstance(vague.error, RateLimitError)
+    assert (vague.dimension, vague.limit, vague.error.scope) == (None, None, None)
