@@ -18,7 +18,12 @@
     │   └── ServerError               5xx, unexpected_output
     ├── TransportError                no usable HTTP answer
     │   ├── ConnectionFailedError     connect refused, reset, dropped
-    │   └── RequestTimeoutError       connect, first-byte or read-idle timeout
+    │   └── RequestTimeoutError       .phase says what it waited for; one class per phase:
+    │       ├── ConnectTimeoutError       TCP and TLS set-up
+    │       ├── FirstByteTimeoutError     the response headers
+    │       ├── ReadIdleTimeoutError      the next complete stream event, or body read
+    │       ├── ResponseTimeoutError      the end of one whole attempt
+    │       └── DeadlineExceededError     the caller's own timeout= for the whole call
     ├── StreamError                   the stream itself went wrong
     │   ├── IncompleteStreamError     ended without ``data: [DONE]``
     │   └── ProtocolError             malformed SSE, invalid UTF-8, bad JSON
@@ -65,10 +70,13 @@ __all__ = [
     "BadRequestError",
     "BatchInputError",
     "CircuitOpenError",
+    "ConnectTimeoutError",
     "ConnectionFailedError",
     "ContentFilterError",
     "ContextLengthError",
+    "DeadlineExceededError",
     "EngineOverloadedError",
+    "FirstByteTimeoutError",
     "IncompleteStreamError",
     "KimiError",
     "LimitExceededError",
@@ -78,8 +86,10 @@ __all__ = [
     "ProtocolError",
     "QuotaExhaustedError",
     "RateLimitError",
+    "ReadIdleTimeoutError",
     "RedirectError",
     "RequestTimeoutError",
+    "ResponseTimeoutError",
     "ServerError",
     "StreamError",
     "SupervisorClosedError",
@@ -283,12 +293,53 @@ class ConnectionFailedError(TransportError):
 
 
 class RequestTimeoutError(TransportError):
+    """A timeout; ``phase`` says what it waited for, and each phase has its own subclass
+    (``except ReadIdleTimeoutError``). ``timeout_error`` builds the right one."""
+
     def __init__(self, message: str, *, phase: TimeoutPhase | str,
                  timeout: float | None = None, request_id: str | None = None) -> None:
         super().__init__(message, request_id=request_id)
         #: What it was waiting for (compares equal to its string value, "read_idle").
         self.phase = TimeoutPhase(phase)
         self.timeout = timeout
+
+
+class ConnectTimeoutError(RequestTimeoutError):
+    """TCP and TLS set-up took longer than ``Timeouts.connect``."""
+
+
+class FirstByteTimeoutError(RequestTimeoutError):
+    """The response headers did not come within ``first_byte`` (a stream) or
+    ``non_stream_first_byte``."""
+
+
+class ReadIdleTimeoutError(RequestTimeoutError):
+    """No complete stream event (or, for a body, no read) for ``read_idle`` seconds."""
+
+
+class ResponseTimeoutError(RequestTimeoutError):
+    """One whole attempt lasted longer than ``Timeouts.response``."""
+
+
+class DeadlineExceededError(RequestTimeoutError):
+    """The call did not finish within the caller's own ``timeout=``, retries included."""
+
+
+_TIMEOUT_CLASSES: dict[TimeoutPhase, type[RequestTimeoutError]] = {
+    TimeoutPhase.CONNECT: ConnectTimeoutError,
+    TimeoutPhase.FIRST_BYTE: FirstByteTimeoutError,
+    TimeoutPhase.READ_IDLE: ReadIdleTimeoutError,
+    TimeoutPhase.RESPONSE: ResponseTimeoutError,
+    TimeoutPhase.DEADLINE: DeadlineExceededError,
+}
+
+
+def timeout_error(phase: TimeoutPhase | str, message: str, *, timeout: float | None = None,
+                  request_id: str | None = None) -> RequestTimeoutError:
+    """The timeout error of ``phase``'s own class."""
+    phase = TimeoutPhase(phase)
+    return _TIMEOUT_CLASSES[phase](message, phase=phase, timeout=timeout,
+                                   request_id=request_id)
 
 
 class StreamError(KimiError):

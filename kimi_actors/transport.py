@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from .errors import ConnectionFailedError, KimiError, ProtocolError, RequestTimeoutError
+from .errors import ConnectionFailedError, KimiError, ProtocolError, timeout_error
 from .policy import Timeouts
 from .redaction import redact_text, redact_url
 
@@ -102,9 +102,9 @@ def _map_error(exc: BaseException, *, phase: str, timeouts: Timeouts,
         if limit is None:
             limit = {"connect": timeouts.connect, "first_byte": timeouts.first_byte,
                      "read_idle": timeouts.read_idle, "response": timeouts.response}.get(phase)
-        err: KimiError = RequestTimeoutError(
-            f"timed out waiting for the {phase.replace('_', ' ')} after {limit} s",
-            phase=phase, timeout=limit)
+        err: KimiError = timeout_error(
+            phase, f"timed out waiting for the {phase.replace('_', ' ')} after {limit} s",
+            timeout=limit)
         if phase == "connect" and isinstance(exc, aiohttp.ConnectionTimeoutError):
             err.add_note("kimi_actors: no answer to the connection attempt: check the "
                          "network, a firewall or proxy, and the host in base_url")

@@ -266,6 +266,8 @@ def test_public_all_is_exactly_the_documented_surface() -> None:
             "GovernorStats",
         "IncompleteStreamError", "KimiError", "LimitExceededError", "Limits", "MapResult",
             "MapSuccess", "MapFailure", "Message", "Function", "ChatParams", "TimeoutPhase",
+            "ConnectTimeoutError", "DeadlineExceededError", "FirstByteTimeoutError",
+            "ReadIdleTimeoutError", "ResponseTimeoutError",
         "ModelNotFoundError", "MonotonicClock", "NotFoundError", "PermissionDeniedError",
         "ProtocolError", "QuotaExhaustedError", "RateLimitError", "RedirectError",
             "RequestTimeoutError",

@@ -32,7 +32,7 @@ from contextlib import aclosing
 from typing import Any
 
 from ..clock import Clock, TimerHandle
-from ..errors import BadRequestError, IncompleteStreamError, KimiError, RequestTimeoutError
+from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
 from ..observe import emit
 from ..policy import ResumeMode
 from ..protocol.chunks import ChatResult, ChunkAssembler, Delta, Usage, parse_completion
@@ -454,8 +454,8 @@ class StreamActor:
                     limit = timeouts.read_idle if phase == "read_idle" else timeouts.response
                     what = ("a complete stream event" if phase == "read_idle"
                             else "the stream to end")
-                    raise RequestTimeoutError(
-                        f"timed out waiting for {what} after {limit} s", phase=phase,
+                    raise timeout_error(
+                        phase, f"timed out waiting for {what} after {limit} s",
                         timeout=limit, request_id=self.request_id) from None
                 finally:
                     if watchdog is not None:

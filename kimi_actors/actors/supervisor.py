@@ -27,7 +27,12 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
 from ..clock import Clock, MonotonicClock
-from ..errors import ProtocolError, RequestTimeoutError, SupervisorClosedError, TransportError
+from ..errors import (
+    DeadlineExceededError,
+    ProtocolError,
+    SupervisorClosedError,
+    TransportError,
+)
 from ..governance.governor import Governor, GovernorStats
 from ..limits import Limits
 from ..observe import emit
@@ -355,7 +360,7 @@ class Supervisor:
                 except TimeoutError:
                     if not scope.expired():
                         raise
-                    raise RequestTimeoutError(
+                    raise DeadlineExceededError(
                         f"the request did not finish within its timeout of {timeout} s",
                         phase="deadline", timeout=timeout) from None
         except Exception as exc:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from kimi_actors import (
     ConnectionFailedError,
+    DeadlineExceededError,
     Limits,
     RequestTimeoutError,
     ResumePolicy,
@@ -126,6 +127,7 @@ async def test_the_callers_deadline_covers_retries_and_waits() -> None:
         with pytest.raises(RequestTimeoutError) as info:
             await sup.chat(model=MODEL, messages=QUESTION, timeout=0.1)
         assert info.value.phase == "deadline"
+        assert isinstance(info.value, DeadlineExceededError)
         assert sup.statistics().in_flight == 0
 
 

@@ -23,9 +23,12 @@ from hostile import (
 
 from kimi_actors import (
     BreakerPolicy,
+    FirstByteTimeoutError,
     Limits,
     ProtocolError,
+    ReadIdleTimeoutError,
     RequestTimeoutError,
+    ResponseTimeoutError,
     ResumePolicy,
     RetryPolicy,
     Supervisor,
@@ -64,6 +67,7 @@ async def test_a_trickle_that_completes_no_event_times_out(trickle: bytes) -> No
             async with sup.stream(model=MODEL, messages=QUESTION) as stream:
                 await stream.collect()
     assert info.value.phase == "read_idle"
+    assert type(info.value) is ReadIdleTimeoutError
     assert info.value.timeout == 0.3
     assert "complete stream event" in str(info.value)
     assert 5 <= sent < 100
@@ -88,6 +92,7 @@ async def test_a_stream_that_never_ends_is_bounded_by_the_response_timeout() -> 
                 async for delta in stream:
                     got += delta.content
     assert info.value.phase == "response"
+    assert type(info.value) is ResponseTimeoutError
     assert got.startswith("word0 word1 ")
 
 
@@ -102,6 +107,7 @@ async def test_a_non_stream_call_has_a_first_byte_bound_of_its_own() -> None:
         with pytest.raises(RequestTimeoutError) as info:
             await sup.chat(model=MODEL, messages=QUESTION)
     assert info.value.phase == "first_byte"
+    assert type(info.value) is FirstByteTimeoutError
     assert info.value.timeout == 0.2
 
 
