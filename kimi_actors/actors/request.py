@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import KimiError
 from ..protocol.chunks import ChatResult, parse_completion
-from ..protocol.classify import REQUEST_ID_HEADER, Action, classify_error, classify_response
+from ..protocol.classify import (
+    REQUEST_ID_HEADER,
+    Action,
+    Outcome,
+    classify_error,
+    classify_response,
+)
 from ..protocol.tokens import admission_tokens
 from ..transport import json_body
 from .runtime import Runtime
@@ -36,35 +42,33 @@ class RequestActor:
         rt = self._rt
         payload = json_body(self._body)
         tokens = admission_tokens(self._body, rt.default_max_tokens)
-        rt.governor.check(tokens)
-        attempt = 0
+        rt.check(tokens)
+        number = 0
         while True:
-            attempt += 1
-            ticket = await rt.admit(tokens, priority=self._priority, first=attempt == 1,
-                                    deadline=self._deadline)
-            try:
-                raw = await rt.transport.post(CHAT_PATH, payload, headers=self._headers,
-                                              on_sent=ticket.on_sent)
-            except KimiError as exc:
-                outcome = classify_error(exc)
-            except BaseException:
-                rt.abandon(ticket)
-                raise
-            else:
-                outcome = classify_response(raw.status, raw.headers, raw.body,
-                                            wall_now=time.time())
-                if outcome.action is Action.SUCCESS:
-                    try:
-                        result = parse_completion(
-                            outcome.body, request_id=raw.headers.get(REQUEST_ID_HEADER))
-                    except KimiError as exc:
-                        outcome = classify_error(exc)
-                    else:
-                        rt.governor.release(ticket.permit)
-                        rt.record(outcome, ticket)
-                        rt.settle(ticket, result.usage, self._body, len(payload))
-                        return result
-            rt.governor.release(ticket.permit)
-            rt.record(outcome, ticket)
-            await rt.before_retry(outcome, failures=attempt, attempt=attempt,
+            number += 1
+            async with rt.attempt(tokens, priority=self._priority, first=number == 1,
+                                  deadline=self._deadline) as attempt:
+                outcome, result = await self._send(payload, attempt.on_sent)
+                attempt.finish(outcome, usage=result.usage if result is not None else None,
+                               body=self._body, payload_size=len(payload))
+            if result is not None:
+                return result
+            await rt.before_retry(outcome, failures=number, attempt=number,
                                   spend_budget=True, deadline=self._deadline)
+
+    async def _send(self, payload: bytes,
+                    on_sent: Callable[[], None]) -> tuple[Outcome, ChatResult | None]:
+        """One HTTP exchange: its outcome, and the parsed result when it succeeded."""
+        try:
+            raw = await self._rt.transport.post(CHAT_PATH, payload, headers=self._headers,
+                                                on_sent=on_sent)
+        except KimiError as exc:
+            return classify_error(exc), None
+        outcome = classify_response(raw.status, raw.headers, raw.body, wall_now=time.time())
+        if outcome.action is not Action.SUCCESS:
+            return outcome, None
+        try:
+            return outcome, parse_completion(outcome.body,
+                                             request_id=raw.headers.get(REQUEST_ID_HEADER))
+        except KimiError as exc:
+            return classify_error(exc), None

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ from ..errors import (
 )
 from ..governance.backoff import RetryBudget, retry_delay
 from ..governance.breaker import BreakerState, CircuitBreaker, Transition
-from ..governance.governor import Governor, Permit
+from ..governance.governor import Permit
+from ..governance.interface import GovernorProtocol
 from ..observe import emit
 from ..policy import BreakerPolicy, FatalMode, FatalPolicy, ResumePolicy, RetryPolicy
 from ..protocol.chunks import Usage
@@ -36,27 +38,44 @@ from ..protocol.tokens import (
 )
 from ..transport import Transport
 
-__all__ = ["Counters", "Runtime", "Ticket", "settled_tokens"]
+__all__ = ["Attempt", "Counters", "Runtime", "settled_tokens"]
 
 
-class Ticket:
+class Attempt:
     """One admitted attempt: its governor permit and the breaker epoch it was let through in.
-    Every ticket ends in exactly one ``Runtime.record`` or ``Runtime.abandon``. ``probe`` is
-    set on the one attempt let through to test an account known to be bad."""
 
-    __slots__ = ("_governor", "epoch", "permit", "probe", "recorded")
+    Only :meth:`Runtime.attempt` makes one, and it ends each exactly once: ``finish(outcome)``
+    releases the slot, records the outcome (breaker, counters, governor reactions) and, on
+    success, settles the tokens, in that order; an attempt left without an outcome
+    (cancelled, or an error that is not ours) gives everything back instead. ``probe`` is set
+    on the one attempt let through to test an account known to be bad.
+    """
 
-    def __init__(self, permit: Permit, epoch: int, governor: Governor, *,
-                 probe: bool = False) -> None:
+    __slots__ = ("_runtime", "epoch", "finished", "permit", "probe")
+
+    def __init__(self, runtime: Runtime, permit: Permit, epoch: int, *, probe: bool) -> None:
+        self._runtime = runtime
         self.permit = permit
         self.epoch = epoch
         self.probe = probe
-        self.recorded = False
-        self._governor = governor
+        self.finished = False
 
     def on_sent(self) -> None:
         """The request is on the wire: its rate units count from now."""
-        self._governor.restamp(self.permit)
+        self._runtime.governor.restamp(self.permit)
+
+    def finish(self, outcome: Outcome, *, usage: Usage | None = None,
+               body: Mapping[str, Any] | None = None, payload_size: int = 0) -> None:
+        """End the attempt with ``outcome``; on success ``usage`` settles the tokens of
+        ``body`` (sent in ``payload_size`` bytes)."""
+        if self.finished:
+            raise RuntimeError("an attempt is finished once")
+        self.finished = True
+        rt = self._runtime
+        rt.governor.release(self.permit)
+        rt.record(outcome, self)
+        if outcome.action is Action.SUCCESS and body is not None:
+            rt.settle(self, usage, body, payload_size)
 
 
 @dataclass(slots=True)
@@ -88,7 +107,7 @@ class Counters:
 class Runtime:
     """The shared parts: transport, governor, breaker, retry budget, clock and random source."""
 
-    def __init__(self, *, transport: Transport, governor: Governor, clock: Clock,
+    def __init__(self, *, transport: Transport, governor: GovernorProtocol, clock: Clock,
                  rng: random.Random, retry: RetryPolicy, breaker: BreakerPolicy,
                  resume: ResumePolicy, default_max_tokens: int,
                  fatal: FatalPolicy | None = None) -> None:
@@ -180,10 +199,10 @@ class Runtime:
                            f"in {max(0.0, self._probe_at - now):.0f} s"]
         return clone
 
-    def _account_answered(self, ticket: Ticket, outcome: Outcome) -> None:
-        if not ticket.probe:
+    def _account_answered(self, attempt: Attempt, outcome: Outcome) -> None:
+        if not attempt.probe:
             return
-        ticket.probe = False
+        attempt.probe = False
         self._probing = False
         if outcome.action is not Action.FATAL_RUN and self._account_error is not None:
             emit("info", "account_recovered",
@@ -214,8 +233,28 @@ class Runtime:
 
     # -- one attempt -------------------------------------------------------------------------
 
-    async def admit(self, tokens: int, *, priority: int, first: bool,
-                    deadline: float | None) -> Ticket:
+    def check(self, tokens: int) -> None:
+        """Raise ``LimitExceededError`` when ``tokens`` can never be admitted."""
+        self.governor.check(tokens)
+
+    def count(self, name: str) -> None:
+        """Add one to the counter ``name`` (resumes, restarts, length_continuations)."""
+        self.counters.count(name)
+
+    @asynccontextmanager
+    async def attempt(self, tokens: int, *, priority: int, first: bool,
+                      deadline: float | None) -> AsyncIterator[Attempt]:
+        """Admit one attempt (breaker, then governor) and own it until the block ends: an
+        attempt the block did not ``finish`` gives everything back."""
+        attempt = await self._admit(tokens, priority=priority, first=first, deadline=deadline)
+        try:
+            yield attempt
+        finally:
+            if not attempt.finished:
+                self._abandon(attempt)
+
+    async def _admit(self, tokens: int, *, priority: int, first: bool,
+                     deadline: float | None) -> Attempt:
         """Wait for the breaker, then for the governor. ``deadline`` is on the clock."""
         while True:
             if self._stopped is not None:
@@ -244,36 +283,34 @@ class Runtime:
         if first:
             self.budget.record_attempt(self.clock.now())
         self.counters.attempts += 1
-        return Ticket(permit, epoch, self.governor, probe=probe)
+        return Attempt(self, permit, epoch, probe=probe)
 
-    def abandon(self, ticket: Ticket) -> None:
+    def _abandon(self, attempt: Attempt) -> None:
         """The attempt ended without an outcome (cancelled): free everything it holds."""
-        if ticket.probe:
-            ticket.probe = False
+        attempt.finished = True
+        if attempt.probe:
+            attempt.probe = False
             self._probing = False
-        self.governor.release(ticket.permit)
-        if not ticket.recorded:
-            ticket.recorded = True
-            self.breaker.record_ignored(self.clock.now(), epoch=ticket.epoch)
+        self.governor.release(attempt.permit)
+        self.breaker.record_ignored(self.clock.now(), epoch=attempt.epoch)
 
-    def record(self, outcome: Outcome, ticket: Ticket | None) -> None:
+    def record(self, outcome: Outcome, attempt: Attempt | None) -> None:
         """Feed an outcome to the breaker, the governor and the counters; log what matters.
-        ``ticket`` is None for ungoverned side calls, which the breaker does not see."""
+        ``attempt`` is None for ungoverned side calls, which the breaker does not see."""
         now = self.clock.now()
         error = outcome.error
         transition: Transition | None = None
-        if ticket is not None and not ticket.recorded:
-            ticket.recorded = True
+        if attempt is not None:
             if outcome.action is Action.SUCCESS:
-                transition = self.breaker.record_success(now, epoch=ticket.epoch)
+                transition = self.breaker.record_success(now, epoch=attempt.epoch)
             elif outcome.trips_breaker:
                 transition = self.breaker.record_failure(now, outcome.retry_after,
-                                                         epoch=ticket.epoch)
+                                                         epoch=attempt.epoch)
             else:
-                self.breaker.record_ignored(now, epoch=ticket.epoch)
+                self.breaker.record_ignored(now, epoch=attempt.epoch)
         self._log_transitions(transition)
-        if ticket is not None:
-            self._account_answered(ticket, outcome)
+        if attempt is not None:
+            self._account_answered(attempt, outcome)
         if error is None:
             return
         if error.counter is not None:
@@ -293,7 +330,7 @@ class Runtime:
         if outcome.action is Action.FATAL_RUN:
             self._on_fatal(error)
 
-    def settle(self, ticket: Ticket, usage: Usage | None, body: Mapping[str, Any],
+    def settle(self, attempt: Attempt, usage: Usage | None, body: Mapping[str, Any],
                payload_size: int) -> None:
         """Settle a successful attempt's token reservation against its usage, bounded by
         what the request could possibly have cost: a server that reports absurd numbers
@@ -302,7 +339,8 @@ class Runtime:
             usage = self._plausible(usage, body, payload_size)
             self.counters.prompt_tokens += usage.prompt_tokens
             self.counters.completion_tokens += usage.completion_tokens
-        self.governor.settle(ticket.permit, settled_tokens(usage, body, self.default_max_tokens))
+        self.governor.settle(attempt.permit,
+                             settled_tokens(usage, body, self.default_max_tokens))
 
     def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int) -> Usage:
         prompt_cap = prompt_token_ceiling(body, payload_size)

@@ -276,29 +276,23 @@ class StreamActor:
         policy = rt.resume
         body: dict[str, Any] = self._original
         attempts = retries = failures = recoveries = continuations = 0
-        rt.governor.check(admission_tokens(body, rt.default_max_tokens))
+        rt.check(admission_tokens(body, rt.default_max_tokens))
         while True:
             attempts += 1
-            ticket = await rt.admit(admission_tokens(body, rt.default_max_tokens),
-                                    priority=self._priority, first=attempts == 1,
-                                    deadline=self._deadline)
             chunks_before = self._assembler.chunks
             resuming = self._probe is not None
             payload = json_body(body)
-            try:
-                outcome, usage = await self._attempt(payload, ticket.on_sent)
-            except BaseException:
-                rt.abandon(ticket)
-                raise
-            rt.governor.release(ticket.permit)
-            rt.record(outcome, ticket)
+            async with rt.attempt(admission_tokens(body, rt.default_max_tokens),
+                                  priority=self._priority, first=attempts == 1,
+                                  deadline=self._deadline) as attempt:
+                outcome, usage = await self._attempt(payload, attempt.on_sent)
+                attempt.finish(outcome, usage=usage, body=body, payload_size=len(payload))
             if outcome.action is Action.SUCCESS:
-                rt.settle(ticket, usage, body, len(payload))
                 result = self._assembler.result(request_id=self.request_id)
                 if (result.finish_reason == "length" and continuations < policy.continue_on_length
                         and self._resumable(body)):
                     continuations += 1
-                    rt.counters.length_continuations += 1
+                    rt.count("length_continuations")
                     self._allowance_start = self._assembler.chunks
                     body = self._continue_body()
                     self._assembler.begin_continuation()
@@ -335,14 +329,14 @@ class StreamActor:
                                   spend_budget=False, deadline=self._deadline)
             recoveries += 1
             if policy.mode is ResumeMode.RESUME and self._resumable(body):
-                rt.counters.resumes += 1
+                rt.count("resumes")
                 emit("info", "stream_resumed", received_chars=len(self._assembler.content(0)),
                      error_type=type(error).__name__, request_id=self.request_id)
                 self._probe = _ResumeProbe(self._assembler.content(0))
                 body = self._continue_body()
                 self._assembler.begin_continuation()
             else:
-                rt.counters.restarts += 1
+                rt.count("restarts")
                 emit("info", "stream_restarted", error_type=type(error).__name__,
                      request_id=self.request_id)
                 await self._deliver([Delta(restart=True)])

@@ -34,6 +34,7 @@ from ..errors import (
     TransportError,
 )
 from ..governance.governor import Governor, GovernorStats
+from ..governance.interface import GovernorProtocol
 from ..limits import Limits
 from ..observe import emit
 from ..params import ChatParams, warn_unknown_keys
@@ -238,7 +239,9 @@ class Supervisor:
 
     ``api_key`` defaults to ``$MOONSHOT_API_KEY`` and ``base_url`` to ``$MOONSHOT_BASE_URL``
     or the China endpoint. ``limits`` defaults to tier 1; a 429 that names the account's real,
-    lower limit lowers it automatically. Use it as ``async with Supervisor(...) as sup:``.
+    lower limit lowers it automatically. ``governor`` plugs in another implementation of
+    :class:`~kimi_actors.governance.interface.GovernorProtocol` (one shared by processes,
+    say) instead of the in-memory one. Use it as ``async with Supervisor(...) as sup:``.
     """
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
@@ -249,21 +252,26 @@ class Supervisor:
                  default_max_tokens: int = DEFAULT_MAX_TOKENS,
                  stream_buffer: int = DEFAULT_STREAM_BUFFER, window_margin: float = 0.015,
                  headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
-                 fatal: FatalPolicy | None = None) -> None:
+                 fatal: FatalPolicy | None = None,
+                 governor: GovernorProtocol | None = None) -> None:
         key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
         if not key:
             raise ValueError("no API key: pass api_key= or set MOONSHOT_API_KEY")
         if stream_buffer < 1:
             raise ValueError(f"stream_buffer must be >= 1, got {stream_buffer}")
         register_secret(key)
-        self.limits = limits if limits is not None else Limits.tier(1)
+        if governor is not None and limits is not None:
+            raise ValueError("pass limits= or governor=, not both: a governor has its own")
+        self.limits = (governor.limits if governor is not None
+                       else limits if limits is not None else Limits.tier(1))
         self.timeouts = timeouts or Timeouts()
         self.drain_timeout = drain_timeout
         self._clock = clock or MonotonicClock()
         self._stream_buffer = stream_buffer
         base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
         _warn_cleartext(base)
-        governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
+        if governor is None:
+            governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
         transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
                               pool_size=self.limits.concurrency, headers=headers,
                               report_sent=governor.rate_limited)
