@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import KimiError
+from ..governance.decide import AttemptState
 from ..protocol.chunks import ChatResult, parse_completion
 from ..protocol.classify import (
     REQUEST_ID_HEADER,
@@ -53,8 +54,9 @@ class RequestActor:
                                body=self._body, payload_size=len(payload))
             if result is not None:
                 return result
-            await rt.before_retry(outcome, failures=number, attempt=number,
-                                  spend_budget=True, deadline=self._deadline)
+            verdict = rt.decide(outcome, AttemptState(attempt=number, failures=number),
+                                self._deadline)
+            await rt.follow(verdict, outcome, attempts=number)
 
     async def _send(self, payload: bytes,
                     on_sent: Callable[[], None]) -> tuple[Outcome, ChatResult | None]:

@@ -22,8 +22,9 @@ from ..errors import (
     KimiError,
     TransportError,
 )
-from ..governance.backoff import RetryBudget, retry_delay
+from ..governance.backoff import RetryBudget
 from ..governance.breaker import BreakerState, CircuitBreaker, Transition
+from ..governance.decide import AttemptState, Step, Verdict, decide
 from ..governance.governor import Permit
 from ..governance.interface import GovernorProtocol
 from ..observe import emit
@@ -360,35 +361,33 @@ class Runtime:
                      total_tokens=prompt + completion,
                      cached_tokens=None if cached is None else min(cached, prompt))
 
-    async def before_retry(self, outcome: Outcome, *, failures: int, attempt: int,
-                           spend_budget: bool, deadline: float | None) -> None:
-        """Wait before the next attempt, or raise the outcome's error when retrying is not
-        allowed (not retryable, out of attempts, out of budget, past the deadline)."""
+    def decide(self, outcome: Outcome, state: AttemptState,
+               deadline: float | None) -> Verdict:
+        """The pure verdict (governance/decide.py) with this runtime's policies and budget."""
+        return decide(outcome, state, retry=self.retry, resume=self.resume,
+                      budget_available=self.budget.available(self.clock.now()), rng=self.rng,
+                      now=self.clock.now(), deadline=deadline)
+
+    async def follow(self, verdict: Verdict, outcome: Outcome, *, attempts: int) -> None:
+        """Apply a verdict: raise the outcome's error for FAIL (with the reason as a note);
+        otherwise spend the budget it names, count the retry and wait its delay. Shutdown or
+        a run-fatal error interrupts the wait."""
         error = outcome.error
         assert error is not None
-        error.attempts = attempt
-        if outcome.action is not Action.RETRY:
+        error.attempts = attempts
+        if verdict.step is Step.FAIL:
+            if verdict.reason:
+                error.add_note(f"kimi_actors: {verdict.reason}")
             raise error
-        if spend_budget:
-            if attempt >= self.retry.max_attempts:
-                error.add_note(f"kimi_actors: gave up after {attempt} attempts")
-                raise error
-            # A rate-limit 429 is paced by the governor's pause, not multiplied by retrying, so
-            # it does not draw on the budget (which guards against overload retry storms).
-            if error.spends_budget and not self.budget.try_spend(self.clock.now()):
-                error.add_note("kimi_actors: not retried: the retry budget is spent "
-                               "(too many retries in the last window)")
-                raise error
-        delay = retry_delay(failures, self.retry, self.rng, outcome.retry_after)
-        if deadline is not None and self.clock.now() + delay > deadline:
-            error.add_note(f"kimi_actors: not retried: the next attempt would start after "
-                           f"this request's deadline (wait {delay:.1f} s)")
-            raise error
+        if verdict.step is Step.FINISH_LOCALLY:
+            return
+        if verdict.spend_budget:
+            self.budget.try_spend(self.clock.now())
         self.counters.retries += 1
-        emit("info", "retry", attempt=attempt, delay=round(delay, 3),
+        emit("info", "retry", attempt=attempts, delay=round(verdict.delay, 3), step=verdict.step,
              error_type=type(error).__name__, status=getattr(error, "status", None),
              request_id=error.request_id)
-        await self.wait(delay)
+        await self.wait(verdict.delay)
 
     def _log_transitions(self, extra: Transition | None = None) -> None:
         transitions: list[Transition] = self.breaker.pop_transitions()

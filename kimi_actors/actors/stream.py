@@ -33,8 +33,8 @@ from typing import Any
 
 from ..clock import Clock, TimerHandle
 from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
+from ..governance.decide import AttemptState, Step
 from ..observe import emit
-from ..policy import ResumeMode
 from ..protocol.chunks import ChatResult, ChunkAssembler, Delta, Usage, parse_completion
 from ..protocol.classify import (
     REQUEST_ID_HEADER,
@@ -303,32 +303,24 @@ class StreamActor:
                 outcome = Outcome(action=Action.RETRY, error=outcome.error)
             progressed = self._assembler.chunks > chunks_before
             failures = 1 if progressed else failures + 1
-            if self._assembler.chunks == 0:
-                # Nothing reached the consumer: an ordinary retry of the same request.
+            delivered = self._assembler.chunks > 0
+            if not delivered:
                 retries += 1
-                await rt.before_retry(outcome, failures=failures, attempt=retries,
-                                      spend_budget=True, deadline=self._deadline)
-                self._assembler.begin_continuation()
-                continue
-            error = outcome.error
-            assert error is not None
-            if outcome.action is Action.RETRY and policy.mode is not ResumeMode.FAIL \
-                    and recoveries >= policy.max_resumes:
-                error.add_note(f"kimi_actors: gave up after {recoveries} stream recoveries")
-                outcome = Outcome(action=Action.FAIL, error=error)
-            elif policy.mode is ResumeMode.FAIL and outcome.action is Action.RETRY:
-                outcome = Outcome(action=Action.FAIL, error=error)
-            if outcome.action is Action.RETRY and self._allowance_spent(body):
-                # Every token the budget allows has arrived (a chunk is at least one token):
-                # only the finish chunk was lost, and asking for more would overshoot.
+            verdict = rt.decide(outcome, AttemptState(
+                attempt=retries if not delivered else attempts, failures=failures,
+                delivered=delivered, recoveries=recoveries, resumable=self._resumable(body),
+                allowance_spent=self._allowance_spent(body)), self._deadline)
+            if verdict.step is Step.FINISH_LOCALLY:
+                # Only the finish chunk was lost: asking for more would overshoot the budget.
                 await self._finish_locally("length")
                 return self._assembler.result(request_id=self.request_id)
-            # Recoveries are bounded by max_resumes, not by the retry budget: they finish work
-            # already admitted and, in Partial Mode, cost only the remaining tokens.
-            await rt.before_retry(outcome, failures=failures, attempt=attempts,
-                                  spend_budget=False, deadline=self._deadline)
+            await rt.follow(verdict, outcome, attempts=retries if not delivered else attempts)
+            if verdict.step is Step.RETRY:
+                self._assembler.begin_continuation()
+                continue
             recoveries += 1
-            if policy.mode is ResumeMode.RESUME and self._resumable(body):
+            error = outcome.error
+            if verdict.step is Step.RESUME:
                 rt.count("resumes")
                 emit("info", "stream_resumed", received_chars=len(self._assembler.content(0)),
                      error_type=type(error).__name__, request_id=self.request_id)
