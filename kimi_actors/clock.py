@@ -27,6 +27,10 @@ class Clock(Protocol):
         """Seconds on a monotonic scale."""
         ...
 
+    def wall(self) -> float:
+        """Seconds since the epoch (``time.time()``), for dates such as ``Retry-After``."""
+        ...
+
     async def sleep(self, seconds: float) -> None: ...
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
@@ -41,6 +45,9 @@ class MonotonicClock:
 
     def now(self) -> float:
         return time.monotonic()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
@@ -68,14 +75,19 @@ class FakeClock:
     """A clock that moves only when told to. Timers and sleepers fire when ``advance()`` passes
     their deadline, in deadline order."""
 
-    def __init__(self, start: float = 0.0) -> None:
+    def __init__(self, start: float = 0.0, *, wall_start: float = 1_767_225_600.0) -> None:
         self._now = float(start)
+        self._wall_offset = float(wall_start) - self._now
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
         self._changed: asyncio.Event | None = None
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        """The wall clock moves with ``advance()`` too (``wall_start`` at ``start``)."""
+        return self._wall_offset + self._now
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
         timer = _FakeTimer(self._now + max(0.0, seconds), callback)

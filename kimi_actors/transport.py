@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import orjson
@@ -34,8 +34,10 @@ __all__ = [
     "MAX_ERROR_BODY_BYTES",
     "MAX_SAME_ORIGIN_REDIRECTS",
     "RawResponse",
+    "StreamLike",
     "StreamResponse",
     "Transport",
+    "TransportProtocol",
     "cleartext_host",
     "json_body",
 ]
@@ -194,6 +196,47 @@ class StreamResponse:
         except _TRANSPORT_ERRORS as exc:
             failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
         raise failure
+
+
+class StreamLike(Protocol):
+    """An open streaming response, as the stream actor reads it."""
+
+    status: int
+    headers: Mapping[str, str]
+    content_type: str
+
+    def chunks(self) -> AsyncGenerator[bytes, None]:
+        """Body bytes as they arrive; transport failures as our errors."""
+        ...
+
+    async def read(self, limit: int = ...) -> bytes:
+        """The rest of the body (an error page), up to ``limit`` bytes."""
+        ...
+
+
+@runtime_checkable
+class TransportProtocol(Protocol):
+    """What the actors need of a transport: the seam ``Supervisor(transport=...)`` takes, with
+    :class:`Transport` (aiohttp) as the real one and ``kimi_actors.testing.ScriptedTransport``
+    as a scripted double. Failures are raised as ``TransportError`` or ``ProtocolError``;
+    ``on_sent`` is called once the request is on the wire (the governor counts from then)."""
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def timeouts(self) -> Timeouts: ...
+
+    async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+                   on_sent: Callable[[], None] | None = None) -> RawResponse: ...
+
+    async def get(self, path: str) -> RawResponse: ...
+
+    def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+               on_sent: Callable[[], None] | None = None
+               ) -> AbstractAsyncContextManager[StreamLike]: ...
+
+    async def close(self) -> None: ...
 
 
 class Transport:

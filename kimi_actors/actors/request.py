@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,7 +65,8 @@ class RequestActor:
                                                 on_sent=on_sent)
         except KimiError as exc:
             return classify_error(exc), None
-        outcome = classify_response(raw.status, raw.headers, raw.body, wall_now=time.time())
+        outcome = classify_response(raw.status, raw.headers, raw.body,
+                                    wall_now=self._rt.clock.wall())
         if outcome.action is not Action.SUCCESS:
             return outcome, None
         try:

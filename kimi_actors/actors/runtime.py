@@ -37,7 +37,7 @@ from ..protocol.tokens import (
     prompt_token_ceiling,
     requested_max_tokens,
 )
-from ..transport import Transport
+from ..transport import TransportProtocol
 
 __all__ = ["Attempt", "Counters", "Runtime", "settled_tokens"]
 
@@ -108,7 +108,7 @@ class Counters:
 class Runtime:
     """The shared parts: transport, governor, breaker, retry budget, clock and random source."""
 
-    def __init__(self, *, transport: Transport, governor: GovernorProtocol, clock: Clock,
+    def __init__(self, *, transport: TransportProtocol, governor: GovernorProtocol, clock: Clock,
                  rng: random.Random, retry: RetryPolicy, breaker: BreakerPolicy,
                  resume: ResumePolicy, default_max_tokens: int,
                  fatal: FatalPolicy | None = None) -> None:

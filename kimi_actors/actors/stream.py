@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import aclosing
@@ -399,7 +398,7 @@ class StreamActor:
                 if response.status != 200 or "event-stream" not in response.content_type:
                     data = await response.read()
                     outcome = classify_response(response.status, response.headers, data,
-                                                wall_now=time.time())
+                                                wall_now=self._rt.clock.wall())
                     if outcome.action is Action.SUCCESS:
                         usage = await self._deliver_completion(outcome.body)
                     return outcome, usage

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -43,7 +42,7 @@ from ..protocol.chunks import ChatResult, Delta
 from ..protocol.classify import Action, classify_response
 from ..protocol.tokens import DEFAULT_MAX_TOKENS
 from ..redaction import redact_url, register_secret
-from ..transport import Transport, cleartext_host, json_body
+from ..transport import Transport, TransportProtocol, cleartext_host, json_body
 from .request import RequestActor
 from .runtime import Runtime
 from .stream import DeltaChannel, StreamActor
@@ -241,7 +240,10 @@ class Supervisor:
     or the China endpoint. ``limits`` defaults to tier 1; a 429 that names the account's real,
     lower limit lowers it automatically. ``governor`` plugs in another implementation of
     :class:`~kimi_actors.governance.interface.GovernorProtocol` (one shared by processes,
-    say) instead of the in-memory one. Use it as ``async with Supervisor(...) as sup:``.
+    say) instead of the in-memory one; ``transport`` another
+    :class:`~kimi_actors.transport.TransportProtocol` (``ScriptedTransport`` in tests), which
+    then holds the key, the base URL and the timeouts. Use it as
+    ``async with Supervisor(...) as sup:``.
     """
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
@@ -253,9 +255,10 @@ class Supervisor:
                  stream_buffer: int = DEFAULT_STREAM_BUFFER, window_margin: float = 0.015,
                  headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
                  fatal: FatalPolicy | None = None,
-                 governor: GovernorProtocol | None = None) -> None:
+                 governor: GovernorProtocol | None = None,
+                 transport: TransportProtocol | None = None) -> None:
         key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
-        if not key:
+        if not key and transport is None:
             raise ValueError("no API key: pass api_key= or set MOONSHOT_API_KEY")
         if stream_buffer < 1:
             raise ValueError(f"stream_buffer must be >= 1, got {stream_buffer}")
@@ -264,17 +267,21 @@ class Supervisor:
             raise ValueError("pass limits= or governor=, not both: a governor has its own")
         self.limits = (governor.limits if governor is not None
                        else limits if limits is not None else Limits.tier(1))
-        self.timeouts = timeouts or Timeouts()
+        if transport is not None and (timeouts is not None or base_url is not None):
+            raise ValueError("pass timeouts= and base_url= to the transport, not both")
+        self.timeouts = transport.timeouts if transport is not None else timeouts or Timeouts()
         self.drain_timeout = drain_timeout
         self._clock = clock or MonotonicClock()
         self._stream_buffer = stream_buffer
-        base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
-        _warn_cleartext(base)
         if governor is None:
             governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
-        transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
-                              pool_size=self.limits.concurrency, headers=headers,
-                              report_sent=governor.rate_limited)
+        if transport is None:
+            assert key is not None
+            base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
+            _warn_cleartext(base)
+            transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
+                                  pool_size=self.limits.concurrency, headers=headers,
+                                  report_sent=governor.rate_limited)
         self._runtime = Runtime(
             transport=transport, governor=governor, clock=self._clock,
             rng=rng or random.Random(), retry=retry or RetryPolicy(),
@@ -530,7 +537,8 @@ class Supervisor:
         transport = self._runtime.transport
         raw = await (transport.get(path) if method == "GET"
                      else transport.post(path, json_body(body or {})))
-        outcome = classify_response(raw.status, raw.headers, raw.body, wall_now=time.time())
+        outcome = classify_response(raw.status, raw.headers, raw.body,
+                                    wall_now=self._clock.wall())
         if outcome.error is not None:
             if outcome.action is Action.FATAL_RUN:
                 self._runtime.record(outcome, None)

@@ -7,6 +7,7 @@ the command line. See docs/testing.md.
 
 from __future__ import annotations
 
+from ..clock import FakeClock
 from .faults import Faults, Latency
 from .replies import (
     DEFAULT_MODELS,
@@ -17,17 +18,25 @@ from .replies import (
     expected_reply,
     expected_tool_call,
 )
+from .scripted import Fail, Respond, ScriptedTransport, SentRequest, Then, chunk_events
 from .server import FAKE_API_KEY, FakeKimi, FakeStats
 
 __all__ = [
     "DEFAULT_MODELS",
     "FAKE_API_KEY",
+    "Fail",
+    "FakeClock",
     "FakeKimi",
     "FakeStats",
     "Faults",
     "Latency",
     "Reply",
+    "Respond",
+    "ScriptedTransport",
+    "SentRequest",
+    "Then",
     "ToolCall",
+    "chunk_events",
     "context_length",
     "count_prompt_tokens",
     "expected_reply",
