@@ -99,8 +99,9 @@ def count_body_tokens(body: Mapping[str, Any], *, text_tokens: Callable[[str], i
                       message_overhead: int, reply_priming: int, image_tokens: int) -> int:
     """Walk a chat body (messages with their content parts, names, reasoning and tool calls,
     and the tools) and add up ``text_tokens`` of each text plus the fixed costs given.
-    ``estimate_prompt_tokens`` is this walk with conservative weights; FakeKimi's "true"
-    count is the same walk with lighter ones, so it never exceeds the estimate."""
+    ``estimate_prompt_tokens`` is this walk with conservative weights. (FakeKimi counts on
+    its own, in ``kimi_actors/testing/tokenizer.py``: an oracle shares no code with what it
+    checks.)"""
     total = reply_priming
     for message in body.get("messages") or ():
         if not isinstance(message, Mapping):

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol.tokens import char_classes, count_body_tokens
+from .tokenizer import count_prompt_tokens
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -430,22 +430,3 @@ def expected_tool_call(
                     argument_pieces=tuple(pieces))
 
 
-# Prompt token counting: the estimate's structure with lighter terms, each at most the
-# estimate's (ASCII /5 instead of /4, emoji 1 instead of 2, other non-ASCII /3 instead of /2,
-# message overhead 3 instead of 4, priming 2 instead of 3, images 765 instead of 1024).
-_MESSAGE_OVERHEAD = 3
-_REPLY_PRIMING = 2
-_IMAGE_TOKENS = 765
-
-
-def _text_tokens(text: str) -> int:
-    ascii_chars, cjk, astral, other = char_classes(text)
-    return -(-ascii_chars // 5) + cjk + astral + -(-other // 3)
-
-
-def count_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """FakeKimi's "true" prompt token count of a chat body (what usage.prompt_tokens and the
-    estimate-token-count endpoint report). Never above the library's local estimate."""
-    return count_body_tokens(body, text_tokens=_text_tokens,
-                             message_overhead=_MESSAGE_OVERHEAD, reply_priming=_REPLY_PRIMING,
-                             image_tokens=_IMAGE_TOKENS)

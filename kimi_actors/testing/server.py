@@ -29,7 +29,6 @@ from aiohttp import web
 
 from ..clock import Clock, MonotonicClock
 from ..limits import Limits
-from ..protocol.tokens import requested_max_tokens
 from .faults import NO_FAULTS, FaultPlan, Faults, Latency, plan_faults
 from .limiter import FAKE_AK_ID, FAKE_UID, AccountLimiter
 from .replies import (
@@ -41,6 +40,7 @@ from .replies import (
     reply_parts,
     split_partial,
 )
+from .tokenizer import reserved_completion_tokens
 
 __all__ = ["FAKE_API_KEY", "FakeKimi", "FakeStats"]
 
@@ -531,7 +531,7 @@ class FakeKimi:
                 404, f"Not found the model {model} or Permission denied",
                 "resource_not_found_error"))
         prompt_tokens = count_prompt_tokens(body)
-        reserved = prompt_tokens + requested_max_tokens(body)
+        reserved = prompt_tokens + reserved_completion_tokens(body)
         limit = context_length(model)
         if reserved > limit:
             return self._reject("context_length", self._error(

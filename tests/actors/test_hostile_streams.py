@@ -33,8 +33,9 @@ from kimi_actors import (
     RetryPolicy,
     Supervisor,
     Timeouts,
+    estimate_prompt_tokens,
 )
-from kimi_actors.testing import FakeKimi, Faults, expected_reply
+from kimi_actors.testing import FakeKimi, Faults, count_prompt_tokens, expected_reply
 
 KEY = "sk-test-hostile-streams"
 ONCE = RetryPolicy(max_attempts=1)
@@ -423,3 +424,34 @@ async def test_connection_failures_before_a_response_still_trip_the_breaker() ->
                 async with sup.stream(model=MODEL, messages=QUESTION) as stream:
                     await stream.collect()
         assert sup.statistics().breaker_trips == 1
+
+
+# -- an estimate that errs both ways -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["under", "over"])
+async def test_settle_and_429s_absorb_an_estimate_that_errs(kind: str) -> None:
+    """FakeKimi counts on its own: digit-heavy prompts count more than the client estimates,
+    plain prose less. At a binding TPM limit, every request is still answered, the server's
+    window never goes over, and the 429s stay few."""
+    def prompt(i: int) -> str:
+        if kind == "under":
+            return f"ids {i:06d}{i * 7919:012d}{i * 104729:012d} and {i * 31337:015d}"
+        return f"Please explain, briefly and clearly, rate limit number {i} to a new user."
+
+    bodies = [[{"role": "user", "content": prompt(i)}] for i in range(24)]
+    estimates = [estimate_prompt_tokens({"messages": m}) for m in bodies]
+    counts = [count_prompt_tokens({"messages": m}) for m in bodies]
+    assert all((c > e) if kind == "under" else (c < e) for c, e in zip(counts, estimates,
+                                                                          strict=True))
+    limits = Limits(tpm=6 * (max(counts + estimates) + 16), minute=1.0)
+    async with FakeKimi(limits=limits) as fake, \
+            Supervisor(api_key=fake.api_key, base_url=fake.base_url, limits=limits,
+                       retry=FAST) as sup:
+        results = await asyncio.gather(*(sup.chat(model=MODEL, messages=m, max_tokens=16)
+                                         for m in bodies))
+        stats, server = sup.statistics(), fake.statistics()
+    assert len(results) == 24
+    assert server.peak_tpm <= limits.tpm
+    assert stats.rate_limited <= 6
+    assert stats.governor.tokens_settled == sum(counts) + 24 * 16
