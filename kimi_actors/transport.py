@@ -30,8 +30,8 @@ from .policy import Timeouts
 from .redaction import redact_text, redact_url
 
 __all__ = [
+    "ERROR_PAGE_READ_BYTES",
     "MAX_BODY_BYTES",
-    "MAX_ERROR_BODY_BYTES",
     "MAX_SAME_ORIGIN_REDIRECTS",
     "RawResponse",
     "StreamLike",
@@ -46,8 +46,9 @@ MAX_BODY_BYTES = 64 << 20
 #: aiohttp pauses reading a socket once twice this much is buffered and unread. Its default
 #: (256 KiB) let a stream whose consumer stopped reading hold about 0.8 MB in aiohttp alone.
 READ_BUFFER_BYTES = 64 << 10
-#: An error page is read up to this many bytes before it is classified.
-MAX_ERROR_BODY_BYTES = 1 << 20
+#: An error page is read up to this many bytes before it is classified (classify.py keeps
+#: ``KEPT_ERROR_BODY_BYTES`` of it on the error).
+ERROR_PAGE_READ_BYTES = 1 << 20
 #: Same-origin 307/308 redirects followed for one request before the answer is taken as is.
 MAX_SAME_ORIGIN_REDIRECTS = 3
 _KEEP_METHOD_REDIRECTS = frozenset({307, 308})
@@ -189,7 +190,7 @@ class StreamResponse:
             failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
         raise failure
 
-    async def read(self, limit: int = MAX_ERROR_BODY_BYTES) -> bytes:
+    async def read(self, limit: int = ERROR_PAGE_READ_BYTES) -> bytes:
         """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page."""
         try:
             return await _read_body(self._response.content, limit, truncate=True)

@@ -39,7 +39,7 @@ from ..protocol.tokens import (
 )
 from ..transport import TransportProtocol
 
-__all__ = ["Attempt", "Counters", "Runtime", "settled_tokens"]
+__all__ = ["Attempt", "CounterStats", "Counters", "Runtime", "settled_tokens"]
 
 
 class Attempt:
@@ -103,6 +103,37 @@ class Counters:
     def count(self, name: str) -> None:
         """Add one to the counter ``name`` (an error class's ``counter``)."""
         setattr(self, name, getattr(self, name) + 1)
+
+    def snapshot(self) -> CounterStats:
+        """A frozen copy of the totals now."""
+        values = {name: getattr(self, name) for name in _COUNTER_NAMES}
+        return CounterStats(**values, failures_by_type=dict(self.failures_by_type))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CounterStats:
+    """The running totals of one runtime at one moment (see :class:`Counters`)."""
+
+    submitted: int
+    completed: int
+    failed: int
+    attempts: int
+    retries: int
+    resumes: int
+    restarts: int
+    length_continuations: int
+    rate_limited: int
+    overloaded: int
+    server_errors: int
+    transport_errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    usage_anomalies: int
+    failures_by_type: Mapping[str, int]
+
+
+_COUNTER_NAMES = tuple(name for name in CounterStats.__dataclass_fields__
+                       if name != "failures_by_type")
 
 
 class Runtime:

@@ -32,7 +32,7 @@ from ..errors import (
     SupervisorClosedError,
     TransportError,
 )
-from ..governance.governor import Governor, GovernorStats
+from ..governance.governor import DEFAULT_WINDOW_MARGIN, Governor, GovernorStats
 from ..governance.interface import GovernorProtocol
 from ..limits import Limits
 from ..observe import emit
@@ -252,7 +252,8 @@ class Supervisor:
                  timeouts: Timeouts | None = None, clock: Clock | None = None,
                  rng: random.Random | None = None,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS,
-                 stream_buffer: int = DEFAULT_STREAM_BUFFER, window_margin: float = 0.015,
+                 stream_buffer: int = DEFAULT_STREAM_BUFFER,
+                 window_margin: float = DEFAULT_WINDOW_MARGIN,
                  headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
                  fatal: FatalPolicy | None = None,
                  governor: GovernorProtocol | None = None,
@@ -547,20 +548,13 @@ class Supervisor:
 
     def statistics(self) -> SupervisorStats:
         rt = self._runtime
-        counters = rt.counters
+        counters = rt.counters.snapshot()
         governor = rt.governor.statistics()
         return SupervisorStats(
+            **{name: getattr(counters, name) for name in counters.__dataclass_fields__},
             in_flight=governor.in_flight, queued=governor.queued, waiting=rt.waiting,
-            actors=len(self._actors), submitted=counters.submitted,
-            completed=counters.completed, failed=counters.failed, attempts=counters.attempts,
-            retries=counters.retries, resumes=counters.resumes, restarts=counters.restarts,
-            length_continuations=counters.length_continuations,
-            rate_limited=counters.rate_limited, overloaded=counters.overloaded,
-            server_errors=counters.server_errors, transport_errors=counters.transport_errors,
-            prompt_tokens=counters.prompt_tokens, completion_tokens=counters.completion_tokens,
-            usage_anomalies=counters.usage_anomalies,
+            actors=len(self._actors),
             tokens_reserved=governor.tokens_reserved, tokens_settled=governor.tokens_settled,
-            failures_by_type=dict(counters.failures_by_type),
             breaker_state=rt.breaker.state(rt.clock.now()).value,
             breaker_trips=rt.breaker.trips,
             governor=governor, closed=self._closing,

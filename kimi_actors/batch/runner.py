@@ -62,7 +62,6 @@ import math
 import os
 import signal
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -71,6 +70,7 @@ from types import MappingProxyType
 from typing import Any, TextIO
 
 from ..actors.supervisor import MapResult, Supervisor, SupervisorStats
+from ..clock import Clock, MonotonicClock
 from ..errors import (
     AuthenticationError,
     BatchInputError,
@@ -80,6 +80,7 @@ from ..errors import (
     RequestTimeoutError,
     SupervisorClosedError,
 )
+from ..governance.governor import DEFAULT_WINDOW_MARGIN
 from ..limits import Limits
 from ..policy import FatalMode, FatalPolicy, ResumePolicy
 from ..protocol.chunks import ChatResult
@@ -146,7 +147,7 @@ RUN_PROGRAM = "kimi-actors run"
 
 #: The governor's window margin (the Supervisor's default), passed explicitly because the
 #: progress line scales the governor's counts back to the server's window with it.
-_WINDOW_MARGIN = 0.015
+_WINDOW_MARGIN = DEFAULT_WINDOW_MARGIN
 #: With ``--fake`` the server shares the runner's event loop, so it reads a request late by
 #: however long the loop is busy (writing results, progress): an absolute lag that 1.5% of a
 #: one-second test window cannot cover. The margin is at least this many seconds there.
@@ -364,7 +365,8 @@ class _Sender:
     ``Supervisor.map``, the progress ticker and the signal handlers."""
 
     def __init__(self, config: RunConfig, *, api_key: str | None, writer: OutputWriter,
-                 scan: InputScan, skip: DoneSet, console: _Console, drain_timeout: float) -> None:
+                 scan: InputScan, skip: DoneSet, console: _Console, drain_timeout: float,
+                 clock: Clock | None = None) -> None:
         self._config = config
         self._api_key = api_key
         self._writer = writer
@@ -387,7 +389,8 @@ class _Sender:
         self._sup: Supervisor | None = None
         self._requests_window = _RateWindow(self._limits.minute)
         self._tokens_window = _RateWindow(self._limits.minute)
-        self.started = self.ended = time.monotonic()
+        self._clock: Clock = clock or MonotonicClock()
+        self.started = self.ended = self._clock.now()
         self.stats: SupervisorStats | None = None
         self.rpm_average = _TimeAverage()
         self.tpm_average = _TimeAverage()
@@ -441,12 +444,12 @@ class _Sender:
                     base_url, api_key = fake.base_url, fake.api_key
                     self._console.say(f"FakeKimi serving {fake.base_url} (in this process)")
                 sup = await stack.enter_async_context(Supervisor(
-                    api_key=api_key, base_url=base_url, limits=self._limits,
+                    api_key=api_key, base_url=base_url, limits=self._limits, clock=self._clock,
                     retry=self._config.retry_policy(), resume=ResumePolicy(),
                     drain_timeout=self._drain_timeout, window_margin=self._margin,
                     fatal=FatalPolicy(mode=FatalMode.STOP)))
                 self._sup = sup
-                self.started = time.monotonic()
+                self.started = self._clock.now()
                 ticker = asyncio.create_task(self._tick(sup))
                 consumer = self._consumer = asyncio.create_task(self._consume(sup))
                 try:
@@ -462,7 +465,7 @@ class _Sender:
                     with contextlib.suppress(asyncio.CancelledError):
                         await ticker
                     self.stats = sup.statistics()
-                    self.ended = time.monotonic()
+                    self.ended = self._clock.now()
                 if not consumer.cancelled() and consumer.exception() is not None:
                     raise consumer.exception()  # type: ignore[misc]
 
@@ -503,7 +506,7 @@ class _Sender:
     def _finish(self, item: MapResult) -> None:
         request = self._pending.pop(item.index)
         tally = self.tally
-        now = time.monotonic()
+        now = self._clock.now()
         self._requests_window.add(now, 1)
         if item.result is not None:
             result = item.result
@@ -550,7 +553,7 @@ class _Sender:
         reporter = self._console.reporter
         warned = False
         while True:
-            now = time.monotonic()
+            now = self._clock.now()
             stats = sup.statistics()
             reporter.update(self.snapshot(stats, now), now)
             if not warned and self.tally.ok == 0:
@@ -558,7 +561,7 @@ class _Sender:
                 if problem is not None:
                     warned = True
                     self._console.say(f"warning: {problem}")
-            await asyncio.sleep(_TICK_SECONDS)
+            await self._clock.sleep(_TICK_SECONDS)
 
 
 _REASON_HINTS: Mapping[str | None, str] = MappingProxyType({

@@ -25,7 +25,10 @@ from ..errors import KimiError, LimitExceededError
 from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
 
-__all__ = ["DimensionStats", "Governor", "GovernorStats", "Permit"]
+__all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats", "Permit"]
+
+#: How much longer than the server's each rate window is kept, against network jitter (1.5%).
+DEFAULT_WINDOW_MARGIN = 0.015
 
 _RATE_DIMENSIONS: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
 
@@ -76,7 +79,8 @@ class Governor:
     share, so that network jitter between our admission and the server's receipt can never put
     two requests in the same server window when they were a full window apart here."""
 
-    def __init__(self, limits: Limits, *, clock: Clock, window_margin: float = 0.015) -> None:
+    def __init__(self, limits: Limits, *, clock: Clock,
+                 window_margin: float = DEFAULT_WINDOW_MARGIN) -> None:
         if not 0 <= window_margin < 1:
             raise ValueError(f"window_margin must be in [0, 1), got {window_margin!r}")
         self._clock = clock

@@ -70,7 +70,7 @@ from ..redaction import redact_url
 from . import jsontext
 
 __all__ = [
-    "MAX_ERROR_BODY_BYTES",
+    "KEPT_ERROR_BODY_BYTES",
     "MAX_RETRY_AFTER",
     "REQUEST_ID_HEADER",
     "Action",
@@ -90,7 +90,7 @@ _FALLBACK_REQUEST_ID_HEADER = "x-request-id"
 #: A server-named wait longer than this (seconds) is taken as this: an hour is already absurd.
 MAX_RETRY_AFTER = 3600.0
 #: Error bodies are kept for inspection up to this many bytes.
-MAX_ERROR_BODY_BYTES = 64 * 1024
+KEPT_ERROR_BODY_BYTES = 64 * 1024
 _MAX_MESSAGE_CHARS = 2000
 _EXCERPT_CHARS = 200
 
@@ -417,8 +417,8 @@ def _build_error(status: int, error_type: str | None, message: str, *,
     cls = _error_class(class_status, error_type, message)
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[:_MAX_MESSAGE_CHARS] + "..."
-    if body is not None and len(body) > MAX_ERROR_BODY_BYTES:
-        body = body[:MAX_ERROR_BODY_BYTES]
+    if body is not None and len(body) > KEPT_ERROR_BODY_BYTES:
+        body = body[:KEPT_ERROR_BODY_BYTES]
     if cls is RateLimitError:
         dimension = _dimension(message)
         return RateLimitError(message, dimension=dimension,
@@ -480,7 +480,7 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
     if 200 <= status < 300:
         parsed_ok, parsed, problem = _parse_json(body)
         if not parsed_ok:
-            text = body[:MAX_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
+            text = body[:KEPT_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
             return Outcome(action=Action.RETRY, error=ProtocolError(
                 f"{_describe_body(status, text)} ({problem}; a chat answer must be JSON)",
                 request_id=request_id))
@@ -514,7 +514,7 @@ def _redirect_error(status: int, headers: Mapping[str, str], request_id: str | N
         f"HTTP {status} redirect{target}: API calls do not follow redirects (a POST would "
         f"become a GET, or the key would go to another host); set base_url to the address "
         f"that answers", status=status, request_id=request_id, location=location,
-        body=body[:MAX_ERROR_BODY_BYTES])
+        body=body[:KEPT_ERROR_BODY_BYTES])
 
 
 def classify_error(error: KimiError, *, mid_stream: bool = False) -> Outcome:

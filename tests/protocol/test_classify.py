@@ -36,7 +36,7 @@ from kimi_actors.errors import (
 )
 from kimi_actors.limits import Dimension
 from kimi_actors.protocol.classify import (
-    MAX_ERROR_BODY_BYTES,
+    KEPT_ERROR_BODY_BYTES,
     MAX_RETRY_AFTER,
     REQUEST_ID_HEADER,
     Action,
@@ -312,7 +312,7 @@ def test_huge_body_is_capped_and_message_is_short() -> None:
     raw = b"<html><body>" + b"x" * (1 << 20) + b"</body></html>"
     error = classify_response(502, {}, raw).error
     assert isinstance(error, APIError)
-    assert error.body == raw[:MAX_ERROR_BODY_BYTES]
+    assert error.body == raw[:KEPT_ERROR_BODY_BYTES]
     assert len(error.message) < 300
 
 
@@ -557,10 +557,10 @@ def test_error_from_payload_reads_wait_from_message() -> None:
 
 def test_error_from_payload_explicit_wait_and_body_cap() -> None:
     payload = {"error": {"type": "server_error", "message": "try again after 3 seconds"}}
-    body = b"z" * (MAX_ERROR_BODY_BYTES + 10)
+    body = b"z" * (KEPT_ERROR_BODY_BYTES + 10)
     error = error_from_payload(500, payload, retry_after=9.0, body=body)
     assert error.retry_after == 9.0
-    assert error.body == body[:MAX_ERROR_BODY_BYTES]
+    assert error.body == body[:KEPT_ERROR_BODY_BYTES]
 
 
 @pytest.mark.parametrize("kwargs", [
