@@ -61,7 +61,7 @@ from .policy import (
     TimeoutPhase,
     Timeouts,
 )
-from .protocol.chunks import ChatResult, Choice, Delta, Function, Message, ToolCall, Usage
+from .protocol.results import ChatResult, Choice, Delta, Function, Message, ToolCall, Usage
 from .protocol.tokens import admission_tokens, estimate_prompt_tokens, estimate_text_tokens
 
 __version__ = "0.1.0"
