@@ -30,16 +30,12 @@ from .io import (
     BatchRequest,
     DoneSet,
     InputScan,
-    OutputScan,
-    OutputWriter,
     hash_custom_id,
-    is_final_error,
     iter_requests,
     parse_line,
-    repair_output,
     scan_input,
-    scan_output,
 )
+from .output import OutputScan, OutputWriter, is_final_error, repair_output, scan_output
 from .plan import RunPlan, plan_run, render_plan, rolling_window_seconds
 from .progress import (
     ProgressReporter,

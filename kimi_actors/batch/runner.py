@@ -87,16 +87,8 @@ from ..protocol.chunks import ChatResult
 from ..redaction import redact_text, redact_url
 from ..transport import cleartext_host
 from .config import RunConfig
-from .io import (
-    BatchRequest,
-    DoneSet,
-    InputScan,
-    OutputWriter,
-    is_final_error,
-    iter_requests,
-    scan_input,
-    scan_output,
-)
+from .io import BatchRequest, DoneSet, InputScan, iter_requests, scan_input
+from .output import OutputWriter, is_final_error, scan_output
 from .plan import plan_run, render_plan
 from .progress import (
     ProgressReporter,

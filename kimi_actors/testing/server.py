@@ -7,10 +7,8 @@ purpose: a request turned away by a fault was never admitted, so it consumes no 
 concurrency, just as a client's governor that releases its reservation on such an error
 expects. Only admitted requests count in ``accepted`` and in the windows.
 
-Stream events are built from string templates (one JSON object per ``data:`` line, compact
-separators, the same bytes ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
-gives) rather than serialising a dict per chunk, so the server is never the bottleneck of a
-benchmark.
+The pure part, validation and the bytes of every answer, is in ``wire.py``; this module is the
+I-O: the aiohttp app, the account limits' state, faults and latency.
 """
 
 from __future__ import annotations
@@ -21,9 +19,8 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from json.encoder import encode_basestring
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 from aiohttp import web
 
@@ -41,6 +38,18 @@ from .replies import (
     split_partial,
 )
 from .tokenizer import reserved_completion_tokens
+from .wire import (
+    DONE,
+    Answer,
+    BadRequest,
+    Text,
+    compact,
+    completion_body,
+    error_body,
+    is_int,
+    stream_events,
+    validate,
+)
 
 __all__ = ["FAKE_API_KEY", "FakeKimi", "FakeStats"]
 
@@ -50,10 +59,7 @@ REJECTION_REASONS = ("auth", "not_found", "bad_request", "context_length", "conc
                      "tpm", "tpd", "quota")
 FAULT_NAMES = ("overload", "server_error", "html_error", "drop", "stall", "malformed",
                "invalid_utf8", "split_writes")
-MAX_CHOICES = 5
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
 _JSON = "application/json; charset=utf-8"
-_DONE = b"data: [DONE]\n\n"
 _MALFORMED_EVENT = b'data: {"choices": [\n\n'
 _INVALID_UTF8_EVENT = (b'data: {"choices":[{"index":0,"delta":{"content":"\xff\xfe"},'
                        b'"finish_reason":null}]}\n\n')
@@ -117,182 +123,6 @@ class _Counters:
         self.partial = 0
 
 
-class _BadRequest(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-def _error_body(message: str, error_type: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": error_type}},
-                      ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def _compact(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _validate(body: Any) -> None:
-    """Raise _BadRequest for a body Kimi would answer with 400 invalid_request_error."""
-    if not isinstance(body, dict):
-        raise _BadRequest("the request body must be a JSON object")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise _BadRequest("model is required and must be a string")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _BadRequest("messages must be a non-empty list")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _BadRequest(f"messages[{index}] must be an object")
-        if message.get("role") not in _ROLES:
-            raise _BadRequest(f"messages[{index}].role must be one of assistant, system, tool, "
-                              f"user")
-        content = message.get("content")
-        if content is None:
-            if not (message["role"] == "assistant" and message.get("tool_calls")):
-                raise _BadRequest(f"messages[{index}].content is required")
-        elif not isinstance(content, str | list):
-            raise _BadRequest(f"messages[{index}].content must be a string or a list of parts")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise _BadRequest("stream must be a boolean")
-    n = body.get("n", 1)
-    if not _is_int(n) or not 1 <= n <= MAX_CHOICES:
-        raise _BadRequest(f"n must be an integer between 1 and {MAX_CHOICES}")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is not None and (not _is_int(value) or value < 1):
-            raise _BadRequest(f"{name} must be a positive integer")
-    seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise _BadRequest("seed must be an integer")
-    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise _BadRequest(f"{name} must be a number")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise _BadRequest("tools must be a list")
-    stream_options = body.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
-        raise _BadRequest("stream_options must be an object")
-    response_format = body.get("response_format")
-    if (isinstance(response_format, dict) and response_format.get("type") == "json_object"
-            and split_partial(messages)[1] is not None):
-        raise _BadRequest("partial mode cannot be used with response_format json_object")
-
-
-class _Text(NamedTuple):
-    """One choice's text answer (what :class:`Reply` holds, without its validation cost)."""
-
-    reasoning_pieces: tuple[str, ...]
-    pieces: tuple[str, ...]
-    finish_reason: str
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.pieces) + len(self.reasoning_pieces)
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """Everything one admitted chat request answers with."""
-
-    replies: tuple[_Text | ToolCall, ...]
-    prompt_tokens: int
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(reply.completion_tokens for reply in self.replies)
-
-    def usage_json(self) -> str:
-        completion = self.completion_tokens
-        return (f'{{"prompt_tokens":{self.prompt_tokens},"completion_tokens":{completion},'
-                f'"total_tokens":{self.prompt_tokens + completion},"cached_tokens":0}}')
-
-
-def _stream_events(completion_id: str, created: int, model: str, answer: _Answer,
-                   include_usage: bool) -> tuple[list[str], list[int]]:
-    """The ``data:`` events of a stream (``[DONE]`` excluded) and the completion tokens each
-    carries. Choices interleave by index: every choice's first event, then every second..."""
-    head = (f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
-            f'"created":{created},"model":{encode_basestring(model)},"choices":[{{"index":')
-    usage = answer.usage_json()
-    per_choice: list[list[tuple[str, int]]] = []
-    for index, reply in enumerate(answer.replies):
-        start = f"{head}{index},"
-        events = [(f'{start}"delta":{{"role":"assistant","content":""}},'
-                   f'"finish_reason":null}}]}}\n\n', 0)]
-        if isinstance(reply, ToolCall):
-            events.append((f'{start}"delta":{{"tool_calls":[{{"index":0,'
-                           f'"id":{encode_basestring(reply.id)},"type":"function","function":'
-                           f'{{"name":{encode_basestring(reply.name)},"arguments":""}}}}]}},'
-                           f'"finish_reason":null}}]}}\n\n', 1))
-            events.extend((f'{start}"delta":{{"tool_calls":[{{"index":0,"function":'
-                           f'{{"arguments":{encode_basestring(piece)}}}}}]}},'
-                           f'"finish_reason":null}}]}}\n\n', 1)
-                          for piece in reply.argument_pieces)
-            finish_reason = "tool_calls"
-        else:
-            events.extend((f'{start}"delta":{{"reasoning_content":{encode_basestring(piece)}}},'
-                           f'"finish_reason":null}}]}}\n\n', 1)
-                          for piece in reply.reasoning_pieces)
-            events.extend((f'{start}"delta":{{"content":{encode_basestring(piece)}}},'
-                           f'"finish_reason":null}}]}}\n\n', 1)
-                          for piece in reply.pieces)
-            finish_reason = reply.finish_reason
-        if include_usage:
-            events.append((f'{start}"delta":{{}},"finish_reason":"{finish_reason}"}}]}}\n\n', 0))
-        else:
-            events.append((f'{start}"delta":{{}},"finish_reason":"{finish_reason}",'
-                           f'"usage":{usage}}}]}}\n\n', 0))
-        per_choice.append(events)
-    texts: list[str] = []
-    tokens: list[int] = []
-    if len(per_choice) == 1:
-        for text, weight in per_choice[0]:
-            texts.append(text)
-            tokens.append(weight)
-    else:
-        longest = max(len(events) for events in per_choice)
-        for step in range(longest):
-            for events in per_choice:
-                if step < len(events):
-                    texts.append(events[step][0])
-                    tokens.append(events[step][1])
-    if include_usage:
-        texts.append(f'data: {{"id":"{completion_id}","object":"chat.completion.chunk",'
-                     f'"created":{created},"model":{encode_basestring(model)},"choices":[],'
-                     f'"usage":{usage}}}\n\n')
-        tokens.append(0)
-    return texts, tokens
-
-
-def _completion_body(completion_id: str, created: int, model: str, answer: _Answer) -> bytes:
-    choices = []
-    for index, reply in enumerate(answer.replies):
-        if isinstance(reply, ToolCall):
-            message = _compact({
-                "role": "assistant", "content": "",
-                "tool_calls": [{"index": 0, "id": reply.id, "type": "function",
-                                "function": {"name": reply.name, "arguments": reply.arguments}}]})
-            finish_reason = "tool_calls"
-        else:
-            content = encode_basestring("".join(reply.pieces))
-            thought = "".join(reply.reasoning_pieces)
-            reasoning = f',"reasoning_content":{encode_basestring(thought)}' if thought else ""
-            message = f'{{"role":"assistant","content":{content}{reasoning}}}'
-            finish_reason = reply.finish_reason
-        choices.append(f'{{"index":{index},"message":{message},'
-                       f'"finish_reason":"{finish_reason}"}}')
-    return (f'{{"id":"{completion_id}","object":"chat.completion","created":{created},'
-            f'"model":{encode_basestring(model)},"choices":[{",".join(choices)}],'
-            f'"usage":{answer.usage_json()}}}').encode()
-
-
 class FakeKimi:
     """A Kimi API server on loopback for tests, demos and benchmarks.
 
@@ -330,9 +160,9 @@ class FakeKimi:
             raise ValueError(f"FakeKimi.faults must be a Faults, got {type(faults).__name__}")
         if not isinstance(latency, Latency):
             raise ValueError(f"FakeKimi.latency must be a Latency, got {type(latency).__name__}")
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(f"FakeKimi.seed must be an int, got {seed!r}")
-        if not _is_int(port) or not 0 <= port <= 65_535:
+        if not is_int(port) or not 0 <= port <= 65_535:
             raise ValueError(f"FakeKimi.port must be 0-65535, got {port!r}")
         if isinstance(models, str) or not models or not all(
                 isinstance(model, str) and model for model in models):
@@ -486,11 +316,11 @@ class FakeKimi:
         headers = self._headers()
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        return web.Response(status=status, body=_error_body(message, error_type),
+        return web.Response(status=status, body=error_body(message, error_type),
                             headers=headers)
 
     def _json(self, data: Any) -> web.Response:
-        return web.Response(body=_compact(data).encode(), headers=self._headers())
+        return web.Response(body=compact(data).encode(), headers=self._headers())
 
     async def _unknown_path(self, _: web.Request) -> web.Response:
         return self._error(404, "Not found", "resource_not_found_error")
@@ -521,8 +351,8 @@ class FakeKimi:
             return self._reject("bad_request", self._error(
                 400, "Invalid request: the body is not valid JSON", "invalid_request_error"))
         try:
-            _validate(body)
-        except _BadRequest as exc:
+            validate(body)
+        except BadRequest as exc:
             return self._reject("bad_request", self._error(
                 400, f"Invalid request: {exc.detail}", "invalid_request_error"))
         model: str = body["model"]
@@ -570,7 +400,7 @@ class FakeKimi:
             slot.release()
             self._handlers.discard(task)
 
-    def _answer(self, body: dict[str, Any], model: str, prompt_tokens: int) -> _Answer:
+    def _answer(self, body: dict[str, Any], model: str, prompt_tokens: int) -> Answer:
         messages = body["messages"]
         if split_partial(messages)[1] is not None:
             self._counters.partial += 1
@@ -579,16 +409,16 @@ class FakeKimi:
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         seed = body.get("seed")
-        replies: list[_Text | ToolCall] = []
+        replies: list[Text | ToolCall] = []
         for choice in range(body.get("n", 1)):
             call = (expected_tool_call(model, messages, body.get("tools"),
                                        tool_choice=body.get("tool_choice"), seed=seed,
                                        choice=choice)
                     if self._tool_calls and body.get("tools") else None)
             replies.append(call if call is not None else
-                           _Text(*reply_parts(model, messages, seed=seed, max_tokens=max_tokens,
+                           Text(*reply_parts(model, messages, seed=seed, max_tokens=max_tokens,
                                               choice=choice)))
-        return _Answer(tuple(replies), prompt_tokens)
+        return Answer(tuple(replies), prompt_tokens)
 
     def _fault_response(self, fault: str) -> web.Response:
         if fault == "overload":
@@ -604,7 +434,7 @@ class FakeKimi:
         (handler cancellation) or the server closes."""
         await self._closing.wait()
 
-    async def _complete(self, request: web.Request, answer: _Answer, plan: FaultPlan,
+    async def _complete(self, request: web.Request, answer: Answer, plan: FaultPlan,
                         completion_id: str, created: int, model: str) -> web.StreamResponse:
         if self._latency.first_token > 0:
             await self._clock.sleep(self._latency.first_token)
@@ -614,17 +444,17 @@ class FakeKimi:
                 await self._hold_until_gone()
             _drop_connection(request)
             return web.Response()
-        response = web.Response(body=_completion_body(completion_id, created, model, answer),
+        response = web.Response(body=completion_body(completion_id, created, model, answer),
                                 headers=self._headers())
         self._counters.completion_tokens += answer.completion_tokens
         self._counters.completed += 1
         return response
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], answer: _Answer,
+    async def _stream(self, request: web.Request, body: dict[str, Any], answer: Answer,
                       plan: FaultPlan, number: int, completion_id: str, created: int,
                       slot: _Slot) -> web.StreamResponse:
         stream_options = body.get("stream_options") or {}
-        texts, weights = _stream_events(completion_id, created, body["model"], answer,
+        texts, weights = stream_events(completion_id, created, body["model"], answer,
                                         stream_options.get("include_usage") is True)
         count = len(texts)
         events = [text.encode() for text in texts]
@@ -673,7 +503,7 @@ class FakeKimi:
         if plan.cut is None and latency.per_token == 0 and not split:
             counters.completion_tokens += sum(tokens)
             self._finish(slot)
-            await response.write(b"".join(outgoing) + _DONE)
+            await response.write(b"".join(outgoing) + DONE)
             return
         writer = _SplitWriter(response, random.Random(f"split:{self._seed}:{number}"),
                               whole_events=latency.per_token > 0) if split else None
@@ -696,10 +526,10 @@ class FakeKimi:
             await self._clock.sleep(latency.per_token)
         self._finish(slot)
         if writer is not None:
-            await writer.write(_DONE)
+            await writer.write(DONE)
             await writer.flush()
         else:
-            await response.write(_DONE)
+            await response.write(DONE)
 
     def _finish(self, slot: _Slot) -> None:
         """The answer is complete: free the concurrency slot before the last bytes go out, so

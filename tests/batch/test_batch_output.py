@@ -15,15 +15,12 @@ from typing import Any
 
 import pytest
 
-from kimi_actors.batch.io import (
-    BatchRequest,
-    DoneSet,
+from kimi_actors.batch.io import BatchRequest, DoneSet, iter_requests, scan_input
+from kimi_actors.batch.output import (
     OutputScan,
     OutputWriter,
     is_final_error,
-    iter_requests,
     repair_output,
-    scan_input,
     scan_output,
 )
 from kimi_actors.errors import (
@@ -331,7 +328,8 @@ def test_resume_skips_answered_and_final_failures(tmp_path: Path) -> None:
 CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from kimi_actors.batch.io import BatchRequest, OutputWriter, scan_output
+    from kimi_actors.batch.io import BatchRequest
+    from kimi_actors.batch.output import OutputWriter, scan_output
 
     out, total = Path(sys.argv[1]), int(sys.argv[2])
     done = scan_output(out).done
