@@ -57,13 +57,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import os
 import signal
 import sys
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -74,10 +72,8 @@ from ..clock import Clock, MonotonicClock
 from ..errors import (
     AuthenticationError,
     BatchInputError,
-    ConnectionFailedError,
     KimiError,
     QuotaExhaustedError,
-    RequestTimeoutError,
     SupervisorClosedError,
 )
 from ..governance.governor import DEFAULT_WINDOW_MARGIN
@@ -87,6 +83,7 @@ from ..protocol.chunks import ChatResult
 from ..redaction import redact_text, redact_url
 from ..transport import cleartext_host
 from .config import RunConfig
+from .console import Console, cli_logging, unreachable_message
 from .io import BatchRequest, DoneSet, InputScan, iter_requests, scan_input
 from .output import OutputWriter, is_final_error, scan_output
 from .plan import plan_run, render_plan
@@ -98,6 +95,7 @@ from .progress import (
     render_problems,
     render_summary,
 )
+from .rates import RateWindow, TimeAverage
 
 __all__ = [
     "DRAIN_SECONDS",
@@ -145,9 +143,6 @@ _WINDOW_MARGIN = DEFAULT_WINDOW_MARGIN
 #: one-second test window cannot cover. The margin is at least this many seconds there.
 _FAKE_MARGIN_SECONDS = 0.05
 _TICK_SECONDS = 0.1
-_RATE_BUCKETS = 60
-_LOGGER_NAME = "kimi_actors"
-_CLEAR_LINE = "\r\x1b[K"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,116 +165,6 @@ class RunResult:
 def completion_body(result: ChatResult) -> dict[str, Any]:
     """A ``chat.completion`` body for ``result`` (:meth:`ChatResult.to_dict`)."""
     return result.to_dict()
-
-
-class _RateWindow:
-    """Amounts added over the last ``window`` seconds, in 60 buckets (bounded memory whatever
-    the rate); for the progress line when a dimension has no limit for the governor to count."""
-
-    __slots__ = ("_buckets", "_width")
-
-    def __init__(self, window: float) -> None:
-        self._width = window / _RATE_BUCKETS
-        self._buckets: deque[list[float]] = deque()
-
-    def add(self, now: float, amount: float) -> None:
-        slot = math.floor(now / self._width)
-        if self._buckets and self._buckets[-1][0] == slot:
-            self._buckets[-1][1] += amount
-        else:
-            self._buckets.append([slot, amount])
-        self._expire(slot)
-
-    def total(self, now: float) -> float:
-        self._expire(math.floor(now / self._width))
-        return sum(amount for _, amount in self._buckets)
-
-    def _expire(self, slot: int) -> None:
-        while self._buckets and self._buckets[0][0] <= slot - _RATE_BUCKETS:
-            self._buckets.popleft()
-
-
-class _TimeAverage:
-    """The time average of a step function sampled at increasing times (each value holds
-    until the next sample)."""
-
-    __slots__ = ("_area", "_first", "_last_time", "_last_value")
-
-    def __init__(self) -> None:
-        self._area = 0.0
-        self._first: float | None = None
-        self._last_time = 0.0
-        self._last_value = 0.0
-
-    def sample(self, now: float, value: float) -> None:
-        if self._first is None:
-            self._first = now
-        else:
-            self._area += self._last_value * max(0.0, now - self._last_time)
-        self._last_time, self._last_value = now, value
-
-    def mean(self) -> float:
-        if self._first is None:
-            return 0.0
-        span = self._last_time - self._first
-        return self._area / span if span > 0 else self._last_value
-
-
-class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes library log records to the terminal without breaking the progress bar: the
-    bar's line is cleared first (it is redrawn on the next update)."""
-
-    def __init__(self, stream: TextIO, before_write: Callable[[], None]) -> None:
-        super().__init__(stream)
-        self._before_write = before_write
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._before_write()
-        super().emit(record)
-
-
-def _not_run_stopped(record: logging.LogRecord) -> bool:
-    """The runner reports a run-fatal error itself, once: the library's event would repeat
-    it."""
-    return not record.getMessage().startswith("event='run_stopped'")
-
-
-@contextlib.contextmanager
-def cli_logging(log_file: Path | None, stream: TextIO,
-                before_write: Callable[[], None] = lambda: None) -> Iterator[None]:
-    """Route the library's ``kimi_actors`` logger for a command-line run, restoring it after.
-
-    With ``log_file`` every event from INFO up (retries, resumes, 429s, breaker transitions)
-    goes there. On ``stream`` only errors appear, after ``before_write`` (which clears the
-    progress bar's line); the progress line counts 429s and retries instead of logging each.
-    """
-    logger = logging.getLogger(_LOGGER_NAME)
-    saved_level, saved_propagate = logger.level, logger.propagate
-    console = _ConsoleHandler(stream, before_write)
-    console.setLevel(logging.ERROR)
-    console.addFilter(_not_run_stopped)
-    handlers: list[logging.Handler] = [console]
-    if log_file is not None:
-        try:
-            file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        except OSError as exc:
-            raise BatchInputError(f"cannot open the log file {log_file}: "
-                                  f"{exc.strerror or exc}") from exc
-        file_handler.setLevel(logging.INFO)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        handlers.append(file_handler)
-    logger.setLevel(logging.INFO if log_file is not None else logging.ERROR)
-    logger.propagate = False
-    for handler in handlers:
-        logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            logger.removeHandler(handler)
-            handler.close()
-        logger.setLevel(saved_level)
-        logger.propagate = saved_propagate
 
 
 def _limit_text(limits: Limits) -> str:
@@ -307,25 +192,6 @@ def _fatal_message(error: KimiError, config: RunConfig) -> str:
                 f"run the same command again.")
     return (f"a run-fatal API error stopped the run ({type(error).__name__}: {detail}); "
             f"fix its cause, then run the same command again.")
-
-
-class _Console:
-    """stderr for people: messages that do not collide with the progress bar."""
-
-    def __init__(self, stream: TextIO, reporter: ProgressReporter) -> None:
-        self.stream = stream
-        self.reporter = reporter
-
-    def clear_bar(self) -> None:
-        """Erase the bar's line on a terminal (it is redrawn on the next update)."""
-        if self.reporter.is_tty:
-            self.stream.write(_CLEAR_LINE)
-
-    def say(self, text: str) -> None:
-        """One line for people; every line passes the redactor, whatever it quotes."""
-        self.clear_bar()
-        self.stream.write(redact_text(text) + "\n")
-        self.stream.flush()
 
 
 @dataclass(slots=True)
@@ -357,7 +223,7 @@ class _Sender:
     ``Supervisor.map``, the progress ticker and the signal handlers."""
 
     def __init__(self, config: RunConfig, *, api_key: str | None, writer: OutputWriter,
-                 scan: InputScan, skip: DoneSet, console: _Console, drain_timeout: float,
+                 scan: InputScan, skip: DoneSet, console: Console, drain_timeout: float,
                  clock: Clock | None = None) -> None:
         self._config = config
         self._api_key = api_key
@@ -379,13 +245,13 @@ class _Sender:
         self._interrupt: asyncio.Future[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._sup: Supervisor | None = None
-        self._requests_window = _RateWindow(self._limits.minute)
-        self._tokens_window = _RateWindow(self._limits.minute)
+        self._requests_window = RateWindow(self._limits.minute)
+        self._tokens_window = RateWindow(self._limits.minute)
         self._clock: Clock = clock or MonotonicClock()
         self.started = self.ended = self._clock.now()
         self.stats: SupervisorStats | None = None
-        self.rpm_average = _TimeAverage()
-        self.tpm_average = _TimeAverage()
+        self.rpm_average = TimeAverage()
+        self.tpm_average = TimeAverage()
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -556,34 +422,6 @@ class _Sender:
             await self._clock.sleep(_TICK_SECONDS)
 
 
-_REASON_HINTS: Mapping[str | None, str] = MappingProxyType({
-    "refused": "nothing accepts connections there: check the port in --base-url and that the "
-               "server is up",
-    "dns": "the host name does not resolve: check its spelling in --base-url and the DNS",
-    "tls": "the TLS handshake failed: check https:// against http:// in --base-url, and the "
-           "certificate (a proxy that intercepts TLS needs its CA trusted)",
-    "timeout": "the host does not answer: check the network, a firewall or proxy "
-               "(HTTPS_PROXY), and the host in --base-url",
-    "unreachable": "the host cannot be reached: check the network and the host in --base-url",
-})
-
-
-def unreachable_message(stats: SupervisorStats, base_url: str) -> str | None:
-    """What to tell a person once attempts fail to connect at all: which address, how, and
-    what to check; ``None`` while nothing says the server is out of reach."""
-    error = stats.last_transport_error
-    if isinstance(error, ConnectionFailedError) and error.reason is not None:
-        where = f"{error.host}:{error.port}" if error.host else redact_url(base_url)
-        reason = error.reason
-    elif isinstance(error, RequestTimeoutError) and error.phase == "connect":
-        where, reason = redact_url(base_url), "timeout"
-    else:
-        return None
-    tries = "attempt" if stats.transport_errors == 1 else "attempts"
-    return (f"cannot connect to {where} ({reason}; {stats.transport_errors:,} {tries} so "
-            f"far, retrying with backoff): {_REASON_HINTS[reason]}")
-
-
 def _resolve_key(config: RunConfig, environ: Mapping[str, str]) -> str | None:
     key = environ.get(config.api_key_env, "").strip()
     return key or None
@@ -642,7 +480,7 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
             stderr.write(f"error: {message}\n")
             return RunResult(exit_code=EXIT_USAGE, message=message)
     reporter = ProgressReporter(stderr, is_tty=is_tty, log_every=log_every)
-    console = _Console(stderr, reporter)
+    console = Console(stderr, reporter)
     host = None if config.fake else cleartext_host(config.base_url)
     if host is not None:
         console.say(f"warning: --base-url is plain http:// to {host}: the API key is sent "
@@ -658,7 +496,7 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
 
 
 def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
-                console: _Console, drain_timeout: float, program: str) -> RunResult:
+                console: Console, drain_timeout: float, program: str) -> RunResult:
     if writer.repaired_bytes:
         console.say(f"repaired {config.output_path}: cut a torn last line of "
                     f"{writer.repaired_bytes:,} bytes (its request is sent again)")
@@ -730,7 +568,7 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     return RunResult(exit_code=EXIT_OK, summary=summary, lines_written=writer.lines_written)
 
 
-def _say_earlier_failures(console: _Console, count: int, config: RunConfig) -> None:
+def _say_earlier_failures(console: Console, count: int, config: RunConfig) -> None:
     """The exit code speaks for the whole output, so say why it is 1 when an earlier run's
     final errors are what is left."""
     if count:

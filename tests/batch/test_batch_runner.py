@@ -27,7 +27,8 @@ from kimi_actors.batch import (
     verify_answers,
     write_demo_input,
 )
-from kimi_actors.batch.runner import _RateWindow, _TimeAverage
+from kimi_actors.batch.rates import RateWindow as _RateWindow
+from kimi_actors.batch.rates import TimeAverage as _TimeAverage
 from kimi_actors.protocol.chunks import ChatResult, Choice, ToolCall, Usage
 from kimi_actors.testing import expected_reply
 
