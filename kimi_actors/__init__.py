@@ -3,6 +3,11 @@
 A supervisor spawns request and stream actors that share one governor (concurrency, RPM, TPM,
 TPD) and one circuit breaker, retry in one place under a budget, and resume broken streams
 through Kimi's Partial Mode.
+
+The public surface is this module's ``__all__``, ``kimi_actors.testing`` (FakeKimi, the
+scripted transport, FakeClock) and ``kimi_actors.batch`` (the runner behind ``kimi-actors
+run``). The subpackages ``actors``, ``governance`` and ``protocol`` are internal: their names
+may move between releases.
 """
 
 from __future__ import annotations
