@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
+from hostile import serve
 
 from kimi_actors import (
     ConnectionFailedError,
@@ -27,23 +26,6 @@ from kimi_actors.testing import FakeKimi, Faults, Latency, expected_reply
 MODEL = "kimi-k2-turbo-preview"
 QUESTION = [{"role": "user", "content": "Say something about rate limits."}]
 ONE_TRY = RetryPolicy(max_attempts=2, base=0.01, cap=0.02)
-
-
-@asynccontextmanager
-async def serve(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                ) -> AsyncIterator[str]:
-    """A one-route server on loopback, for answers FakeKimi is too faithful to give."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
 
 
 async def test_side_endpoints_answer_in_kimis_shapes() -> None:
