@@ -305,15 +305,18 @@ class StreamActor:
             delivered = self._assembler.chunks > 0
             if not delivered:
                 retries += 1
+            # Before anything reached the consumer, only the attempts that delivered nothing
+            # count toward max_attempts; after, every attempt does.
+            number = attempts if delivered else retries
             verdict = rt.decide(outcome, AttemptState(
-                attempt=retries if not delivered else attempts, failures=failures,
-                delivered=delivered, recoveries=recoveries, resumable=self._resumable(body),
-                allowance_spent=self._allowance_spent(body)), self._deadline)
+                attempt=number, failures=failures, delivered=delivered, recoveries=recoveries,
+                resumable=self._resumable(body), allowance_spent=self._allowance_spent(body)),
+                self._deadline)
             if verdict.step is Step.FINISH_LOCALLY:
                 # Only the finish chunk was lost: asking for more would overshoot the budget.
                 await self._finish_locally("length")
                 return self._assembler.result(request_id=self.request_id)
-            await rt.follow(verdict, outcome, attempts=retries if not delivered else attempts)
+            await rt.follow(verdict, outcome, attempts=number)
             if verdict.step is Step.RETRY:
                 self._assembler.begin_continuation()
                 continue
