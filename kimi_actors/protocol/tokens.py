@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "budget_keys",
     "char_classes",
     "completion_budget",
-    "count_body_tokens",
     "estimate_prompt_tokens",
     "estimate_text_tokens",
     "prompt_token_ceiling",
@@ -70,65 +69,54 @@ def estimate_text_tokens(text: str) -> int:
     return -(-ascii_chars // 4) + cjk + 2 * astral + -(-other // 2)
 
 
-def _content_tokens(content: Any, text_tokens: Callable[[str], int], image_tokens: int) -> int:
+def _content_tokens(content: Any) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
-        return text_tokens(content)
+        return estimate_text_tokens(content)
     if isinstance(content, list):
         total = 0
         for part in content:
             if isinstance(part, Mapping):
                 if part.get("type") == "text":
-                    total += text_tokens(str(part.get("text", "")))
+                    total += estimate_text_tokens(str(part.get("text", "")))
                 elif part.get("type") in _MEDIA_TYPES:
-                    total += image_tokens
+                    total += IMAGE_TOKENS
                 else:
-                    total += text_tokens(_dumps(part))
+                    total += estimate_text_tokens(_dumps(part))
             else:
-                total += text_tokens(str(part))
+                total += estimate_text_tokens(str(part))
         return total
-    return text_tokens(_dumps(content))
+    return estimate_text_tokens(_dumps(content))
 
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def count_body_tokens(body: Mapping[str, Any], *, text_tokens: Callable[[str], int],
-                      message_overhead: int, reply_priming: int, image_tokens: int) -> int:
-    """Walk a chat body (messages with their content parts, names, reasoning and tool calls,
-    and the tools) and add up ``text_tokens`` of each text plus the fixed costs given.
-    ``estimate_prompt_tokens`` is this walk with conservative weights. (FakeKimi counts on
-    its own, in ``kimi_actors/testing/tokenizer.py``: an oracle shares no code with what it
-    checks.)"""
-    total = reply_priming
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """Estimate the prompt tokens of a chat body: messages (content parts, names, reasoning,
+    tool calls) and the tools, with conservative weights. (FakeKimi counts on its own, in
+    ``kimi_actors/testing/tokenizer.py``: an oracle shares no code with what it checks.)"""
+    total = REPLY_PRIMING
     for message in body.get("messages") or ():
         if not isinstance(message, Mapping):
-            total += message_overhead + text_tokens(str(message))
+            total += MESSAGE_OVERHEAD + estimate_text_tokens(str(message))
             continue
-        total += message_overhead + _content_tokens(message.get("content"), text_tokens,
-                                                    image_tokens)
+        total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
         name = message.get("name")
         if isinstance(name, str):
-            total += text_tokens(name) + 1
+            total += estimate_text_tokens(name) + 1
         reasoning = message.get("reasoning_content")
         if isinstance(reasoning, str):
-            total += text_tokens(reasoning)
+            total += estimate_text_tokens(reasoning)
         tool_calls = message.get("tool_calls")
         if tool_calls:
-            total += text_tokens(_dumps(tool_calls))
+            total += estimate_text_tokens(_dumps(tool_calls))
     tools = body.get("tools")
     if tools:
-        total += text_tokens(_dumps(tools))
+        total += estimate_text_tokens(_dumps(tools))
     return total
-
-
-def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Estimate the prompt tokens of a chat body: messages, names, tool calls and tools."""
-    return count_body_tokens(body, text_tokens=estimate_text_tokens,
-                             message_overhead=MESSAGE_OVERHEAD, reply_priming=REPLY_PRIMING,
-                             image_tokens=IMAGE_TOKENS)
 
 
 def _budget_value(body: Mapping[str, Any], key: str) -> int | None:
