@@ -118,8 +118,12 @@ class FakeClock:
         return sum(1 for _, _, timer in self._timers if not timer.cancelled)
 
     def next_deadline(self) -> float | None:
-        live = [deadline for deadline, _, timer in self._timers if not timer.cancelled]
-        return min(live) if live else None
+        live = self.pending_deadlines()
+        return live[0] if live else None
+
+    def pending_deadlines(self) -> list[float]:
+        """The deadlines of the pending timers, earliest first."""
+        return sorted(deadline for deadline, _, timer in self._timers if not timer.cancelled)
 
     def advance(self, seconds: float) -> None:
         """Move time forward and fire every timer whose deadline has come."""

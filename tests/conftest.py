@@ -1,1 +1,32 @@
-"""Shared test set-up: this directory is on sys.path, so every test can import ``hostile``."""
+"""Shared test set-up: this directory is on sys.path, so every test can import ``hostile``.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE`` picks one; CI=true means ``ci``):
+
+- ``ci``: derandomized. A CI run must be reproducible: a failure seen once is seen again on
+  the same commit, and a green run is not luck. Failing examples are still printed in full,
+  with the blob to replay them, so nothing fails silently.
+- ``dev`` (the default elsewhere): random, so local runs keep exploring new inputs, and the
+  example database remembers what failed.
+- ``mutation``: derandomized as ``ci``, for ``benchmarks/../scripts/mutation`` (a mutant must
+  be killed or survive by the code, not by the draw).
+
+The active profile is printed in the pytest header.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, Verbosity, settings
+
+settings.register_profile("ci", derandomize=True, print_blob=True, verbosity=Verbosity.normal,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("mutation", parent=settings.get_profile("ci"), database=None)
+settings.register_profile("dev", print_blob=True)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or (
+    "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev")
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header() -> str:
+    return f"hypothesis profile: {PROFILE} (derandomize={settings().derandomize})"

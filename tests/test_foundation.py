@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -236,12 +237,20 @@ async def test_fake_clock_timers_can_be_cancelled_and_zero_sleeps_yield() -> Non
 
 async def test_the_monotonic_clock_is_real_time() -> None:
     clock = MonotonicClock()
-    before = clock.now()
+    # Readings bracket time.monotonic() and time.time(): the real clocks, not a copy of them.
+    low = time.monotonic()
+    reading = clock.now()
+    assert low <= reading <= time.monotonic()
+    low = time.time()
+    wall = clock.wall()
+    assert low <= wall <= time.time()
+    # A timer fires through the running loop; a negative delay is taken as zero.
     fired = asyncio.Event()
-    clock.call_later(0, fired.set)
-    await clock.sleep(0)
+    handle = clock.call_later(-5, fired.set)
+    assert isinstance(handle, asyncio.TimerHandle)
+    assert handle.when() <= asyncio.get_running_loop().time()
     await fired.wait()
-    assert clock.now() >= before
+    await clock.sleep(-1)  # a negative sleep returns at once instead of raising
     assert repr(clock) == "MonotonicClock()"
 
 
@@ -252,6 +261,10 @@ def test_an_injected_random_source_makes_backoff_reproducible() -> None:
     first = [backoff_delay(n, policy, random.Random(5)) for n in range(1, 8)]
     second = [backoff_delay(n, policy, random.Random(5)) for n in range(1, 8)]
     assert first == second
+    # The delay is drawn from the source given: another seed gives other delays, and the
+    # draw is the source's own uniform over [0, ceiling].
+    assert [backoff_delay(n, policy, random.Random(6)) for n in range(1, 8)] != first
+    assert first[0] == random.Random(5).uniform(0.0, policy.base)
 
 
 # -- public surface ----------------------------------------------------------------------------

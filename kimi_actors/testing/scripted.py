@@ -122,10 +122,11 @@ def _event(choice: Mapping[str, Any], model: str) -> bytes:
 
 
 class _ScriptedStream:
-    __slots__ = ("_step", "content_type", "headers", "status")
+    __slots__ = ("_step", "_transport", "content_type", "headers", "status")
 
-    def __init__(self, step: Respond) -> None:
+    def __init__(self, step: Respond, transport: ScriptedTransport) -> None:
         self._step = step
+        self._transport = transport
         self.status = step.status
         self.headers: Mapping[str, str] = dict(step.headers)
         self.content_type = step.content_type
@@ -133,6 +134,7 @@ class _ScriptedStream:
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         step = self._step
         for event in step.events or (step.body,):
+            self._transport.events_read += 1
             yield event
         if step.then is Then.DROP:
             raise ConnectionFailedError("the connection broke during the read idle (scripted)")
@@ -155,6 +157,9 @@ class ScriptedTransport:
         self._timeouts = timeouts or Timeouts()
         #: Every request sent, in order.
         self.requests: list[SentRequest] = []
+        #: Stream events the readers have taken so far (one network read each): what a
+        #: consumer that stopped reading let the actor pull.
+        self.events_read = 0
         self.closed = False
 
     def add(self, *steps: Respond | Fail) -> None:
@@ -205,7 +210,7 @@ class ScriptedTransport:
     async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                      on_sent: Callable[[], None] | None = None
                      ) -> AsyncIterator[_ScriptedStream]:
-        yield _ScriptedStream(self._next("POST", path, body, headers, on_sent))
+        yield _ScriptedStream(self._next("POST", path, body, headers, on_sent), self)
 
     async def close(self) -> None:
         self.closed = True

@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import traceback
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -218,14 +219,15 @@ async def _run_in_thread(config: RunConfig) -> Any:
 
 def test_plain_http_to_a_remote_host_warns_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="kimi_actors")
-    Supervisor(api_key=KEY, base_url="http://api.unencrypted.example/v1")
-    Supervisor(api_key=KEY, base_url="http://api.unencrypted.example/v1")
+    host = f"api-{uuid.uuid4().hex}.example"  # once per process: a host no other run has used
+    Supervisor(api_key=KEY, base_url=f"http://{host}/v1")
+    Supervisor(api_key=KEY, base_url=f"http://{host}/v1")
     Supervisor(api_key=KEY, base_url="http://127.0.0.1:9/v1")
     Supervisor(api_key=KEY, base_url="http://localhost:9/v1")
     Supervisor(api_key=KEY, base_url="https://api.encrypted.example/v1")
     warnings = [r for r in caplog.records if "cleartext_api_key" in r.getMessage()]
     assert len(warnings) == 1
-    assert "api.unencrypted.example" in warnings[0].getMessage()
+    assert host in warnings[0].getMessage()
 
 
 def test_the_cli_warns_of_plain_http_to_a_remote_host(tmp_path: Path) -> None:

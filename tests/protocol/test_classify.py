@@ -162,14 +162,18 @@ def test_error_table(status: int, error_type: str | None, message: str, cls: typ
 @pytest.mark.parametrize(
     ("status", "error_type", "message", "cls", "action", "trips", "dimension", "retry_after"),
     ERROR_TABLE)
-def test_classify_error_agrees_with_classify_response(
+def test_classify_error_reads_the_table_from_the_error_alone(
         status: int, error_type: str | None, message: str, cls: type[APIError],
         action: Action, trips: bool, dimension: Dimension | None,
         retry_after: float | None) -> None:
-    from_response = classify_response(status, {}, error_body(error_type, message))
-    assert from_response.error is not None
-    again = classify_error(from_response.error)
-    assert again == from_response
+    # An error raised on the way (an error chunk, a re-raised error) carries no response: the
+    # verdict must come from the error object itself, and match the table.
+    error = classify_response(status, {}, error_body(error_type, message)).error
+    assert error is not None
+    outcome = classify_error(error)
+    assert outcome.error is error
+    assert (outcome.action, outcome.trips_breaker, outcome.dimension, outcome.retry_after) == (
+        action, trips, dimension, retry_after)
 
 
 def test_success_returns_parsed_body() -> None:

@@ -1,0 +1,631 @@
+"""The promises of docs/design.md about retries, resumes, backpressure, redaction and the
+breaker, each with a test named after it.
+
+Most run on the test seams (ScriptedTransport, FakeClock): every wait is a timer the test
+moves, so "it waited 5 s" and "it did not retry" are exact. ``PROMISES`` at the end lists each
+promise as design.md words it, with the test that keeps it (here or elsewhere); a test checks
+that every quoted sentence is still in design.md and every named test still exists, so the doc
+and the tests cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import json
+import random
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_actors_scripted import (
+    MODEL,
+    OVERLOADED,
+    QUESTION,
+    autojump,
+    completion,
+    read,
+    supervisor,
+)
+
+from kimi_actors import (
+    AuthenticationError,
+    BadRequestError,
+    BreakerPolicy,
+    CircuitOpenError,
+    ConnectionFailedError,
+    ConnectTimeoutError,
+    ContentFilterError,
+    EngineOverloadedError,
+    Limits,
+    ModelNotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    RedirectError,
+    RetryPolicy,
+    ServerError,
+    Supervisor,
+    Timeouts,
+    admission_tokens,
+)
+from kimi_actors.protocol.tokens import requested_max_tokens
+from kimi_actors.testing import Fail, FakeClock, Respond, ScriptedTransport, Then, chunk_events
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_BUDGET = RetryPolicy(budget_floor=0, budget_ratio=0.0)
+SERVER_ERROR = Respond.json({"error": {"type": "server_error", "message": "internal"}},
+                            status=500)
+AUTH = Respond.json({"error": {"type": "invalid_authentication_error",
+                               "message": "Incorrect API key provided"}}, status=401)
+
+
+def rate_limited(seconds: int = 1) -> Respond:
+    return Respond.json({"error": {
+        "type": "rate_limit_reached_error",
+        "message": f"Your account org-x<ak-y> request reached organization max RPM: 3, please "
+                   f"try again after {seconds} seconds"}}, status=429)
+
+
+def error(status: int, error_type: str, message: str) -> Respond:
+    return Respond.json({"error": {"type": error_type, "message": message}}, status=status)
+
+
+def event(delta: dict[str, Any]) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+async def test_retry_delays_are_full_jitter_below_base_times_two_to_the_attempt() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, OVERLOADED, completion("ok"))
+    retry = RetryPolicy(base=2.0, cap=5.0)
+    async with supervisor(transport, clock, retry=retry) as sup:
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        waits = []
+        for _ in range(3):
+            await clock.wait_for_sleepers(1)
+            deadline = clock.next_deadline()
+            assert deadline is not None
+            waits.append(deadline - clock.now())
+            clock.advance(deadline - clock.now())
+        assert (await call).content == "ok"
+    # uniform(0, min(cap, base * 2 ** (n - 1))): below 2, 4, then the cap of 5.
+    assert 0 <= waits[0] <= 2.0
+    assert 0 <= waits[1] <= 4.0
+    assert 0 <= waits[2] <= 5.0
+    # The draws are the injected source's: the same seed gives the same three waits.
+    again = random.Random(7)
+    assert waits == pytest.approx([again.uniform(0, 2.0), again.uniform(0, 4.0),
+                                   again.uniform(0, 5.0)])
+
+
+@pytest.mark.parametrize(("headers", "wait"), [
+    ({"Retry-After": "4"}, 4.0),
+    ({"retry-after-ms": "2500"}, 2.5),
+])
+async def test_a_server_named_wait_wins_over_the_backoff(headers: dict[str, str],
+                                                         wait: float) -> None:
+    clock = FakeClock()
+    busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
+                        status=429, headers=headers)
+    transport = ScriptedTransport(busy, completion("ok"))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.01)) as sup:
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        clock.advance(wait - 0.001)
+        await asyncio.sleep(0)
+        assert len(transport.requests) == 1  # the 0.01 s backoff did not win
+        clock.advance(wait * 0.1 + 0.002)  # the wait plus its jitter of at most 10 %
+        assert (await call).content == "ok"
+
+
+async def test_a_crowd_told_the_same_wait_does_not_return_in_lockstep() -> None:
+    clock = FakeClock()
+    busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
+                        status=429, headers={"Retry-After": "10"})
+    transport = ScriptedTransport(*[busy] * 5, *[completion("ok")] * 5)
+    async with supervisor(transport, clock) as sup:
+        calls = [asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+                 for _ in range(5)]
+        await clock.wait_for_sleepers(5)
+        deadlines = sorted(clock.pending_deadlines())
+        await autojump(clock, asyncio.gather(*calls))
+    assert len(set(deadlines)) == 5
+    assert all(10.0 <= when <= 11.0 for when in deadlines)
+
+
+async def test_the_retry_budget_allows_the_floor_then_fails_with_a_note() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR, completion("a"), SERVER_ERROR, completion("b"),
+                                  SERVER_ERROR)
+    retry = RetryPolicy(budget_floor=2, budget_ratio=0.0)
+    async with supervisor(transport, clock, retry=retry) as sup:
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "a"
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "b"
+        with pytest.raises(ServerError) as info:
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+        assert sup.statistics().retries == 2
+    assert len(transport.requests) == 5
+    assert info.value.__notes__[-1] == ("kimi_actors: not retried: the retry budget is spent "
+                                        "(too many retries in the last window)")
+
+
+async def test_rate_limit_429s_do_not_spend_the_retry_budget() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(rate_limited(1), rate_limited(1), completion("paced"))
+    async with supervisor(transport, clock, retry=NO_BUDGET) as sup:
+        result = await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+    assert result.content == "paced"
+    assert len(transport.requests) == 3
+
+
+async def test_rate_limit_429s_are_still_bounded_by_max_attempts() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(rate_limited(1), rate_limited(1), completion("never"))
+    async with supervisor(transport, clock, retry=RetryPolicy(max_attempts=2)) as sup:
+        with pytest.raises(RateLimitError) as info:
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+    assert len(transport.requests) == 2
+    assert "kimi_actors: gave up after 2 attempts" in info.value.__notes__
+
+
+@pytest.mark.parametrize(("step", "kind"), [
+    (error(400, "invalid_request_error", "Invalid request: bad field"), BadRequestError),
+    (error(403, "permission_denied_error", "not allowed"), PermissionDeniedError),
+    (error(404, "resource_not_found_error", "Not found the model kimi-x or Permission denied"),
+     ModelNotFoundError),
+    (error(400, "content_filter", "The request was rejected because it was considered high "
+                                  "risk"), ContentFilterError),
+    (Respond(status=302, headers={"Location": "https://elsewhere.example/"}), RedirectError),
+])
+async def test_errors_that_cannot_succeed_are_not_retried(step: Respond,
+                                                          kind: type[Exception]) -> None:
+    transport = ScriptedTransport(step, completion("never sent"))
+    async with supervisor(transport, FakeClock()) as sup:
+        with pytest.raises(kind):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().retries == 0
+    assert len(transport.requests) == 1
+
+
+async def test_a_run_fatal_error_fails_work_that_is_backing_off_at_once() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR, AUTH)
+    async with supervisor(transport, clock, retry=RetryPolicy(base=30.0)) as sup:
+        backing_off = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        # No time passed: the backoff was cut short by the account's error.
+        with pytest.raises(AuthenticationError):
+            await backing_off
+        assert clock.now() == 0.0
+        assert sup.statistics().waiting == 0
+    assert len(transport.requests) == 2
+
+
+async def test_stream_recoveries_do_not_draw_on_the_retry_budget() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["one "], done=False), then=Then.DROP),
+        Respond.stream(chunk_events(["two "], done=False, role=False), then=Then.DROP),
+        Respond.stream(chunk_events(["three"], finish="stop", role=False)))
+    async with supervisor(transport, FakeClock(), retry=NO_BUDGET) as sup:
+        text, restarts = await read(sup)
+        assert sup.statistics().resumes == 2
+    assert (text, restarts) == ("one two three", 0)  # with no retry budget at all
+    assert len(transport.requests) == 3
+
+
+# -- resumes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "model", "first"), [
+    ({"response_format": {"type": "json_object"}}, MODEL, event({"role": "assistant",
+                                                                 "content": '{"a": '})),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, MODEL,
+     event({"role": "assistant", "tool_calls": [{"index": 0, "id": "functions.f:0",
+                                                 "type": "function",
+                                                 "function": {"name": "f",
+                                                              "arguments": '{"x'}}]})),
+    ({}, "kimi-k2-thinking", event({"role": "assistant", "reasoning_content": "Let me think"})),
+], ids=["json mode", "tool call in progress", "reasoning with no content yet"])
+async def test_restart_is_used_when_partial_mode_cannot_continue_the_answer(
+        options: dict[str, Any], model: str, first: bytes) -> None:
+    transport = ScriptedTransport(
+        Respond.stream([first], then=Then.DROP),
+        Respond.stream(chunk_events(["whole answer"], finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+
+        async def consume() -> list[Any]:
+            async with sup.stream(model=model, messages=QUESTION, **options) as stream:
+                return [delta async for delta in stream]
+
+        deltas = await autojump(clock, consume())
+        assert sup.statistics().restarts == 1
+        assert sup.statistics().resumes == 0
+    assert sum(delta.restart for delta in deltas) == 1
+    after = deltas[[delta.restart for delta in deltas].index(True) + 1:]
+    assert "".join(delta.content for delta in after) == "whole answer"
+    assert transport.requests[1].body["messages"] == QUESTION  # no partial prefix
+
+
+# -- backpressure --------------------------------------------------------------------------
+
+
+async def test_a_consumer_that_does_not_read_blocks_the_actor() -> None:
+    pieces = [f"w{i} " for i in range(500)]
+    transport = ScriptedTransport(Respond.stream(chunk_events(pieces, finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=8) as stream:
+        first = await anext(aiter(stream))
+        for _ in range(50):  # ample loop turns for an actor that would not stop
+            await asyncio.sleep(0)
+        assert first.content == "w0 "
+        assert stream.buffered == 8
+        # One event per read: the actor pulled the first, the 8 buffered and one it holds.
+        assert transport.events_read <= 1 + 8 + 1
+        rest = [delta.content async for delta in stream]
+    assert "".join(rest) == "".join(pieces[1:])
+    assert transport.events_read == len(pieces) + 2  # every event, the finish and [DONE]
+
+
+# -- the breaker ---------------------------------------------------------------------------
+
+TRIPPY = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0)
+ONCE = RetryPolicy(max_attempts=1)
+
+
+async def test_while_the_breaker_is_open_callers_wait_for_it() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("after the pause"))
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().breaker_state == "open"
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        clock.advance(4.99)
+        await asyncio.sleep(0)
+        assert len(transport.requests) == 2  # still waiting for the breaker
+        clock.advance(0.02)
+        assert (await call).content == "after the pause"
+        assert sup.statistics().breaker_trips == 1
+    assert len(transport.requests) == 3
+
+
+async def test_a_caller_whose_timeout_is_shorter_than_the_open_time_fails_at_once() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        with pytest.raises(CircuitOpenError) as info:
+            await sup.chat(model=MODEL, messages=QUESTION, timeout=4.0)
+    assert info.value.retry_in == pytest.approx(5.0)
+    assert clock.now() == 0.0
+    assert len(transport.requests) == 2
+
+
+async def test_rate_limit_429s_do_not_count_toward_the_breaker() -> None:
+    transport = ScriptedTransport(*[rate_limited(0)] * 4)
+    async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+        for _ in range(4):  # the adopted RPM of 3 paces the fourth: the clock jumps for it
+            with pytest.raises(RateLimitError):
+                await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+        assert sup.statistics().breaker_state == "closed"
+        assert sup.statistics().breaker_trips == 0
+
+
+async def test_overload_429s_and_5xx_count_toward_the_breaker() -> None:
+    transport = ScriptedTransport(OVERLOADED, SERVER_ERROR)
+    async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
+        with pytest.raises(EngineOverloadedError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().breaker_state == "closed"  # one outcome is below min_calls
+        with pytest.raises(ServerError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().breaker_state == "open"
+
+
+# -- the remaining seams: timeouts, bad bodies, options, statistics -----------------------
+
+
+@contextmanager
+def unaccepting_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: a new connection hangs in set-up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    try:
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+
+
+async def test_the_connect_timeout_bounds_connection_set_up() -> None:
+    with unaccepting_port() as port:
+        async with Supervisor(api_key="sk-test-connect", base_url=f"http://127.0.0.1:{port}/v1",
+                              timeouts=Timeouts(connect=0.2), retry=ONCE) as sup:
+            with pytest.raises(ConnectTimeoutError) as info:
+                await sup.chat(model=MODEL, messages=QUESTION)
+    assert info.value.phase == "connect"
+    assert info.value.timeout == pytest.approx(0.2)
+
+
+async def test_a_malformed_200_body_fails_that_request_only() -> None:
+    broken = Respond(status=200, headers={"Content-Type": "application/json"},
+                     body=b'{"id": "c1", "choices": [{"index": 0, "message": {"cont')
+    transport = ScriptedTransport(broken, completion("the next one"))
+    async with supervisor(transport, FakeClock(), retry=ONCE) as sup:
+        with pytest.raises(ProtocolError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "the next one"
+        assert sup.statistics().failures_by_type == {"ProtocolError": 1}
+
+
+async def test_extra_body_and_extra_headers_are_sent() -> None:
+    transport = ScriptedTransport(completion("x"), Respond.stream(chunk_events(["y"],
+                                                                               finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION, extra_body={"safe_prompt": True},
+                       extra_headers={"X-Trace": "t-1"})
+        async with sup.stream(model=MODEL, messages=QUESTION, extra_body={"temperature": 0.2},
+                              extra_headers={"X-Trace": "t-2"}) as stream:
+            await stream.collect()
+    first, second = transport.requests
+    assert first.body["safe_prompt"] is True
+    assert first.headers["X-Trace"] == "t-1"
+    assert second.body["temperature"] == 0.2
+    assert second.headers["X-Trace"] == "t-2"
+
+
+async def test_a_lower_priority_number_is_admitted_first() -> None:
+    transport = ScriptedTransport(*[completion(str(i)) for i in range(2)])
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        order: list[str] = []
+
+        async def call(name: str, priority: int) -> None:
+            await sup.chat(model=MODEL, messages=[{"role": "user", "content": name}],
+                           priority=priority)
+            order.append(name)
+
+        governor = sup._runtime.governor
+        permit = await governor.admit(1)  # the only slot, held while both calls queue
+        low = asyncio.create_task(call("low", 5))
+        high = asyncio.create_task(call("high", 0))
+        for _ in range(10):  # loop turns, not time: both calls reach the queue
+            await asyncio.sleep(0)
+        assert sup.statistics().queued == 2
+        governor.release(permit)
+        await asyncio.gather(low, high)
+    assert order == ["high", "low"]
+    assert [r.body["messages"][0]["content"] for r in transport.requests] == ["high", "low"]
+
+
+async def test_map_takes_an_async_iterable() -> None:
+    transport = ScriptedTransport(*[completion(f"answer {i}") for i in range(4)])
+
+    async def bodies() -> AsyncIterator[dict[str, Any]]:
+        for i in range(4):
+            yield {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        results = [item async for item in sup.map(bodies())]
+    assert sorted(item.index for item in results) == [0, 1, 2, 3]
+    assert all(item.error is None for item in results)
+    assert sorted(item.request["messages"][0]["content"] for item in results) == [
+        "q0", "q1", "q2", "q3"]
+
+
+async def test_statistics_count_every_kind_of_outcome() -> None:
+    clock = FakeClock()
+    drop = ConnectionFailedError("refused", reason="refused")
+    transport = ScriptedTransport(
+        SERVER_ERROR, completion("a"),                       # a 5xx, retried
+        OVERLOADED, completion("b"),                         # an overload 429, retried
+        rate_limited(1), completion("c"),                    # a rate-limit 429, retried
+        Fail(drop), completion("d"),                         # a refused connection, retried
+        Respond.stream(chunk_events(["e"], done=False), then=Then.DROP),  # a drop, resumed
+        Respond.stream(chunk_events(["f"], finish="stop", role=False,
+                                    usage={"prompt_tokens": 5, "completion_tokens": 2,
+                                           "total_tokens": 7})),
+        error(400, "invalid_request_error", "Invalid request: nope"),     # a final failure
+    )
+    async with supervisor(transport, clock) as sup:
+        for _ in range(4):
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+        assert await read(sup) == ("ef", 0)
+        with pytest.raises(BadRequestError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        stats = sup.statistics()
+    counted = {name: value for name, value in dataclasses.asdict(stats).items()
+               if name not in ("governor", "last_transport_error")}
+    assert counted == {
+        "in_flight": 0, "queued": 0, "waiting": 0, "actors": 0,
+        "submitted": 6, "completed": 5, "failed": 1,
+        "attempts": 11, "retries": 5, "resumes": 1, "restarts": 0, "length_continuations": 0,
+        "rate_limited": 1, "overloaded": 1, "server_errors": 1, "transport_errors": 2,
+        "prompt_tokens": 25, "completion_tokens": 10, "usage_anomalies": 0,
+        # Every attempt reserved its prompt estimate and its budget; each of the five answers
+        # settled at what Kimi counts: the reported prompt (5) plus the budget.
+        "tokens_reserved": sum(admission_tokens(sent.body) for sent in transport.requests),
+        "tokens_settled": 5 * (5 + requested_max_tokens({"model": MODEL, "messages": QUESTION})),
+        "failures_by_type": {"BadRequestError": 1},
+        "breaker_state": "closed", "breaker_trips": 0, "closed": False,
+        "account_refused": False,
+    }
+    assert isinstance(stats.last_transport_error, ConnectionFailedError)
+    assert stats.governor.admitted == 11
+    assert stats.governor.in_flight == 0
+
+
+async def test_a_rate_limit_pause_is_shown_while_it_lasts() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(rate_limited(7), completion("ok"))
+    async with supervisor(transport, clock, limits=Limits(rpm=100)) as sup:
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        rpm = sup.statistics().governor.dimensions["rpm"]
+        assert rpm.paused_for == pytest.approx(7.0)
+        assert rpm.limit == 3  # the limit the 429 named is adopted
+        clock.advance(7.7)
+        await call
+        assert sup.statistics().governor.dimensions["rpm"].paused_for == 0.0
+
+
+# -- the register of promises ------------------------------------------------------------
+
+#: (the sentence in docs/design.md, the test that keeps it: "module::test").
+PROMISES: list[tuple[str, str]] = [
+    # Retries
+    ("Full jitter, `uniform(0, min(cap, base·2^(n-1)))`",
+     "test_design_promises::test_retry_delays_are_full_jitter_below_base_times_two_to_the_attempt"),
+    ("A server-named wait (`Retry-After` in seconds or as a date, `retry-after-ms`, or \"try again",
+     "test_design_promises::test_a_server_named_wait_wins_over_the_backoff"),
+    ("the same wait does not return in lockstep",
+     "test_design_promises::test_a_crowd_told_the_same_wait_does_not_return_in_lockstep"),
+    ("When the budget is spent, the last error is\n  raised with a note saying so.",
+     "test_design_promises::test_the_retry_budget_allows_the_floor_then_fails_with_a_note"),
+    ("**Rate-limit 429s do not spend the budget.**",
+     "test_design_promises::test_rate_limit_429s_do_not_spend_the_retry_budget"),
+    ("They are still bounded by `max_attempts`.",
+     "test_design_promises::test_rate_limit_429s_are_still_bounded_by_max_attempts"),
+    ("**What is not retried.** Errors that cannot succeed",
+     "test_design_promises::test_errors_that_cannot_succeed_are_not_retried"),
+    ("fail every queued and\n  backing-off request at once with that error.",
+     "test_design_promises::test_a_run_fatal_error_fails_work_that_is_backing_off_at_once"),
+    ("After `cool_down` (30 s) one call is let through as a probe",
+     "test_hostile_accounts::test_a_rejected_key_fails_fast_then_a_probe_brings_the_service_back"),
+    ("calls that arrive while it is out still fail fast",
+     "test_hostile_accounts::test_only_one_probe_goes_while_the_account_is_known_bad"),
+    ("the supervisor stops for good",
+     "test_hostile_accounts::test_stop_mode_stops_for_good"),
+    ("**Stream recoveries** are bounded by `ResumePolicy.max_resumes`, not by the retry budget.",
+     "test_design_promises::test_stream_recoveries_do_not_draw_on_the_retry_budget"),
+    ("**Stream recoveries** are bounded by `ResumePolicy.max_resumes`",
+     "test_actors_scripted::test_max_resumes_is_exactly_the_number_of_recoveries"),
+    # The circuit breaker
+    ("It trips when failures reach `failure_rate` of at least `min_calls` outcomes.",
+     "test_breaker::test_trips_exactly_at_the_failure_rate"),
+    ("overload 429s (also as an error\n  chunk inside a stream), 5xx",
+     "test_design_promises::test_overload_429s_and_5xx_count_toward_the_breaker"),
+    ("connection failures and timeouts before a stream flowed",
+     "test_hostile_streams::test_connection_failures_before_a_response_still_trip_the_breaker"),
+    ("A stream that drops or stalls after it has delivered events does not count.",
+     "test_hostile_streams::test_dropped_streams_that_were_flowing_do_not_trip_the_breaker"),
+    ("Rate-limit 429s, 408/425, and garbled or incomplete streams do not count either.",
+     "test_design_promises::test_rate_limit_429s_do_not_count_toward_the_breaker"),
+    ("While open, callers wait for it.",
+     "test_design_promises::test_while_the_breaker_is_open_callers_wait_for_it"),
+    ("A caller whose own `timeout` is shorter than the remaining\n  open time fails at once",
+     "test_design_promises::test_a_caller_whose_timeout_is_shorter_than_the_open_time_fails_at_once"),
+    ("growing on consecutive trips up to `max_open_for`",
+     "test_breaker::test_open_time_grows_with_consecutive_trips_up_to_the_cap"),
+    ("never\n  for less than a `Retry-After` the server named",
+     "test_breaker::test_retry_after_shorter_than_the_cool_down_does_not_shorten_it"),
+    ("results from before a trip cannot close the new episode",
+     "test_breaker::test_calls_allowed_before_a_trip_do_not_close_it"),
+    # Streams: backpressure and resumes
+    ("A consumer that does\nnot read blocks the actor",
+     "test_design_promises::test_a_consumer_that_does_not_read_blocks_the_actor"),
+    ("so memory stays flat.",
+     "test_hostile_streams::test_an_unread_stream_holds_its_buffer_in_deltas_and_pauses_the_server"),
+    ("`read_idle` counts complete events, not bytes.",
+     "test_hostile_streams::test_a_trickle_that_completes_no_event_times_out"),
+    ("a slow consumer is never mistaken for a\nstall.",
+     "test_hostile_streams::test_a_slow_consumer_does_not_count_against_read_idle"),
+    ("A stream is complete only on `data: [DONE]`.",
+     "test_actors_scripted::test_a_stream_that_ends_cleanly_without_done_is_resumed"),
+    ("The reply is\n  only the continuation, so the consumer receives exactly the missing text.",
+     "test_actors_scripted::test_a_resume_sends_exactly_the_text_received_as_partial"),
+    ("in every\n  spelling the request used",
+     "test_hostile_streams::test_resumed_streams_keep_the_budget_in_either_spelling"),
+    ("A user's own partial prefix is kept in front.",
+     "test_edges::test_a_users_own_partial_prefix_survives_resumes"),
+    ("(`n > 1`, a tool call in\n  progress, reasoning with no content yet, JSON mode)",
+     "test_design_promises::test_restart_is_used_when_partial_mode_cannot_continue_the_answer"),
+    ("(`n > 1`",
+     "test_actors_scripted::test_several_choices_restart_instead_of_resuming"),
+    ("The\n  consumer first gets a `Delta(restart=True)` meaning \"discard what you have\".",
+     "test_supervisor_integration::test_restart_mode_tells_the_consumer_to_discard"),
+    ("**Finish locally:**",
+     "test_actors_scripted::test_a_drop_after_the_whole_budget_finishes_locally"),
+    ("`continue_on_length=N` uses the same Partial Mode path",
+     "test_hostile_streams::test_continue_on_length_keeps_the_budget_in_either_spelling"),
+    ("**Servers that ignore Partial Mode.**",
+     "test_hostile_streams::test_a_server_that_ignores_partial_mode_is_detected_and_restarted"),
+    ("A 400 `invalid_request_error` on a resume request whose message names `partial`",
+     "test_hostile_streams::test_a_400_that_names_partial_turns_the_resume_into_a_restart"),
+    ("A real continuation is\n  released as soon as it is known not to repeat",
+     "test_hostile_streams::test_a_continuation_that_really_continues_is_not_mistaken_for_a_repeat"),
+    # Secrets and redaction
+    ("the message, notes, error type, body and repr are redacted",
+     "test_hostile_secrets::test_the_key_echoed_in_an_error_body_is_masked_everywhere"),
+    ("A transport failure is chained as\n    `__cause__` only when its text and chain hold no "
+     "credential",
+     "test_hostile_secrets::test_a_safe_transport_failure_keeps_its_cause"),
+    ("log events (`observe.emit` and the `redact` structlog processor)",
+     "test_hostile_secrets::test_logs_carry_no_key_when_a_server_echoes_it"),
+    ("every line `kimi-actors run` writes to its output",
+     "test_hostile_secrets::test_the_batch_output_file_carries_no_echoed_key"),
+    ("the printed resume",
+     "test_hostile_secrets::test_the_printed_resume_command_masks_a_key_in_base_url"),
+    ("`repr(Supervisor)`, `repr(Transport)` and `repr(RunConfig)`",
+     "test_hostile_secrets::test_a_key_pasted_into_base_url_is_masked_in_reprs_and_errors"),
+    ("in an error chunk mid-stream, leaks nothing",
+     "test_hostile_secrets::test_the_key_echoed_in_an_error_chunk_of_a_stream_is_masked"),
+    ("Neither does\n  aiohttp's parser, which quotes raw status lines.",
+     "test_hostile_secrets::test_the_key_quoted_by_aiohttps_parser_is_masked"),
+    ("a `cleartext_api_key` warning once per host and process",
+     "test_hostile_secrets::test_plain_http_to_a_remote_host_warns_once"),
+    ("**Redirects are not followed.**",
+     "test_hostile_secrets::test_a_redirect_to_another_origin_is_not_followed"),
+    ("The\n  one exception is a 307/308 to the same origin",
+     "test_hostile_secrets::test_a_same_origin_307_or_308_is_followed_with_method_and_body"),
+]
+
+_TEST_DIRS = [ROOT / "tests" / "actors", ROOT / "tests" / "governance"]
+
+
+def _tests_in(module: str) -> set[str]:
+    for directory in _TEST_DIRS:
+        path = directory / f"{module}.py"
+        if path.exists():
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            return {node.name for node in tree.body
+                    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
+    raise AssertionError(f"no test module {module}")
+
+
+def test_every_promise_of_design_md_is_quoted_exactly_and_kept_by_a_test() -> None:
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    missing_quotes = [quote for quote, _ in PROMISES if quote not in design]
+    assert missing_quotes == [], "design.md no longer says these; update PROMISES"
+    missing_tests = [name for _, name in PROMISES
+                     if name.split("::")[1] not in _tests_in(name.split("::")[0])]
+    assert missing_tests == []
