@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import random
 import time
@@ -322,3 +323,44 @@ def test_docs_errors_table_is_the_flags_of_the_classes() -> None:
                  else yes(cls.trips_breaker))
         assert cells == [yes(cls.retryable), yes(cls.fatal_for_run), trips,
                          yes(cls.spends_budget), yes(cls.final), cls.counter or ""], name
+
+
+# -- the default logger --------------------------------------------------------------------
+
+
+def test_the_default_logger_renders_sorted_key_values_redacted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from kimi_actors.observe import emit, register_secret, set_logger
+
+    set_logger(None)
+    caplog.set_level(logging.DEBUG, logger="kimi_actors")
+    secret = "sk-foundation-logger-0123456789"
+    register_secret(secret)
+    emit("info", "example_event", zeta=1, alpha=f"key {secret} here",
+         nested={"b": ["Bearer xyz123456789"]}, pair=("a", secret))
+    record = caplog.records[-1]
+    assert record.name == "kimi_actors"
+    assert record.levelno == logging.INFO
+    assert record.getMessage() == (
+        "event='example_event' alpha='key [redacted] here' level='info' "
+        "nested={'b': ['Bearer [redacted]']} pair=('a', '[redacted]') zeta=1")
+
+
+def test_the_default_logger_renders_tracebacks_and_honours_the_stdlib_level(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from kimi_actors.observe import emit, set_logger
+
+    set_logger(None)
+    caplog.set_level(logging.WARNING, logger="kimi_actors")
+    emit("info", "below_the_level")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        emit("error", "with_traceback", exc_info=True)
+    emit("warning", "failed_over", error=KeyError("k"))
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2  # the info event was filtered before rendering
+    assert messages[0].startswith("event='with_traceback' exception='Traceback (most recent")
+    assert "ValueError: boom" in messages[0]
+    assert messages[0].endswith("level='error'")
+    assert messages[1] == "event='failed_over' error=\"KeyError: 'k'\" level='warning'"

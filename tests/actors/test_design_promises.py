@@ -41,6 +41,7 @@ from kimi_actors import (
     ConnectTimeoutError,
     ContentFilterError,
     EngineOverloadedError,
+    FatalPolicy,
     Limits,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -629,3 +630,142 @@ def test_every_promise_of_design_md_is_quoted_exactly_and_kept_by_a_test() -> No
     missing_tests = [name for _, name in PROMISES
                      if name.split("::")[1] not in _tests_in(name.split("::")[0])]
     assert missing_tests == []
+
+
+# -- a JSON answer to a stream request (servers that ignore ``stream``) ------------------
+
+
+async def test_a_json_answer_to_a_stream_request_keeps_every_field() -> None:
+    answer = Respond.json({
+        "id": "cmpl-9", "object": "chat.completion", "created": 3, "model": "m-x",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "first"},
+             "finish_reason": "stop"},
+            {"index": 1, "message": {"role": "assistant", "content": "second"},
+             "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+    transport = ScriptedTransport(answer)
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, n=2) as stream:
+        deltas = [delta async for delta in stream]
+    result = stream.result
+    assert (result.id, result.model) == ("cmpl-9", "m-x")
+    assert [(c.index, c.message.content, c.finish_reason) for c in result.choices] == [
+        (0, "first", "stop"), (1, "second", "length")]
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens,
+            result.usage.total_tokens) == (5, 3, 8)
+    assert sorted((d.index, d.content, d.role) for d in deltas if d.content) == [
+        (0, "first", "assistant"), (1, "second", "assistant")]
+    assert sup.statistics().prompt_tokens == 5
+    assert sup.statistics().completion_tokens == 3
+
+
+async def test_a_json_answer_to_a_resume_continues_the_stream() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP),
+        Respond.json({"id": "c2", "object": "chat.completion", "model": MODEL,
+                      "choices": [{"index": 0, "message": {"role": "assistant",
+                                                           "content": "lo, world"},
+                                   "finish_reason": "stop"}]}))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello, world", 0)
+        assert sup.statistics().resumes == 1
+
+
+async def test_a_json_answer_that_ignores_the_partial_prefix_restarts() -> None:
+    whole = Respond.json({"id": "c3", "object": "chat.completion", "model": MODEL,
+                          "choices": [{"index": 0, "message": {"role": "assistant",
+                                                               "content": "Hello, world"},
+                                       "finish_reason": "stop"}]})
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hello"], done=False), then=Then.DROP), whole, whole)
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello, world", 1)
+        assert sup.statistics().restarts == 1
+
+
+# -- run-fatal errors: what a fast failure says --------------------------------------------
+
+
+async def test_a_fast_failure_is_a_copy_that_says_since_when_and_when_the_next_probe_goes(
+        ) -> None:
+    clock = FakeClock(start=10.0)
+    transport = ScriptedTransport(AUTH)
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        with pytest.raises(AuthenticationError) as first:
+            await sup.chat(model=MODEL, messages=QUESTION)
+        first.value.add_note("the caller's own note")
+        clock.advance(12.0)
+        with pytest.raises(AuthenticationError) as fast:
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert fast.value is not first.value
+    assert fast.value.__notes__ == [
+        "the caller's own note",
+        "kimi_actors: not sent: the account was refused 12 s ago; the next probe goes in 18 s"]
+    assert len(transport.requests) == 1
+
+
+# -- the supervisor's own surface ------------------------------------------------------------
+
+
+async def test_the_supervisor_says_whether_it_is_open_closing_or_closed() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(Respond.stream(chunk_events(["a"], done=False),
+                                                 then=Then.STALL))
+    sup = Supervisor(transport=transport, clock=clock, limits=Limits.unlimited())
+    async with sup:
+        assert repr(sup).endswith(", open)")
+        stalled = sup.stream(model=MODEL, messages=QUESTION)
+        await stalled.__aenter__()
+        await anext(aiter(stalled))
+        closing = asyncio.create_task(sup.aclose(timeout=30.0))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert repr(sup).endswith(", closing)")  # draining the stalled stream
+        await stalled.__aexit__(None, None, None)
+        await closing
+        assert repr(sup).endswith(", closed)")
+
+
+async def test_map_sends_chat_calls_at_the_default_priority_in_order() -> None:
+    transport = ScriptedTransport(*[completion(str(i)) for i in range(2)])
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        governor = sup._runtime.governor
+        permit = await governor.admit(1)
+        mapped = asyncio.create_task(anext(aiter(sup.map(
+            [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}]))))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        direct = asyncio.create_task(sup.chat(
+            model=MODEL, messages=[{"role": "user", "content": "direct"}]))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        governor.release(permit)
+        await asyncio.gather(mapped, direct)
+    # Same default priority as chat(): first come, first served; and not as a stream.
+    assert [r.body["messages"][0]["content"] for r in transport.requests] == ["mapped",
+                                                                               "direct"]
+    assert "stream" not in transport.requests[0].body
+
+
+async def test_map_reads_ahead_sixteen_requests_at_a_concurrency_of_one() -> None:
+    pulled = 0
+
+    def bodies() -> Iterator[dict[str, Any]]:
+        nonlocal pulled
+        for i in range(100):
+            pulled += 1
+            yield {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+
+    transport = ScriptedTransport(Respond.stream([], then=Then.STALL))
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        items = sup.map(bodies(), stream=True)
+        first = asyncio.create_task(anext(aiter(items)))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert pulled == 16  # the window: max(16, twice the concurrency)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await items.aclose()

@@ -292,3 +292,68 @@ def test_sigint_twice_stops_a_stuck_drain_and_leaves_a_valid_output(tmp_path: Pa
     resumed = run_cli(tmp_path / "in.jsonl", "--output", out, *PACED)
     assert resumed.returncode == 0, resumed.stderr
     assert_all_answered_once(out, bodies)
+
+
+# -- the remaining exit codes ----------------------------------------------------------------
+
+
+def test_an_exhausted_quota_stops_the_run_with_exit_code_3(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 50)
+    out = tmp_path / "out.jsonl"
+    done = run_cli(tmp_path / "in.jsonl", "--output", out, "--fake",
+                   "--fake-faults", "quota_exhausted")
+    assert done.returncode == 3, done.stderr
+    assert "quota" in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1
+    assert read_output(out) == []  # a run-fatal error is not an answer: resume sends them
+
+
+def test_sigterm_drains_then_exits_130_and_resume_finishes(tmp_path: Path) -> None:
+    bodies = write_input(tmp_path / "in.jsonl", PACED_REQUESTS)
+    out = tmp_path / "out.jsonl"
+    err = tmp_path / "err.txt"
+    process = start_cli(err, tmp_path / "in.jsonl", "--output", out, *PACED)
+    try:
+        wait_for(lambda: count_lines(out) >= 40, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stderr = finish(process, err)
+    assert process.returncode == 130, stderr
+    assert "SIGTERM: stopping" in stderr
+    assert len(read_output(out)) < PACED_REQUESTS
+    resumed = run_cli(tmp_path / "in.jsonl", "--output", out, *PACED)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_all_answered_once(out, bodies)
+
+
+def _limit_file_size() -> None:
+    import resource
+
+    # Writes past 4 KiB fail with EFBIG (instead of SIGXFSZ killing the process): a disk
+    # that fills up mid-run, without a disk.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+def test_an_output_that_cannot_be_written_exits_1_and_the_run_resumes(tmp_path: Path) -> None:
+    bodies = write_input(tmp_path / "in.jsonl", 100)
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run(command(tmp_path / "in.jsonl", "--output", out, "--fake"),
+                          env=child_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT,
+                          check=False, preexec_fn=_limit_file_size)
+    assert done.returncode == 1, done.stderr
+    assert f"error: cannot write {out}: File too large" in done.stderr
+    assert 0 < out.stat().st_size <= 4096
+    resumed = run_cli(tmp_path / "in.jsonl", "--output", out, "--fake")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_all_answered_once(out, bodies)
+
+
+def test_a_log_file_that_cannot_be_opened_is_a_usage_error(tmp_path: Path) -> None:
+    write_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    log = tmp_path / "no-such-directory" / "run.log"
+    done = run_cli(tmp_path / "in.jsonl", "--output", out, "--fake", "--log-file", log)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot open the log file {log}" in done.stderr
+    assert read_output(out) == []
