@@ -16,8 +16,14 @@ The active profile is printed in the pytest header.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
+import structlog
 from hypothesis import HealthCheck, Verbosity, settings
+
+from kimi_actors.observe import redact, set_logger
 
 settings.register_profile("ci", derandomize=True, print_blob=True, verbosity=Verbosity.normal,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -30,3 +36,15 @@ settings.load_profile(PROFILE)
 
 def pytest_report_header() -> str:
     return f"hypothesis profile: {PROFILE} (derandomize={settings().derandomize})"
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    """Every event kimi_actors emits while the test runs, as structlog event dicts (after the
+    ``redact`` processor), in order."""
+    capture = structlog.testing.LogCapture()
+    set_logger(structlog.wrap_logger(None, processors=[redact, capture]))
+    try:
+        yield capture.entries
+    finally:
+        set_logger(None)

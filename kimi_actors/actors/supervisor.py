@@ -369,21 +369,38 @@ class Supervisor:
             if timeout is None:
                 result = await run
             else:
-                scope = asyncio.timeout(timeout)
-                try:
-                    async with scope:
-                        result = await run
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-                    raise DeadlineExceededError(
-                        f"the request did not finish within its timeout of {timeout} s",
-                        phase="deadline", timeout=timeout) from None
+                result = await self._within(run, timeout)
         except Exception as exc:
             self._runtime.failed(exc)
             raise
         counters.completed += 1
         return result
+
+    async def _within(self, run: Awaitable[ChatResult], timeout: float) -> ChatResult:
+        """``run`` bounded by ``timeout`` on the supervisor's clock (as ``asyncio.timeout``
+        does on the loop's: the expiry cancels this task, and only that cancellation becomes
+        ``DeadlineExceededError``)."""
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = self._clock.call_later(timeout, expire)
+        try:
+            return await run
+        except asyncio.CancelledError:
+            if expired and task.uncancel() <= cancelling:
+                raise DeadlineExceededError(
+                    f"the request did not finish within its timeout of {timeout} s",
+                    phase="deadline", timeout=timeout) from None
+            raise
+        finally:
+            timer.cancel()
 
     @staticmethod
     def _body(body: Mapping[str, Any], extra_body: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -40,7 +40,9 @@ from kimi_actors import (
     ConnectionFailedError,
     ConnectTimeoutError,
     ContentFilterError,
+    DeadlineExceededError,
     EngineOverloadedError,
+    FatalMode,
     FatalPolicy,
     Limits,
     ModelNotFoundError,
@@ -63,6 +65,7 @@ SERVER_ERROR = Respond.json({"error": {"type": "server_error", "message": "inter
                             status=500)
 AUTH = Respond.json({"error": {"type": "invalid_authentication_error",
                                "message": "Incorrect API key provided"}}, status=401)
+AUTH_MESSAGE = "HTTP 401 invalid_authentication_error: Incorrect API key provided"
 
 
 def rate_limited(seconds: int = 1) -> Respond:
@@ -769,3 +772,90 @@ async def test_map_reads_ahead_sixteen_requests_at_a_concurrency_of_one() -> Non
         with pytest.raises(asyncio.CancelledError):
             await first
         await items.aclose()
+
+
+async def test_a_refused_account_is_logged_once_and_its_recovery_too(
+        events: list[dict[str, Any]]) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, AUTH, completion("back"))
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(31.0)
+        with pytest.raises(AuthenticationError):  # the probe, refused again: no new event
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(31.0)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back"
+    refused = [e for e in events if e["event"] == "account_refused"]
+    assert refused == [{"event": "account_refused", "log_level": "error",
+                        "error_type": "AuthenticationError", "message": AUTH_MESSAGE,
+                        "probe_in": 30.0}]
+    recovered = [e for e in events if e["event"] == "account_recovered"]
+    assert recovered == [{"event": "account_recovered", "log_level": "info",
+                          "refused_for": 62.0}]
+
+
+async def test_stop_mode_logs_the_stop_with_the_error(events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(AUTH)
+    async with supervisor(transport, FakeClock(),
+                          fatal=FatalPolicy(mode=FatalMode.STOP)) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert [e for e in events if e["event"] == "run_stopped"] == [
+        {"event": "run_stopped", "log_level": "error", "error_type": "AuthenticationError",
+         "message": AUTH_MESSAGE}]
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, Respond.stream([], then=Then.STALL), completion("ok"))
+    async with supervisor(transport, clock) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(31.0)
+
+        async def stalled_probe() -> None:
+            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                await anext(aiter(stream))
+
+        probe = asyncio.create_task(stalled_probe())
+        for _ in range(10):  # loop turns, not time: the probe is sent and stalls
+            await asyncio.sleep(0)
+        assert len(transport.requests) == 2
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        # The abandoned probe gave its turn back: this call is sent, not failed fast.
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "ok"
+    assert len(transport.requests) == 3
+
+
+async def test_map_applies_its_timeout_and_priority_to_every_item() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(Respond.stream([], then=Then.STALL), completion("direct"))
+    async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
+        mapped = asyncio.create_task(anext(aiter(sup.map(
+            [{"model": MODEL, "messages": QUESTION}], stream=True, timeout=5.0,
+            priority=3))))
+        await clock.wait_for_sleepers(1)
+        clock.advance(5.0)
+        item = await mapped
+        assert isinstance(item.error, DeadlineExceededError)
+        assert item.index == 0
+        assert item.request["messages"] == QUESTION
+
+
+async def test_a_retry_that_would_start_after_the_deadline_fails_now() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR, completion("too late"))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=10.0, cap=10.0),
+                          rng=random.Random(1)) as sup:
+        with pytest.raises(ServerError) as info:
+            await sup.chat(model=MODEL, messages=QUESTION, timeout=0.5)
+    wait = random.Random(1).uniform(0, 10.0)
+    assert wait > 0.5  # the scenario: the backoff drawn is longer than the time left
+    assert info.value.__notes__[-1] == (
+        f"kimi_actors: not retried: the next attempt would start after this request's "
+        f"deadline (wait {wait:.1f} s)")
+    assert clock.now() == 0.0
+    assert len(transport.requests) == 1

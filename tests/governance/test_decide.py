@@ -116,3 +116,35 @@ def test_a_wait_past_the_deadline_fails_instead() -> None:
 def test_the_attempt_state_is_validated() -> None:
     with pytest.raises(ValueError, match="attempt >= 1"):
         AttemptState(attempt=0, failures=1)
+
+
+@pytest.mark.parametrize("state", [{"attempt": 1, "failures": 0},
+                                   {"attempt": 1, "failures": 1, "recoveries": -1},
+                                   {"attempt": 0, "failures": 1}])
+def test_every_field_of_the_attempt_state_is_checked(state: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="AttemptState needs"):
+        AttemptState(**state)
+
+
+def test_one_retry_left_in_the_budget_is_enough() -> None:
+    assert verdict(OVERLOADED, budget=1.0).step is Step.RETRY
+    spent = verdict(OVERLOADED, budget=0.99)
+    assert spent.step is Step.FAIL
+    assert spent.reason == ("not retried: the retry budget is spent (too many retries in the "
+                            "last window)")
+
+
+def test_a_recovery_spends_nothing_and_says_so_exactly() -> None:
+    result = verdict(DROPPED, delivered=True, resumable=True)
+    assert result.spend_budget is False
+    assert verdict(RATE_LIMITED).spend_budget is False
+    assert verdict(OVERLOADED).spend_budget is True
+
+
+def test_a_retry_that_starts_exactly_at_the_deadline_is_still_made() -> None:
+    delay = verdict(OVERLOADED, seed=3).delay
+    assert verdict(OVERLOADED, seed=3, deadline=100.0 + delay).step is Step.RETRY
+    late = verdict(OVERLOADED, seed=3, deadline=100.0 + delay - 1e-9)
+    assert late.step is Step.FAIL
+    assert late.reason == (f"not retried: the next attempt would start after this request's "
+                           f"deadline (wait {delay:.1f} s)")
