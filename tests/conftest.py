@@ -7,7 +7,7 @@ Hypothesis profiles (``HYPOTHESIS_PROFILE`` picks one; CI=true means ``ci``):
   with the blob to replay them, so nothing fails silently.
 - ``dev`` (the default elsewhere): random, so local runs keep exploring new inputs, and the
   example database remembers what failed.
-- ``mutation``: derandomized as ``ci``, for ``benchmarks/../scripts/mutation`` (a mutant must
+- ``mutation``: derandomized as ``ci``, for ``scripts/mutation.py`` (a mutant must
   be killed or survive by the code, not by the draw).
 
 The active profile is printed in the pytest header.
