@@ -364,3 +364,30 @@ def test_the_default_logger_renders_tracebacks_and_honours_the_stdlib_level(
     assert "ValueError: boom" in messages[0]
     assert messages[0].endswith("level='error'")
     assert messages[1] == "event='failed_over' error=\"KeyError: 'k'\" level='warning'"
+
+
+# -- the redactor, exactly ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:pa:ss@host:8/v1?key=abc&x=1&flag&a=b=c",
+     "http://user:[redacted]@host:8/v1?key=[redacted]&x=[redacted]&flag&a=[redacted]"),
+    ("https://us@er:p@ss@api.example/v1", "https://us@er:[redacted]@api.example/v1"),
+    ("https://token@api.example/v1", "https://[redacted]@api.example/v1"),
+    ("https://api.example/v1/sk-abcdefghijklmnopqrstu", "https://api.example/v1/[redacted]"),
+    ("http://[bad/sk-abcdefghijklmnopqrstu", "http://[bad/[redacted]"),  # not a URL at all
+    ("https://api.moonshot.ai/v1", "https://api.moonshot.ai/v1"),
+])
+def test_redact_url_masks_passwords_and_query_values_exactly(url: str, shown: str) -> None:
+    from kimi_actors.redaction import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_redact_bytes_keeps_bytes_that_are_not_utf8_and_returns_clean_data_as_is() -> None:
+    from kimi_actors.redaction import redact_bytes
+
+    dirty = b"\xff key sk-abcdefghijklmnopqrst \xfe \xc3\xa9"
+    assert redact_bytes(dirty) == b"\xff key [redacted] \xfe \xc3\xa9"
+    clean = b"\xff nothing secret here \xc3\xa9"
+    assert redact_bytes(clean) is clean

@@ -859,3 +859,30 @@ async def test_a_retry_that_would_start_after_the_deadline_fails_now() -> None:
         f"deadline (wait {wait:.1f} s)")
     assert clock.now() == 0.0
     assert len(transport.requests) == 1
+
+
+async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, Respond.stream([], then=Then.STALL),
+                                  completion("closed again"))
+    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
+    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(5.0)
+
+        async def stalled_probe() -> None:
+            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                await anext(aiter(stream))
+
+        probe = asyncio.create_task(stalled_probe())
+        for _ in range(10):  # loop turns: the one probe is let through and stalls
+            await asyncio.sleep(0)
+        assert len(transport.requests) == 3
+        probe.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        # Its slot is free: the next call probes at once instead of waiting.
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "closed again"
+        assert clock.now() == 5.0

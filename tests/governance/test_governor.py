@@ -260,3 +260,81 @@ async def test_restamp_counts_units_from_when_the_request_was_sent(clock: FakeCl
         clock.advance(2.6)
         await run_ready()
         assert waiter.done()
+
+
+async def test_cancel_takes_the_tokens_out_of_the_reserved_total(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000), clock=clock)
+    async with started(governor) as gov:
+        kept = await gov.admit(200)
+        cancelled = await gov.admit(300)
+        assert gov.statistics().tokens_reserved == 500
+        gov.cancel(cancelled)
+        assert gov.statistics().tokens_reserved == 200
+        assert cancelled.reservations == {}
+        gov.cancel(cancelled)  # nothing left to give back: a second cancel is harmless
+        assert gov.statistics().dimensions["tpm"].used == 200
+        gov.release(kept)
+
+
+async def test_a_concurrency_429_with_a_wait_pauses_admission_for_that_long(
+        clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=10), clock=clock)
+    async with started(governor) as gov:
+        clock.advance(100.0)
+        assert gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=3.0, limit=None) is None
+        assert gov.statistics().dimensions["concurrency"].paused_for == pytest.approx(3.0)
+        # A shorter wait named later does not cut the pause short.
+        gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=1.0, limit=None)
+        assert gov.statistics().dimensions["concurrency"].paused_for == pytest.approx(3.0)
+        waiter = asyncio.create_task(gov.admit(1))
+        await clock.wait_for_sleepers(1)
+        clock.advance(2.9)
+        await run_ready()
+        assert not waiter.done()
+        clock.advance(0.2)
+        await run_ready()
+        gov.release(waiter.result())
+        assert gov.statistics().limit_adjustments == 0
+
+
+@pytest.mark.parametrize(("ours", "named", "adopted"), [
+    (10, 4, 4), (10, 10, None), (10, 12, None), (None, 6, 6), (10, None, None)])
+async def test_a_concurrency_limit_is_adopted_only_when_lower(
+        clock: FakeClock, ours: int | None, named: int | None, adopted: int | None) -> None:
+    governor = Governor(Limits(concurrency=ours), clock=clock)
+    assert governor.on_rate_limited(Dimension.CONCURRENCY, retry_after=None,
+                                    limit=named) == adopted
+    expected = adopted if adopted is not None else ours
+    assert governor.statistics().dimensions["concurrency"].limit == expected
+    assert governor.statistics().limit_adjustments == (0 if adopted is None else 1)
+
+
+@pytest.mark.parametrize(("ours", "named", "adopted"), [
+    (100, 40, 40), (100, 100, None), (100, 150, None), (100, None, None)])
+async def test_a_rate_limit_is_adopted_only_when_lower(
+        clock: FakeClock, ours: int, named: int | None, adopted: int | None) -> None:
+    governor = Governor(Limits(rpm=ours), clock=clock)
+    assert governor.on_rate_limited(Dimension.RPM, retry_after=None, limit=named) == adopted
+    assert governor.statistics().dimensions["rpm"].limit == (adopted or ours)
+
+
+async def test_every_adopted_limit_counts_one_adjustment(clock: FakeClock) -> None:
+    governor = Governor(Limits(rpm=100, tpm=10_000), clock=clock)
+    governor.on_rate_limited(Dimension.RPM, retry_after=None, limit=50)
+    governor.on_rate_limited(Dimension.TPM, retry_after=None, limit=5_000)
+    governor.on_rate_limited(Dimension.RPM, retry_after=None, limit=20)
+    assert governor.statistics().limit_adjustments == 3
+
+
+async def test_an_adopted_day_limit_gets_a_day_window(clock: FakeClock) -> None:
+    governor = Governor(Limits(day=1000.0, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        assert gov.on_rate_limited(Dimension.TPD, retry_after=None, limit=100) == 100
+        gov.release(await gov.admit(100))
+        clock.advance(500.0)  # far past a minute, inside the day
+        waiter = asyncio.create_task(gov.admit(1))
+        await run_ready()
+        assert not waiter.done()
+        clock.advance(500.0)
+        await run_ready()
+        gov.release(waiter.result())
