@@ -37,7 +37,8 @@ def results() -> dict[str, str]:
 
 
 def module(mutant: str) -> str:
-    """``kimi_actors.actors.runtime.xǁRuntimeǁattempt__mutmut_3`` -> ``kimi_actors.actors.runtime``."""
+    """The module a mutant lives in: ``kimi_actors.actors.runtime.xǁRuntimeǁattempt__mutmut_3``
+    is in ``kimi_actors.actors.runtime``."""
     parts = mutant.split(".")
     for end in range(len(parts), 0, -1):
         if (ROOT / Path(*parts[:end])).with_suffix(".py").exists():
