@@ -184,7 +184,12 @@ class _Watchdog:
 
     def resume(self) -> None:
         self._paused = False
-        self._last = self._clock.now()
+        now = self._last = self._clock.now()
+        # While paused the timer was armed for the response bound only: bring it back to
+        # read_idle, or a stall right after a slow consumer would go unseen until then.
+        self._timer.cancel()
+        self._timer = self._clock.call_later(max(min(self._idle, self._ends - now), 0.0),
+                                             self._check)
 
     def _check(self) -> None:
         now = self._clock.now()

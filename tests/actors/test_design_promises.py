@@ -886,3 +886,115 @@ async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
         # Its slot is free: the next call probes at once instead of waiting.
         assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "closed again"
         assert clock.now() == 5.0
+
+
+# -- the watchdog, on the clock ------------------------------------------------------------
+
+
+def stalling(timeouts: Timeouts) -> ScriptedTransport:
+    return ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.STALL),
+        Respond.stream(chunk_events(["b"], finish="stop", role=False)), timeouts=timeouts)
+
+
+async def _read_two(sup: Supervisor, clock: FakeClock, step: float) -> tuple[list[str], float]:
+    """Read a stream that stalls after "a"; move the clock by ``step`` until it resumes."""
+    texts: list[str] = []
+    async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+        async for delta in stream:
+            texts.append(delta.content)
+            if delta.content == "a":
+                resumed_at = None
+                while resumed_at is None:
+                    await clock.wait_for_sleepers(1)
+                    clock.advance(step)
+                    for _ in range(10):
+                        await asyncio.sleep(0)
+                    if len(sup._runtime.transport.requests) == 2:  # type: ignore[attr-defined]
+                        resumed_at = clock.now()
+    return texts, resumed_at
+
+
+async def test_read_idle_fires_exactly_when_no_event_came_for_that_long() -> None:
+    clock = FakeClock()
+    transport = stalling(Timeouts(read_idle=5.0, response=100.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup:
+        texts, resumed_at = await _read_two(sup, clock, 0.5)
+        error = sup.statistics().last_transport_error
+    assert "".join(texts) == "ab"
+    assert 5.0 <= resumed_at <= 5.5 + 0.01
+    assert type(error).__name__ == "ReadIdleTimeoutError"
+
+
+async def test_the_response_bound_ends_an_attempt_that_lasts_too_long() -> None:
+    clock = FakeClock()
+    transport = stalling(Timeouts(read_idle=50.0, response=8.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup:
+        texts, resumed_at = await _read_two(sup, clock, 1.0)
+        error = sup.statistics().last_transport_error
+    assert "".join(texts) == "ab"
+    assert 8.0 <= resumed_at <= 9.01
+    assert type(error).__name__ == "ResponseTimeoutError"
+
+
+async def test_time_spent_waiting_for_the_consumer_is_not_a_stall() -> None:
+    clock = FakeClock()
+    pieces = [f"p{i} " for i in range(6)]
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(pieces, done=False), then=Then.STALL),
+        Respond.stream(chunk_events(["end"], finish="stop", role=False)),
+        timeouts=Timeouts(read_idle=5.0, response=1000.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=1) as stream:
+        got = [(await anext(aiter(stream))).content]
+        for _ in range(4):  # the consumer looks away for 40 s; the actor waits on it
+            clock.advance(10.0)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        assert len(transport.requests) == 1  # not taken for a stall
+        while len(got) < len(pieces):
+            got.append((await anext(aiter(stream))).content)
+        # Now the server really stalls: read_idle counts again from the last event.
+        stalled_at = clock.now()
+
+        async def rest() -> list[str]:
+            return [delta.content async for delta in stream]
+
+        got += await autojump(clock, rest())
+        assert sup.statistics().resumes == 1
+        assert 5.0 <= clock.now() - stalled_at <= 5.1
+    assert "".join(got) == "".join(pieces) + "end"
+
+
+async def test_a_declared_single_choice_stream_is_resumed_and_two_choices_restart() -> None:
+    for n, step in ((1, "resumes"), (2, "restarts")):
+        transport = ScriptedTransport(
+            Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP),
+            Respond.stream(chunk_events(["lo"], finish="stop", role=n == 2)))
+        async with supervisor(transport, FakeClock()) as sup:
+            await read(sup, n=n)
+            stats = sup.statistics()
+        assert (stats.resumes, stats.restarts) == ((1, 0) if step == "resumes" else (0, 1)), n
+
+
+async def test_only_a_400_naming_partial_switches_partial_mode_off(
+        events: list[dict[str, Any]]) -> None:
+    refused = error(400, "invalid_request_error",
+                    "Invalid request: Extra inputs are not permitted: messages.1.partial")
+    busy = error(500, "server_error", "partial outage")
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP), busy,
+        Respond.stream(chunk_events(["lo"], finish="stop", role=False)),
+        Respond.stream(chunk_events(["X"], done=False), then=Then.DROP), refused,
+        Respond.stream(chunk_events(["Xyz"], finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello", 0)  # a 500 that says "partial" is just a 500
+        assert sup._runtime.partial_mode is True
+        assert await read(sup) == ("Xyz", 1)
+        assert sup._runtime.partial_mode is False
+    warned = [e for e in events if e["event"] == "partial_mode_unsupported"]
+    assert warned == [{"event": "partial_mode_unsupported", "log_level": "warning",
+                       "base_url": "http://scripted.invalid/v1",
+                       "reason": "HTTP 400 invalid_request_error: Invalid request: Extra inputs "
+                                 "are not permitted: messages.1.partial",
+                       "request_id": None}]
