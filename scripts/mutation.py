@@ -1,12 +1,16 @@
 """Mutation testing of the layers that apply the decisions: one command, one score.
 
-    python scripts/mutation.py            # run mutmut (resumes a stopped run), then report
+    python scripts/mutation.py            # a fresh run of mutmut, then the report
+    python scripts/mutation.py --resume   # go on with a stopped run, then the report
     python scripts/mutation.py --report   # only report what the last run found
 
 What is mutated and which tests run is [tool.mutmut] in pyproject.toml; docs/testing.md
 says why mutmut and lists the survivors judged equivalent (``kimi_actors...__mutmut_N``
 names in backticks), which the score leaves out. A timeout counts as killed: the tests
-noticed the change by not finishing. Needs ``pip install mutmut`` (not a dev dependency:
+noticed the change by not finishing. A run starts fresh (``mutants/`` removed) unless told to
+resume: mutmut 3.8 keeps earlier verdicts when tests change, and its incremental stats run
+after new tests maps each function to the new tests only, so survivors would be judged
+against too few tests. Needs ``pip install mutmut`` (not a dev dependency:
 the run takes hours on two cores, so CI does not run it).
 """
 
@@ -16,6 +20,7 @@ import argparse
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +93,11 @@ def _row(name: str, counts: collections.Counter[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--report", action="store_true", help="only report the last run")
+    parser.add_argument("--resume", action="store_true", help="go on with a stopped run")
     args = parser.parse_args()
     if not args.report:
+        if not args.resume:
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}
         subprocess.run(["mutmut", "run"], cwd=ROOT, env=env, check=False)
     score = report(results())
