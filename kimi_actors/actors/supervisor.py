@@ -525,7 +525,7 @@ class Supervisor:
         """Kimi's own prompt token count for a chat body (``/tokenizers/estimate-token-count``).
         Not governed: it is a cheap side call, not a completion."""
         self._check_open()
-        data = await self._side_call("POST", "tokenizers/estimate-token-count",
+        data = await self._side_call("tokenizers/estimate-token-count",
                                      {"model": model, "messages": messages, **body})
         try:
             return int(data["data"]["total_tokens"])
@@ -536,7 +536,7 @@ class Supervisor:
     async def balance(self) -> Mapping[str, Any]:
         """The account balance (``/users/me/balance``): available, voucher and cash."""
         self._check_open()
-        data = await self._side_call("GET", "users/me/balance", None)
+        data = await self._side_call("users/me/balance")
         balance = data.get("data") if isinstance(data, Mapping) else None
         if not isinstance(balance, Mapping):
             raise ProtocolError(f"unexpected balance answer: {data!r:.200}")
@@ -545,16 +545,17 @@ class Supervisor:
     async def models(self) -> list[str]:
         """The ids of the models this key may use (``/models``)."""
         self._check_open()
-        data = await self._side_call("GET", "models", None)
+        data = await self._side_call("models")
         try:
             return [str(item["id"]) for item in data["data"]]
         except (KeyError, TypeError):
             raise ProtocolError(f"unexpected models answer: {data!r:.200}") from None
 
-    async def _side_call(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
+    async def _side_call(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """GET ``path``, or POST ``body`` to it; a run-fatal answer counts as the account's."""
         transport = self._runtime.transport
-        raw = await (transport.get(path) if method == "GET"
-                     else transport.post(path, json_body(body or {})))
+        raw = await (transport.get(path) if body is None
+                     else transport.post(path, json_body(body)))
         outcome = classify_response(raw.status, raw.headers, raw.body,
                                     wall_now=self._clock.wall())
         if outcome.error is not None:

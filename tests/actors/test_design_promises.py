@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import dataclasses
+import email.utils
 import json
 import random
 import socket
@@ -46,6 +47,7 @@ from kimi_actors import (
     FatalPolicy,
     Limits,
     ModelNotFoundError,
+    NotFoundError,
     PermissionDeniedError,
     ProtocolError,
     RateLimitError,
@@ -998,3 +1000,133 @@ async def test_only_a_400_naming_partial_switches_partial_mode_off(
                        "reason": "HTTP 400 invalid_request_error: Invalid request: Extra inputs "
                                  "are not permitted: messages.1.partial",
                        "request_id": None}]
+
+
+async def test_a_json_answer_routes_choices_by_their_index_and_keeps_its_request_id() -> None:
+    answer = Respond.json({
+        "id": "cmpl-10", "object": "chat.completion", "model": MODEL,
+        "choices": [  # listed out of order: the index, not the position, says which is which
+            {"index": 1, "message": {"role": "assistant", "content": "second"},
+             "finish_reason": "stop"},
+            {"index": 0, "message": {"role": "assistant", "content": "first"},
+             "finish_reason": "length"}]},
+        headers={"Msh-Request-Id": "req-json-10"})
+    transport = ScriptedTransport(answer)
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, n=2) as stream:
+        await stream.collect()
+    result = stream.result
+    assert result.request_id == "req-json-10"
+    assert [(c.index, c.message.content, c.finish_reason) for c in result.choices] == [
+        (0, "first", "length"), (1, "second", "stop")]
+
+
+async def test_a_json_answer_with_an_empty_usage_object_has_no_usage() -> None:
+    answer = Respond.json({
+        "id": "cmpl-11", "object": "chat.completion", "model": MODEL, "usage": {},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
+                     "finish_reason": "stop"}]})
+    transport = ScriptedTransport(answer)
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION) as stream:
+        await stream.collect()
+    assert stream.result.usage is None
+    assert stream.result.content == "x"
+
+
+async def test_a_short_json_continuation_is_released_at_its_end() -> None:
+    # Shorter than the 16 characters a continuation is held back for: the end of the answer
+    # is what shows it did not start over.
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hello there, my friend"], done=False), then=Then.DROP),
+        Respond.json({"id": "c4", "object": "chat.completion", "model": MODEL,
+                      "choices": [{"index": 0, "message": {"role": "assistant",
+                                                           "content": " ok"},
+                                   "finish_reason": "stop"}]}))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello there, my friend ok", 0)
+
+
+# -- side calls and the caller's timeout ----------------------------------------------------
+
+
+async def test_side_calls_send_the_right_method_and_read_kimis_shapes() -> None:
+    transport = ScriptedTransport(
+        Respond.json({"data": {"total_tokens": 42}}),
+        Respond.json({"data": {"available_balance": 1.5, "voucher_balance": 0,
+                               "cash_balance": 1.5}}),
+        Respond.json({"data": [{"id": "kimi-k2.6"}, {"id": "kimi-k3"}]}))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await sup.estimate_tokens(model=MODEL, messages=QUESTION, tools=[]) == 42
+        assert (await sup.balance())["available_balance"] == 1.5
+        assert await sup.models() == ["kimi-k2.6", "kimi-k3"]
+    sent = [(r.method, r.path, r.body) for r in transport.requests]
+    assert sent == [
+        ("POST", "tokenizers/estimate-token-count",
+         {"model": MODEL, "messages": QUESTION, "tools": []}),
+        ("GET", "users/me/balance", None),
+        ("GET", "models", None)]
+
+
+@pytest.mark.parametrize(("call", "answer", "message"), [
+    ("estimate", {"data": {}}, "unexpected estimate-token-count answer: {'data': {}}"),
+    ("balance", {"data": [1]}, "unexpected balance answer: {'data': [1]}"),
+    ("balance", [1, 2], "unexpected balance answer: [1, 2]"),
+    ("models", {"data": [{"name": "x"}]}, "unexpected models answer: {'data': [{'name': 'x'}]}"),
+])
+async def test_a_side_call_answered_in_another_shape_says_what_came(
+        call: str, answer: Any, message: str) -> None:
+    transport = ScriptedTransport(Respond.json(answer))
+    async with supervisor(transport, FakeClock()) as sup:
+        calls = {"estimate": lambda: sup.estimate_tokens(model=MODEL, messages=QUESTION),
+                 "balance": sup.balance, "models": sup.models}
+        with pytest.raises(ProtocolError) as info:
+            await calls[call]()
+    assert str(info.value) == message
+
+
+async def test_a_side_call_refused_for_the_account_halts_the_supervisor() -> None:
+    transport = ScriptedTransport(error(404, "resource_not_found_error", "no such path"), AUTH)
+    async with supervisor(transport, FakeClock()) as sup:
+        with pytest.raises(NotFoundError):
+            await sup.models()
+        assert not sup.statistics().account_refused  # a 404 says nothing of the account
+        with pytest.raises(AuthenticationError):
+            await sup.balance()
+        assert sup.statistics().account_refused
+        with pytest.raises(AuthenticationError):  # failed fast: nothing more is sent
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert len(transport.requests) == 2
+
+
+async def test_a_side_calls_retry_after_date_is_read_on_the_injected_wall_clock() -> None:
+    clock = FakeClock(wall_start=1_800_000_000.0)
+    date = email.utils.formatdate(1_800_000_030.0, usegmt=True)
+    transport = ScriptedTransport(Respond.json(
+        {"error": {"type": "engine_overloaded_error", "message": "busy"}}, status=429,
+        headers={"Retry-After": date}))
+    async with supervisor(transport, clock) as sup:
+        with pytest.raises(EngineOverloadedError) as info:
+            await sup.models()
+    assert info.value.retry_after == pytest.approx(30.0)
+
+
+async def test_the_callers_timeout_names_itself_and_only_its_own_expiry_counts() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport()
+    async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
+        await sup._runtime.governor.admit(1)  # the only slot: both calls wait in the queue
+        timed = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION, timeout=5.0))
+        await clock.wait_for_sleepers(1)
+        clock.advance(5.0)
+        with pytest.raises(DeadlineExceededError) as info:
+            await timed
+        assert info.value.timeout == 5.0
+        assert str(info.value).startswith("the request did not finish within its timeout of 5.0")
+        # A cancellation that is not the timeout's stays a cancellation.
+        cancelled = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION, timeout=5.0))
+        await clock.wait_for_sleepers(1)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+    assert transport.requests == []
