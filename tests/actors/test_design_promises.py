@@ -1130,3 +1130,43 @@ async def test_the_callers_timeout_names_itself_and_only_its_own_expiry_counts()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
     assert transport.requests == []
+
+
+async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -> None:
+    clock = FakeClock()
+    stall = Respond.stream([], then=Then.STALL)
+    transport = ScriptedTransport(stall, stall, OVERLOADED, OVERLOADED, stall,
+                                  completion("after"))
+    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
+
+    async def stalled(sup: Supervisor) -> None:
+        async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+            await anext(aiter(stream))
+
+    async def turns() -> None:
+        for _ in range(10):  # loop turns, not time
+            await asyncio.sleep(0)
+
+    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
+        # Two attempts let through while closed: after the trip they belong to an old episode.
+        old = [asyncio.create_task(stalled(sup)) for _ in range(2)]
+        await turns()
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        old[0].cancel()  # cancelled while the breaker is open
+        with pytest.raises(asyncio.CancelledError):
+            await old[0]
+        clock.advance(5.0)
+        probe = asyncio.create_task(stalled(sup))  # the one probe of the half-open episode
+        await turns()
+        assert len(transport.requests) == 5
+        probe.cancel()  # while an old attempt is still out: the probe's slot is what frees
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        after = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        assert len(transport.requests) == 6  # sent at once as the next probe
+        assert (await after).content == "after"
+        old[1].cancel()
+        await asyncio.gather(old[1], return_exceptions=True)
