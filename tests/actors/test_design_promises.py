@@ -1170,3 +1170,41 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
         assert (await after).content == "after"
         old[1].cancel()
         await asyncio.gather(old[1], return_exceptions=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_map_items_fail_a_retry_that_would_start_after_their_timeout_at_once(
+        stream: bool) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR)
+    async with supervisor(transport, clock, retry=RetryPolicy(base=10.0, cap=10.0),
+                          rng=random.Random(1)) as sup:
+        items = [item async for item in sup.map([{"model": MODEL, "messages": QUESTION}],
+                                                stream=stream, timeout=0.5)]
+    assert isinstance(items[0].error, ServerError)  # not a DeadlineExceededError 0.5 s later
+    assert "would start after this request's deadline" in items[0].error.__notes__[-1]
+    assert clock.now() == 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_map_items_queue_at_the_priority_given(stream: bool) -> None:
+    mapped_answer = (Respond.stream(chunk_events(["mapped"], finish="stop")) if stream
+                     else completion("mapped"))
+    transport = ScriptedTransport(completion("direct"), mapped_answer)
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        governor = sup._runtime.governor
+        permit = await governor.admit(1)
+        mapped = asyncio.create_task(anext(aiter(sup.map(
+            [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}],
+            stream=stream, priority=5))))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        direct = asyncio.create_task(sup.chat(
+            model=MODEL, messages=[{"role": "user", "content": "direct"}]))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        governor.release(permit)
+        await asyncio.gather(mapped, direct)
+    # The map item queued first, but at priority 5 the later priority-0 call goes first.
+    assert [r.body["messages"][0]["content"] for r in transport.requests] == ["direct",
+                                                                               "mapped"]

@@ -386,6 +386,11 @@ async def test_map_reports_work_the_drain_cancelled_instead_of_hanging() -> None
             await asyncio.wait_for(consumer, 10)
         assert len(items) == 4
         assert all(isinstance(item.error, SupervisorClosedError) for item in items)
+        assert {str(item.error) for item in items} == {
+            "the supervisor closed before the request finished"}
+        assert sorted(item.index for item in items) == [0, 1, 2, 3]
+        assert sorted(item.request["messages"][0]["content"] for item in items) == sorted(
+            messages(i)[0]["content"] for i in range(4))
 
 
 async def test_deltas_read_together_with_a_bad_event_are_kept_before_resuming() -> None:
