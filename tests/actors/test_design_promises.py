@@ -1208,3 +1208,26 @@ async def test_map_items_queue_at_the_priority_given(stream: bool) -> None:
     # The map item queued first, but at priority 5 the later priority-0 call goes first.
     assert [r.body["messages"][0]["content"] for r in transport.requests] == ["direct",
                                                                                "mapped"]
+
+
+async def test_a_call_that_fails_fast_while_the_probe_is_out_says_the_probe_is_due() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, Respond.stream([], then=Then.STALL))
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(31.0)
+
+        async def stalled_probe() -> None:
+            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                await anext(aiter(stream))
+
+        probe = asyncio.create_task(stalled_probe())
+        for _ in range(10):  # loop turns: the probe is sent and stalls
+            await asyncio.sleep(0)
+        with pytest.raises(AuthenticationError) as fast:
+            await sup.chat(model=MODEL, messages=QUESTION)
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+    assert fast.value.__notes__[-1] == (
+        "kimi_actors: not sent: the account was refused 31 s ago; the next probe goes in 0 s")

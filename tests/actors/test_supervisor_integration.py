@@ -232,8 +232,10 @@ async def test_restart_mode_tells_the_consumer_to_discard() -> None:
         reader = asyncio.create_task(read_stream(sup, 6))
         await wait_until(lambda: fake.statistics().faults["drop"] >= 1)
         fake.set_faults(Faults())
-        text, _ = await reader
+        text, restarts = await reader
     assert text == expected_reply(MODEL, messages(6)).content
+    assert restarts >= 1  # the consumer was told to discard, and the text is still whole
+    assert restarts == sup.statistics().restarts
     assert fake.statistics().partial_requests == 0
 
 
