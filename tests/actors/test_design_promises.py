@@ -52,6 +52,8 @@ from kimi_actors import (
     ProtocolError,
     RateLimitError,
     RedirectError,
+    ResumeMode,
+    ResumePolicy,
     RetryPolicy,
     ServerError,
     Supervisor,
@@ -1231,3 +1233,36 @@ async def test_a_call_that_fails_fast_while_the_probe_is_out_says_the_probe_is_d
         await asyncio.gather(probe, return_exceptions=True)
     assert fast.value.__notes__[-1] == (
         "kimi_actors: not sent: the account was refused 31 s ago; the next probe goes in 0 s")
+
+
+async def test_a_clean_end_without_done_is_an_incomplete_stream_and_is_logged_as_resumed(
+        events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hel"], done=False),
+                       headers={"Msh-Request-Id": "req-incomplete"}),
+        Respond.stream(chunk_events(["lo"], finish="stop", role=False)))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello", 0)
+    resumed = [e for e in events if e["event"] == "stream_resumed"]
+    assert resumed == [{"event": "stream_resumed", "log_level": "info", "received_chars": 3,
+                        "error_type": "IncompleteStreamError",
+                        "request_id": "req-incomplete"}]
+    retry = [e for e in events if e["event"] == "retry"]
+    assert len(retry) == 1
+    assert {key: retry[0][key] for key in ("log_level", "attempt", "step", "error_type",
+                                           "status", "request_id")} == {
+        "log_level": "info", "attempt": 1, "step": "resume",
+        "error_type": "IncompleteStreamError", "status": None, "request_id": "req-incomplete"}
+    assert 0 <= retry[0]["delay"] <= RetryPolicy().base
+
+
+async def test_a_restart_is_logged_with_its_cause(events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.DROP),
+        Respond.stream(chunk_events(["ab"], finish="stop")))
+    async with supervisor(transport, FakeClock(),
+                          resume=ResumePolicy(mode=ResumeMode.RESTART)) as sup:
+        assert await read(sup) == ("ab", 1)
+    assert [e for e in events if e["event"] == "stream_restarted"] == [
+        {"event": "stream_restarted", "log_level": "info",
+         "error_type": "ConnectionFailedError", "request_id": None}]
