@@ -983,8 +983,10 @@ async def test_a_declared_single_choice_stream_is_resumed_and_two_choices_restar
 
 async def test_only_a_400_naming_partial_switches_partial_mode_off(
         events: list[dict[str, Any]]) -> None:
-    refused = error(400, "invalid_request_error",
-                    "Invalid request: Extra inputs are not permitted: messages.1.partial")
+    refused = Respond.json({"error": {
+        "type": "invalid_request_error",
+        "message": "Invalid request: Extra inputs are not permitted: messages.1.partial"}},
+        status=400, headers={"Msh-Request-Id": "req-refused"})
     busy = error(500, "server_error", "partial outage")
     transport = ScriptedTransport(
         Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP), busy,
@@ -1000,8 +1002,9 @@ async def test_only_a_400_naming_partial_switches_partial_mode_off(
     assert warned == [{"event": "partial_mode_unsupported", "log_level": "warning",
                        "base_url": "http://scripted.invalid/v1",
                        "reason": "HTTP 400 invalid_request_error: Invalid request: Extra inputs "
-                                 "are not permitted: messages.1.partial",
-                       "request_id": None}]
+                                 "are not permitted: messages.1.partial (request id "
+                                 "req-refused)",
+                       "request_id": "req-refused"}]
 
 
 async def test_a_json_answer_routes_choices_by_their_index_and_keeps_its_request_id() -> None:
@@ -1266,3 +1269,73 @@ async def test_a_restart_is_logged_with_its_cause(events: list[dict[str, Any]]) 
     assert [e for e in events if e["event"] == "stream_restarted"] == [
         {"event": "stream_restarted", "log_level": "info",
          "error_type": "ConnectionFailedError", "request_id": None}]
+
+
+async def test_a_resume_with_one_token_left_asks_for_exactly_one() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a", "b"], done=False), then=Then.DROP),
+        Respond.stream(chunk_events(["c"], finish="length", role=False)))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup, max_completion_tokens=3) == ("abc", 0)
+    assert transport.requests[1].body["max_completion_tokens"] == 1
+
+
+@pytest.mark.parametrize(("concurrency", "window"), [(1, 16), (10, 20), (None, 512)])
+async def test_map_reads_ahead_twice_the_concurrency_and_at_least_sixteen(
+        concurrency: int | None, window: int) -> None:
+    pulled = 0
+
+    def bodies() -> Iterator[dict[str, Any]]:
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+
+    stall = Respond.stream([], then=Then.STALL)
+    transport = ScriptedTransport(*[stall] * window)
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=concurrency)) as sup:
+        items = sup.map(bodies(), stream=True)
+        first = asyncio.create_task(anext(aiter(items)))
+        for _ in range(30):
+            await asyncio.sleep(0)
+        assert pulled == window
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await items.aclose()
+
+
+async def test_map_refills_its_window_as_results_are_taken() -> None:
+    transport = ScriptedTransport(*[completion(f"a{i}") for i in range(40)])
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        items = [item async for item in sup.map(
+            {"model": MODEL, "messages": [{"role": "user", "content": f"q{i}"}]}
+            for i in range(40))]
+    assert sorted(item.index for item in items) == list(range(40))
+    assert all(item.error is None for item in items)
+
+
+async def test_the_response_bound_still_holds_after_a_consumer_pause() -> None:
+    clock = FakeClock()
+    pieces = [f"p{i} " for i in range(4)]
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(pieces, done=False), then=Then.STALL),
+        Respond.stream(chunk_events(["end"], finish="stop", role=False)),
+        timeouts=Timeouts(read_idle=50.0, response=45.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=1) as stream:
+        got = [(await anext(aiter(stream))).content]
+        clock.advance(44.5)  # the consumer looks away; the actor waits on it
+        for _ in range(5):
+            await asyncio.sleep(0)
+        while len(got) < len(pieces):
+            got.append((await anext(aiter(stream))).content)
+
+        async def rest() -> list[str]:
+            return [delta.content async for delta in stream]
+
+        got += await autojump(clock, rest())
+        error = sup.statistics().last_transport_error
+    assert "".join(got) == "".join(pieces) + "end"
+    assert type(error).__name__ == "ResponseTimeoutError"
+    assert 45.0 <= clock.now() <= 45.01  # the bound, not half a second or a read_idle later
