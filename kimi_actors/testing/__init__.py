@@ -18,7 +18,7 @@ from .replies import (
     expected_reply,
     expected_tool_call,
 )
-from .scripted import Fail, Respond, ScriptedTransport, SentRequest, Then, chunk_events
+from .scripted import Fail, Gap, Respond, ScriptedTransport, SentRequest, Then, chunk_events
 from .server import FAKE_API_KEY, FakeKimi, FakeStats
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "FakeKimi",
     "FakeStats",
     "Faults",
+    "Gap",
     "Latency",
     "Reply",
     "Respond",

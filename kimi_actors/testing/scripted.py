@@ -16,7 +16,9 @@ and the breaker's cool-downs move only when the test advances time.
 
 A step is a :class:`Respond` (an answer: status, headers, body or stream events and how the
 stream ends) or a :class:`Fail` (the connection fails with the given error). A request with no
-step left fails its test loudly.
+step left fails its test loudly. A :class:`Gap` among a stream's events is a silence of that
+many seconds on the transport's clock (``ScriptedTransport(clock=...)``): a server that
+sends, pauses, and sends again.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..clock import Clock, MonotonicClock
 from ..errors import ConnectionFailedError, KimiError
 from ..policy import Timeouts
 from ..transport import RawResponse
 
-__all__ = ["Fail", "Respond", "ScriptedTransport", "SentRequest", "Then", "chunk_events"]
+__all__ = ["Fail", "Gap", "Respond", "ScriptedTransport", "SentRequest", "Then",
+           "chunk_events"]
 
 
 class Then(enum.StrEnum):
@@ -48,6 +52,13 @@ class Then(enum.StrEnum):
     STALL = "stall"
 
 
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Among a scripted stream's events: nothing arrives for ``seconds``."""
+
+    seconds: float
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Respond:
     """One scripted answer. ``events`` (byte strings, sent one network read each) make it a
@@ -56,7 +67,7 @@ class Respond:
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
-    events: tuple[bytes, ...] | None = None
+    events: tuple[bytes | Gap, ...] | None = None
     then: Then = Then.END
 
     @classmethod
@@ -66,7 +77,7 @@ class Respond:
                    headers={"Content-Type": "application/json", **(headers or {})})
 
     @classmethod
-    def stream(cls, events: Iterable[bytes], *, then: Then = Then.END,
+    def stream(cls, events: Iterable[bytes | Gap], *, then: Then = Then.END,
                headers: Mapping[str, str] | None = None) -> Respond:
         return cls(events=tuple(events), then=then,
                    headers={"Content-Type": "text/event-stream", **(headers or {})})
@@ -134,6 +145,9 @@ class _ScriptedStream:
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         step = self._step
         for event in step.events or (step.body,):
+            if isinstance(event, Gap):
+                await self._transport.clock.sleep(event.seconds)
+                continue
             self._transport.events_read += 1
             yield event
         if step.then is Then.DROP:
@@ -143,16 +157,23 @@ class _ScriptedStream:
 
     async def read(self, limit: int = 1 << 20) -> bytes:
         step = self._step
-        data = step.body if step.events is None else b"".join(step.events)
-        return data[:limit]
+        return _joined(step)[:limit]
+
+
+def _joined(step: Respond) -> bytes:
+    if step.events is None:
+        return step.body
+    return b"".join(event for event in step.events if not isinstance(event, Gap))
 
 
 class ScriptedTransport:
     """A transport that answers each request with the next step of its script."""
 
     def __init__(self, *steps: Respond | Fail, base_url: str = "http://scripted.invalid/v1",
-                 timeouts: Timeouts | None = None) -> None:
+                 timeouts: Timeouts | None = None, clock: Clock | None = None) -> None:
         self._steps: deque[Respond | Fail] = deque(steps)
+        #: What a :class:`Gap` waits on: give the supervisor's ``FakeClock``.
+        self.clock: Clock = clock or MonotonicClock()
         self._base_url = base_url
         self._timeouts = timeouts or Timeouts()
         #: Every request sent, in order.
@@ -197,7 +218,7 @@ class ScriptedTransport:
     async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                    on_sent: Callable[[], None] | None = None) -> RawResponse:
         step = self._next("POST", path, body, headers, on_sent)
-        data = step.body if step.events is None else b"".join(step.events)
+        data = _joined(step)
         return RawResponse(status=step.status, headers=dict(step.headers), body=data,
                            content_type=step.content_type)
 

@@ -61,7 +61,7 @@ from kimi_actors import (
     admission_tokens,
 )
 from kimi_actors.protocol.tokens import requested_max_tokens
-from kimi_actors.testing import Fail, FakeClock, Respond, ScriptedTransport, Then, chunk_events
+from kimi_actors.testing import Fail, FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
 
 ROOT = Path(__file__).resolve().parents[2]
 NO_BUDGET = RetryPolicy(budget_floor=0, budget_ratio=0.0)
@@ -1339,3 +1339,35 @@ async def test_the_response_bound_still_holds_after_a_consumer_pause() -> None:
     assert "".join(got) == "".join(pieces) + "end"
     assert type(error).__name__ == "ResponseTimeoutError"
     assert 45.0 <= clock.now() <= 45.01  # the bound, not half a second or a read_idle later
+
+
+@pytest.mark.parametrize(("idle", "gap"), [(5.0, 3.0), (1.0, 0.2)])
+async def test_read_idle_counts_from_the_last_event_not_from_the_start(idle: float,
+                                                                         gap: float) -> None:
+    clock = FakeClock()
+    first, second = chunk_events(["a", "b"], done=False)
+    transport = ScriptedTransport(
+        Respond.stream([first, Gap(gap), second], then=Then.STALL),
+        Respond.stream(chunk_events(["c"], finish="stop", role=False)),
+        timeouts=Timeouts(read_idle=idle, response=1000.0), clock=clock)
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup:
+        text, restarts = await read(sup)
+        error = sup.statistics().last_transport_error
+    assert (text, restarts) == ("abc", 0)
+    assert type(error).__name__ == "ReadIdleTimeoutError"
+    # "b" came after the gap: the stall is seen read_idle after it (the first check, at
+    # read_idle, found an event since and re-armed for exactly then).
+    assert gap + idle <= clock.now() <= gap + idle + 0.01
+
+
+async def test_a_gap_shorter_than_read_idle_is_no_stall() -> None:
+    clock = FakeClock()
+    events = chunk_events(["a", "b", "c"], finish="stop")
+    transport = ScriptedTransport(
+        Respond.stream([events[0], Gap(4.0), events[1], Gap(4.0), *events[2:]]),
+        timeouts=Timeouts(read_idle=5.0, response=1000.0), clock=clock)
+    async with supervisor(transport, clock) as sup:
+        assert await read(sup) == ("abc", 0)
+        assert sup.statistics().resumes == 0
+    assert len(transport.requests) == 1
+    assert clock.now() == 8.0
