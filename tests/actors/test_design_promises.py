@@ -42,6 +42,7 @@ from kimi_actors import (
     ConnectTimeoutError,
     ContentFilterError,
     DeadlineExceededError,
+    Delta,
     EngineOverloadedError,
     FatalMode,
     FatalPolicy,
@@ -57,9 +58,11 @@ from kimi_actors import (
     RetryPolicy,
     ServerError,
     Supervisor,
+    SupervisorClosedError,
     Timeouts,
     admission_tokens,
 )
+from kimi_actors.actors.stream import DeltaChannel
 from kimi_actors.protocol.tokens import requested_max_tokens
 from kimi_actors.testing import Fail, FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
 
@@ -1371,3 +1374,148 @@ async def test_a_gap_shorter_than_read_idle_is_no_stall() -> None:
         assert sup.statistics().resumes == 0
     assert len(transport.requests) == 1
     assert clock.now() == 8.0
+
+
+# -- streams: their own options, and the channel to the consumer ----------------------------
+
+
+async def test_a_stream_keeps_its_timeout_on_the_clock() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport()
+    async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
+        await sup._runtime.governor.admit(1)  # the only slot, never given back
+
+        async def consume() -> None:
+            async with sup.stream(model=MODEL, messages=QUESTION, timeout=5.0) as stream:
+                await stream.collect()
+
+        waiting = asyncio.create_task(consume())
+        await clock.wait_for_sleepers(1)
+        clock.advance(5.0)
+        with pytest.raises(DeadlineExceededError):
+            await waiting
+
+
+async def test_a_stream_fails_a_retry_that_would_start_after_its_timeout_at_once() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR)
+    async with supervisor(transport, clock, retry=RetryPolicy(base=10.0, cap=10.0),
+                          rng=random.Random(1)) as sup:
+        with pytest.raises(ServerError) as info:
+            async with sup.stream(model=MODEL, messages=QUESTION, timeout=0.5) as stream:
+                await stream.collect()
+    assert "would start after this request's deadline" in info.value.__notes__[-1]
+    assert clock.now() == 0.0
+
+
+async def test_a_stream_queues_at_its_priority() -> None:
+    transport = ScriptedTransport(completion("direct"),
+                                  Respond.stream(chunk_events(["s"], finish="stop")))
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        governor = sup._runtime.governor
+        permit = await governor.admit(1)
+
+        async def low() -> None:
+            async with sup.stream(model=MODEL, messages=QUESTION, priority=5) as stream:
+                await stream.collect()
+
+        streamed = asyncio.create_task(low())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        direct = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        governor.release(permit)
+        await asyncio.gather(streamed, direct)
+    assert [r.body.get("stream", False) for r in transport.requests] == [False, True]
+
+
+async def test_a_stream_used_outside_async_with_says_how_to_use_it() -> None:
+    async with supervisor(ScriptedTransport(), FakeClock()) as sup:
+        stream = sup.stream(model=MODEL, messages=QUESTION)
+        with pytest.raises(RuntimeError) as info:
+            await anext(aiter(stream))
+    assert str(info.value) == "use the stream as `async with sup.stream(...) as stream:`"
+
+
+async def test_a_stream_cut_by_closing_the_supervisor_says_so() -> None:
+    transport = ScriptedTransport(Respond.stream(chunk_events(["a"], done=False),
+                                                 then=Then.STALL))
+    sup = Supervisor(transport=transport, clock=FakeClock(), limits=Limits.unlimited())
+    async with sup:
+        stream = sup.stream(model=MODEL, messages=QUESTION)
+        await stream.__aenter__()
+        assert (await anext(aiter(stream))).content == "a"
+        await sup.aclose(timeout=0.0)
+        with pytest.raises(SupervisorClosedError) as info:
+            await anext(aiter(stream))
+        await stream.__aexit__(None, None, None)
+    assert str(info.value) == "the supervisor closed before the stream ended"
+
+
+async def test_a_zero_wait_retries_without_waiting_for_the_clock() -> None:
+    transport = ScriptedTransport(rate_limited(0), completion("at once"))
+    async with supervisor(transport, FakeClock()) as sup:
+        # No clock advance anywhere: a zero wait must not become a timer.
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "at once"
+
+
+async def test_every_failure_is_counted() -> None:
+    bad = error(400, "invalid_request_error", "Invalid request: nope")
+    transport = ScriptedTransport(bad, bad, bad)
+    async with supervisor(transport, FakeClock()) as sup:
+        for _ in range(3):
+            with pytest.raises(BadRequestError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().failed == 3
+        assert sup.statistics().failures_by_type == {"BadRequestError": 3}
+
+
+def _deltas(*texts: str) -> list[Delta]:
+    return [Delta(content=text) for text in texts]
+
+
+async def test_the_delta_channel_blocks_only_above_its_limit_and_keeps_order() -> None:
+    with pytest.raises(ValueError, match="a DeltaChannel's limit must be >= 1, got 0"):
+        DeltaChannel(0)
+    channel = DeltaChannel(3)
+    assert not channel.would_block(3)
+    assert channel.would_block(4)
+    await channel.put(_deltas("a", "b"))
+    assert (channel.buffered, channel.would_block(1), channel.would_block(2)) == (2, False, True)
+    # A batch larger than the room left goes in pieces, each when the consumer made room.
+    batch = _deltas("c", "d", "e", "f", "g")
+    putter = asyncio.create_task(channel.put(batch))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not putter.done()
+    taken = []
+    while not putter.done() or channel.buffered:
+        delta = channel.get_nowait()
+        if delta is None:
+            await asyncio.sleep(0)
+            continue
+        taken.append(delta.content)
+        assert channel.buffered <= 3
+    assert taken == ["a", "b", "c", "d", "e", "f", "g"]
+    assert batch == []
+    channel.close()
+    assert await channel.get() is None
+
+
+async def test_the_delta_channel_wakes_a_putter_only_when_its_piece_fits() -> None:
+    channel = DeltaChannel(4)
+    await channel.put(_deltas("a", "b", "c"))
+    putter = asyncio.create_task(channel.put(_deltas("d", "e", "f")))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.get_nowait() is not None  # room for 2: the putter's 3 do not fit yet
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert channel.buffered == 2
+    assert not putter.done()
+    assert channel.get_nowait() is not None  # room for 3: now it fits
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert putter.done()
+    assert channel.buffered == 4
