@@ -46,6 +46,7 @@ from kimi_actors import (
     EngineOverloadedError,
     FatalMode,
     FatalPolicy,
+    LimitExceededError,
     Limits,
     ModelNotFoundError,
     NotFoundError,
@@ -1519,3 +1520,144 @@ async def test_the_delta_channel_wakes_a_putter_only_when_its_piece_fits() -> No
         await asyncio.sleep(0)
     assert putter.done()
     assert channel.buffered == 4
+
+
+async def test_a_users_partial_prefix_keeps_its_other_keys_through_a_resume() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["upon"], done=False), then=Then.DROP),
+        Respond.stream(chunk_events([" a time"], finish="stop", role=False)))
+    prefix = {"role": "assistant", "content": "Once ", "partial": True, "name": "narrator"}
+    async with supervisor(transport, FakeClock()) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+
+        async def consume() -> str:
+            async with sup.stream(model=MODEL, messages=(*QUESTION, prefix)) as stream:
+                return "".join([delta.content async for delta in stream])
+
+        assert await autojump(clock, consume()) == "upon a time"
+    first, resumed = (r.body["messages"] for r in transport.requests)
+    assert set(transport.requests[0].body) == {"model", "messages", "stream"}
+    assert first == [*QUESTION, prefix]  # a tuple of messages is sent as a list
+    assert resumed == [*QUESTION, {"role": "assistant", "content": "Once upon", "partial": True,
+                                   "name": "narrator"}]
+
+
+async def test_a_partial_message_that_is_not_the_assistants_is_not_a_prefix() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP),
+        Respond.stream(chunk_events(["lo"], finish="stop", role=False)))
+    odd = {"role": "user", "content": "ask", "partial": True}
+    async with supervisor(transport, FakeClock()) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+
+        async def consume() -> str:
+            async with sup.stream(model=MODEL, messages=[odd]) as stream:
+                return "".join([delta.content async for delta in stream])
+
+        assert await autojump(clock, consume()) == "Hello"
+    assert transport.requests[1].body["messages"] == [
+        odd, {"role": "assistant", "content": "Hel", "partial": True}]
+
+
+async def test_only_a_streams_first_attempt_feeds_the_retry_budget() -> None:
+    # Budget: 0.34 retries per first attempt. With three first attempts (two streams answered
+    # at once, and the third's) there is room for one retry; the fourth stream's first attempt
+    # adds only 0.34 more, so its retry finds the budget spent.
+    answer = Respond.stream(chunk_events(["ok"], finish="stop"))
+    transport = ScriptedTransport(answer, answer, SERVER_ERROR, answer, SERVER_ERROR)
+    retry = RetryPolicy(budget_floor=0, budget_ratio=0.34)
+    async with supervisor(transport, FakeClock(), retry=retry) as sup:
+        for _ in range(3):
+            assert await read(sup) == ("ok", 0)
+        with pytest.raises(ServerError) as info:
+            await read(sup)
+    assert "retry budget is spent" in info.value.__notes__[-1]
+
+
+async def test_an_empty_partial_prefix_and_an_empty_conversation() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["Hel"], done=False), then=Then.DROP),
+        Respond.stream(chunk_events(["lo"], finish="stop", role=False)),
+        Respond.stream(chunk_events(["x"], finish="stop")))
+    empty = {"role": "assistant", "content": "", "partial": True}
+    async with supervisor(transport, FakeClock()) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+
+        async def consume(messages: list[dict[str, Any]]) -> str:
+            async with sup.stream(model=MODEL, messages=messages) as stream:
+                return "".join([delta.content async for delta in stream])
+
+        assert await autojump(clock, consume([*QUESTION, empty])) == "Hello"
+        assert await autojump(clock, consume([])) == "x"  # the server judges an empty list
+    assert transport.requests[1].body["messages"][-1] == {
+        "role": "assistant", "content": "Hel", "partial": True}
+
+
+async def test_a_streams_admission_counts_the_supervisors_default_max_tokens() -> None:
+    transport = ScriptedTransport()
+    async with Supervisor(transport=transport, clock=FakeClock(), limits=Limits(tpm=50_000),
+                          default_max_tokens=60_000) as sup:
+        with pytest.raises(LimitExceededError):
+            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                await stream.collect()
+    assert transport.requests == []
+
+
+async def test_a_stream_waits_for_an_open_breaker_only_within_its_timeout() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        with pytest.raises(CircuitOpenError):
+            async with sup.stream(model=MODEL, messages=QUESTION, timeout=4.0) as stream:
+                await stream.collect()
+    assert clock.now() == 0.0
+
+
+async def test_stream_retries_and_recoveries_back_off_from_the_right_count(
+        events: list[dict[str, Any]]) -> None:
+    def drop(text: str) -> Respond:
+        return Respond.stream(chunk_events([text], done=False, role=False), then=Then.DROP)
+
+    transport = ScriptedTransport(
+        SERVER_ERROR, SERVER_ERROR,                # two failures before any text: 1, then 2
+        drop("a"), drop("b"), drop("c"),           # three recoveries, each after progress
+        Respond.stream(chunk_events(["d"], finish="stop", role=False)))
+    retry = RetryPolicy(base=1.0, cap=60.0)
+    async with supervisor(transport, FakeClock(), retry=retry) as sup:
+        assert await read(sup) == ("abcd", 0)
+    retries = [e for e in events if e["event"] == "retry"]
+    draws = random.Random(7)
+    expected = [round(draws.uniform(0, 1.0), 3), round(draws.uniform(0, 2.0), 3)]
+    expected += [round(draws.uniform(0, 1.0), 3) for _ in range(3)]  # progress resets it
+    assert [e["delay"] for e in retries] == expected
+    assert [e["attempt"] for e in retries] == [1, 2, 3, 4, 5]
+    assert [e["step"] for e in retries] == ["retry", "retry", "resume", "resume", "resume"]
+
+
+async def test_a_restart_starts_the_token_allowance_over() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.DROP,
+                       headers={"Msh-Request-Id": "req-restart"}),
+        Respond.stream(chunk_events(["x", "y"], done=False), then=Then.DROP))
+    async with supervisor(transport, FakeClock(),
+                          resume=ResumePolicy(mode=ResumeMode.RESTART)) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+
+        async def consume() -> Any:
+            async with sup.stream(model=MODEL, messages=QUESTION,
+                                  max_completion_tokens=2) as stream:
+                return await stream.collect()
+
+        result = await autojump(clock, consume())
+    # After the restart, the two chunks of the new answer are its whole allowance: finished
+    # locally, not restarted again.
+    assert (result.content, result.finish_reason) == ("xy", "length")
+    assert result.request_id == "req-restart"
+    assert len(transport.requests) == 2
