@@ -92,6 +92,12 @@ def event(delta: dict[str, Any]) -> bytes:
              "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
+async def hold_a_stream(sup: Supervisor) -> None:
+    """Open a stream and wait for its first delta (a stalled one holds its attempt)."""
+    async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+        await anext(aiter(stream))
+
+
 
 # -- retries -------------------------------------------------------------------------------
 
@@ -821,12 +827,7 @@ async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
         with pytest.raises(AuthenticationError):
             await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(31.0)
-
-        async def stalled_probe() -> None:
-            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
-                await anext(aiter(stream))
-
-        probe = asyncio.create_task(stalled_probe())
+        probe = asyncio.create_task(hold_a_stream(sup))
         for _ in range(10):  # loop turns, not time: the probe is sent and stalls
             await asyncio.sleep(0)
         assert len(transport.requests) == 2
@@ -879,12 +880,7 @@ async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
             with pytest.raises(EngineOverloadedError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(5.0)
-
-        async def stalled_probe() -> None:
-            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
-                await anext(aiter(stream))
-
-        probe = asyncio.create_task(stalled_probe())
+        probe = asyncio.create_task(hold_a_stream(sup))
         for _ in range(10):  # loop turns: the one probe is let through and stalls
             await asyncio.sleep(0)
         assert len(transport.requests) == 3
@@ -1148,17 +1144,13 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
                                   completion("after"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
 
-    async def stalled(sup: Supervisor) -> None:
-        async with sup.stream(model=MODEL, messages=QUESTION) as stream:
-            await anext(aiter(stream))
-
     async def turns() -> None:
         for _ in range(10):  # loop turns, not time
             await asyncio.sleep(0)
 
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
         # Two attempts let through while closed: after the trip they belong to an old episode.
-        old = [asyncio.create_task(stalled(sup)) for _ in range(2)]
+        old = [asyncio.create_task(hold_a_stream(sup)) for _ in range(2)]
         await turns()
         for _ in range(2):
             with pytest.raises(EngineOverloadedError):
@@ -1167,7 +1159,7 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
         with pytest.raises(asyncio.CancelledError):
             await old[0]
         clock.advance(5.0)
-        probe = asyncio.create_task(stalled(sup))  # the one probe of the half-open episode
+        probe = asyncio.create_task(hold_a_stream(sup))  # the one probe of the half-open episode
         await turns()
         assert len(transport.requests) == 5
         probe.cancel()  # while an old attempt is still out: the probe's slot is what frees
@@ -1226,12 +1218,7 @@ async def test_a_call_that_fails_fast_while_the_probe_is_out_says_the_probe_is_d
         with pytest.raises(AuthenticationError):
             await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(31.0)
-
-        async def stalled_probe() -> None:
-            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
-                await anext(aiter(stream))
-
-        probe = asyncio.create_task(stalled_probe())
+        probe = asyncio.create_task(hold_a_stream(sup))
         for _ in range(10):  # loop turns: the probe is sent and stalls
             await asyncio.sleep(0)
         with pytest.raises(AuthenticationError) as fast:
