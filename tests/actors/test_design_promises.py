@@ -1648,3 +1648,54 @@ async def test_a_restart_starts_the_token_allowance_over() -> None:
     assert (result.content, result.finish_reason) == ("xy", "length")
     assert result.request_id == "req-restart"
     assert len(transport.requests) == 2
+
+
+# -- the request actor -----------------------------------------------------------------------
+
+
+async def test_a_chat_call_never_sends_stream_options() -> None:
+    transport = ScriptedTransport(completion("x"))
+    async with supervisor(transport, FakeClock()) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION,
+                       extra_body={"stream": True, "stream_options": {"include_usage": True}})
+    assert set(transport.requests[0].body) == {"model", "messages"}
+
+
+async def test_a_chats_admission_counts_the_supervisors_default_max_tokens() -> None:
+    transport = ScriptedTransport()
+    async with Supervisor(transport=transport, clock=FakeClock(), limits=Limits(tpm=50_000),
+                          default_max_tokens=60_000) as sup:
+        with pytest.raises(LimitExceededError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert transport.requests == []
+
+
+async def test_only_a_chats_first_attempt_feeds_the_retry_budget() -> None:
+    transport = ScriptedTransport(completion("a"), completion("b"), SERVER_ERROR,
+                                  completion("c"), SERVER_ERROR)
+    retry = RetryPolicy(budget_floor=0, budget_ratio=0.34)
+    async with supervisor(transport, FakeClock(), retry=retry) as sup:
+        clock = sup._clock
+        assert isinstance(clock, FakeClock)
+        for _ in range(3):  # the third is retried once: 3 first attempts allow 1.02 retries
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+        with pytest.raises(ServerError) as info:  # 4 allow 1.36: the one retry is spent
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+    assert "retry budget is spent" in info.value.__notes__[-1]
+    assert len(transport.requests) == 5
+
+
+async def test_a_chats_retry_after_date_is_read_on_the_injected_wall_clock() -> None:
+    clock = FakeClock(wall_start=1_800_000_000.0)
+    date = email.utils.formatdate(1_800_000_030.0, usegmt=True)
+    busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
+                        status=429, headers={"Retry-After": date})
+    transport = ScriptedTransport(busy, completion("after 30 s"))
+    async with supervisor(transport, clock) as sup:
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        deadline = clock.next_deadline()
+        assert deadline is not None
+        assert 30.0 <= deadline <= 31.0  # the wait the date names, plus its jitter
+        clock.advance(deadline)
+        assert (await call).content == "after 30 s"
