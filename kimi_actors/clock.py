@@ -118,8 +118,8 @@ class FakeClock:
         return sum(1 for _, _, timer in self._timers if not timer.cancelled)
 
     def next_deadline(self) -> float | None:
-        live = self.pending_deadlines()
-        return live[0] if live else None
+        return min((deadline for deadline, _, timer in self._timers if not timer.cancelled),
+                   default=None)
 
     def pending_deadlines(self) -> list[float]:
         """The deadlines of the pending timers, earliest first."""

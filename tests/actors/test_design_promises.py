@@ -17,7 +17,7 @@ import email.utils
 import json
 import random
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,25 @@ async def hold_a_stream(sup: Supervisor) -> None:
     """Open a stream and wait for its first delta (a stalled one holds its attempt)."""
     async with sup.stream(model=MODEL, messages=QUESTION) as stream:
         await anext(aiter(stream))
+
+async def turns(count: int = 10) -> None:
+    """Let ready tasks run ``count`` loop turns: synchronisation by the loop, not by time."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def queued_in_order(sup: Supervisor, *calls: Awaitable[Any]) -> None:
+    """Hold the supervisor's only slot while ``calls`` reach its queue one after another,
+    then let them all through."""
+    governor = sup._runtime.governor
+    permit = await governor.admit(1)
+    tasks = []
+    for call in calls:
+        tasks.append(asyncio.ensure_future(call))
+        await turns()
+    governor.release(permit)
+    await asyncio.gather(*tasks)
+
 
 
 
@@ -436,8 +455,7 @@ async def test_a_lower_priority_number_is_admitted_first() -> None:
         permit = await governor.admit(1)  # the only slot, held while both calls queue
         low = asyncio.create_task(call("low", 5))
         high = asyncio.create_task(call("high", 0))
-        for _ in range(10):  # loop turns, not time: both calls reach the queue
-            await asyncio.sleep(0)
+        await turns()  # loop turns, not time: both calls reach the queue
         assert sup.statistics().queued == 2
         governor.release(permit)
         await asyncio.gather(low, high)
@@ -737,8 +755,7 @@ async def test_the_supervisor_says_whether_it_is_open_closing_or_closed() -> Non
         await stalled.__aenter__()
         await anext(aiter(stalled))
         closing = asyncio.create_task(sup.aclose(timeout=30.0))
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await turns()
         assert repr(sup).endswith(", closing)")  # draining the stalled stream
         await stalled.__aexit__(None, None, None)
         await closing
@@ -748,18 +765,11 @@ async def test_the_supervisor_says_whether_it_is_open_closing_or_closed() -> Non
 async def test_map_sends_chat_calls_at_the_default_priority_in_order() -> None:
     transport = ScriptedTransport(*[completion(str(i)) for i in range(2)])
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
-        governor = sup._runtime.governor
-        permit = await governor.admit(1)
-        mapped = asyncio.create_task(anext(aiter(sup.map(
-            [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}]))))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        direct = asyncio.create_task(sup.chat(
-            model=MODEL, messages=[{"role": "user", "content": "direct"}]))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        governor.release(permit)
-        await asyncio.gather(mapped, direct)
+        await queued_in_order(
+            sup,
+            anext(aiter(sup.map(
+                [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}]))),
+            sup.chat(model=MODEL, messages=[{"role": "user", "content": "direct"}]))
     # Same default priority as chat(): first come, first served; and not as a stream.
     assert [r.body["messages"][0]["content"] for r in transport.requests] == ["mapped",
                                                                                "direct"]
@@ -828,8 +838,7 @@ async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
             await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(31.0)
         probe = asyncio.create_task(hold_a_stream(sup))
-        for _ in range(10):  # loop turns, not time: the probe is sent and stalls
-            await asyncio.sleep(0)
+        await turns()  # loop turns, not time: the probe is sent and stalls
         assert len(transport.requests) == 2
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -881,8 +890,7 @@ async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(5.0)
         probe = asyncio.create_task(hold_a_stream(sup))
-        for _ in range(10):  # loop turns: the one probe is let through and stalls
-            await asyncio.sleep(0)
+        await turns()  # loop turns: the one probe is let through and stalls
         assert len(transport.requests) == 3
         probe.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -912,8 +920,7 @@ async def _read_two(sup: Supervisor, clock: FakeClock, step: float) -> tuple[lis
                 while resumed_at is None:
                     await clock.wait_for_sleepers(1)
                     clock.advance(step)
-                    for _ in range(10):
-                        await asyncio.sleep(0)
+                    await turns()
                     if len(sup._runtime.transport.requests) == 2:  # type: ignore[attr-defined]
                         resumed_at = clock.now()
     return texts, resumed_at
@@ -1144,10 +1151,6 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
                                   completion("after"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
 
-    async def turns() -> None:
-        for _ in range(10):  # loop turns, not time
-            await asyncio.sleep(0)
-
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
         # Two attempts let through while closed: after the trip they belong to an old episode.
         old = [asyncio.create_task(hold_a_stream(sup)) for _ in range(2)]
@@ -1193,19 +1196,12 @@ async def test_map_items_queue_at_the_priority_given(stream: bool) -> None:
                      else completion("mapped"))
     transport = ScriptedTransport(completion("direct"), mapped_answer)
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
-        governor = sup._runtime.governor
-        permit = await governor.admit(1)
-        mapped = asyncio.create_task(anext(aiter(sup.map(
-            [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}],
-            stream=stream, priority=5))))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        direct = asyncio.create_task(sup.chat(
-            model=MODEL, messages=[{"role": "user", "content": "direct"}]))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        governor.release(permit)
-        await asyncio.gather(mapped, direct)
+        await queued_in_order(
+            sup,
+            anext(aiter(sup.map(
+                [{"model": MODEL, "messages": [{"role": "user", "content": "mapped"}]}],
+                stream=stream, priority=5))),
+            sup.chat(model=MODEL, messages=[{"role": "user", "content": "direct"}]))
     # The map item queued first, but at priority 5 the later priority-0 call goes first.
     assert [r.body["messages"][0]["content"] for r in transport.requests] == ["direct",
                                                                                "mapped"]
@@ -1219,8 +1215,7 @@ async def test_a_call_that_fails_fast_while_the_probe_is_out_says_the_probe_is_d
             await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(31.0)
         probe = asyncio.create_task(hold_a_stream(sup))
-        for _ in range(10):  # loop turns: the probe is sent and stalls
-            await asyncio.sleep(0)
+        await turns()  # loop turns: the probe is sent and stalls
         with pytest.raises(AuthenticationError) as fast:
             await sup.chat(model=MODEL, messages=QUESTION)
         probe.cancel()
@@ -1400,21 +1395,11 @@ async def test_a_stream_queues_at_its_priority() -> None:
     transport = ScriptedTransport(completion("direct"),
                                   Respond.stream(chunk_events(["s"], finish="stop")))
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
-        governor = sup._runtime.governor
-        permit = await governor.admit(1)
-
         async def low() -> None:
             async with sup.stream(model=MODEL, messages=QUESTION, priority=5) as stream:
                 await stream.collect()
 
-        streamed = asyncio.create_task(low())
-        for _ in range(10):
-            await asyncio.sleep(0)
-        direct = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
-        for _ in range(10):
-            await asyncio.sleep(0)
-        governor.release(permit)
-        await asyncio.gather(streamed, direct)
+        await queued_in_order(sup, low(), sup.chat(model=MODEL, messages=QUESTION))
     assert [r.body.get("stream", False) for r in transport.requests] == [False, True]
 
 
