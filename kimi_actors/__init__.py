@@ -49,11 +49,13 @@ from .errors import (
     RequestTimeoutError,
     ResponseTimeoutError,
     ServerError,
+    SharedGovernorError,
     StreamError,
     SupervisorClosedError,
     TransportError,
 )
-from .governance.governor import DimensionStats, GovernorStats
+from .governance.governor import DimensionStats, GovernorStats, SharedStats
+from .governance.shared import RedisConfig
 from .limits import TIERS, Dimension, Limits
 from .params import ChatParams
 from .policy import (
@@ -116,12 +118,15 @@ __all__ = [
     "RateLimitError",
     "ReadIdleTimeoutError",
     "RedirectError",
+    "RedisConfig",
     "RequestTimeoutError",
     "ResponseTimeoutError",
     "ResumeMode",
     "ResumePolicy",
     "RetryPolicy",
     "ServerError",
+    "SharedGovernorError",
+    "SharedStats",
     "Stream",
     "StreamError",
     "Supervisor",

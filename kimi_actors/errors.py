@@ -91,6 +91,7 @@ __all__ = [
     "RequestTimeoutError",
     "ResponseTimeoutError",
     "ServerError",
+    "SharedGovernorError",
     "StreamError",
     "SupervisorClosedError",
     "TransportError",
@@ -374,6 +375,12 @@ class LimitExceededError(KimiError):
 
 class SupervisorClosedError(KimiError):
     pass
+
+
+class SharedGovernorError(KimiError):
+    """The shared governor's store refused its script (a bug or a misconfigured server, not
+    an outage): the request was not admitted rather than admitted under limits nobody
+    shares."""
 
 
 class BatchInputError(KimiError):

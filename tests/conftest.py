@@ -48,3 +48,16 @@ def events() -> Iterator[list[dict[str, Any]]]:
         yield capture.entries
     finally:
         set_logger(None)
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A fresh redis-server on a free loopback port (see tests/redis_server.py)."""
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -23,7 +23,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
 from ..clock import Clock, MonotonicClock
 from ..errors import (
@@ -34,6 +34,7 @@ from ..errors import (
 )
 from ..governance.governor import DEFAULT_WINDOW_MARGIN, Governor, GovernorStats
 from ..governance.interface import GovernorProtocol
+from ..governance.shared import RedisConfig, default_account
 from ..limits import Limits
 from ..observe import emit
 from ..params import ChatParams, warn_unknown_keys
@@ -46,6 +47,9 @@ from ..transport import Transport, TransportProtocol, cleartext_host, json_body
 from .request import RequestActor
 from .runtime import Runtime
 from .stream import DeltaChannel, StreamActor
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis as RedisClient
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -240,7 +244,9 @@ class Supervisor:
     or the China endpoint. ``limits`` defaults to tier 1; a 429 that names the account's real,
     lower limit lowers it automatically. ``governor`` plugs in another implementation of
     :class:`~kimi_actors.governance.interface.GovernorProtocol` (one shared by processes,
-    say) instead of the in-memory one; ``transport`` another
+    say) instead of the in-memory one. ``redis`` (a URL, a ``redis.asyncio.Redis`` or a
+    :class:`~kimi_actors.RedisConfig`) shares the limits with every process of the account
+    through Redis (docs/deployment.md); ``transport`` another
     :class:`~kimi_actors.transport.TransportProtocol` (``ScriptedTransport`` in tests), which
     then holds the key, the base URL and the timeouts. Use it as
     ``async with Supervisor(...) as sup:``.
@@ -257,6 +263,7 @@ class Supervisor:
                  headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
                  fatal: FatalPolicy | None = None,
                  governor: GovernorProtocol | None = None,
+                 redis: str | RedisClient | RedisConfig | None = None,
                  transport: TransportProtocol | None = None) -> None:
         key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
         if not key and transport is None:
@@ -274,11 +281,18 @@ class Supervisor:
         self.drain_timeout = drain_timeout
         self._clock = clock or MonotonicClock()
         self._stream_buffer = stream_buffer
-        if governor is None:
+        if governor is not None and redis is not None:
+            raise ValueError("pass governor= or redis=, not both: redis= builds the governor")
+        base = (transport.base_url if transport is not None
+                else base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL)
+        if redis is not None:
+            governor = _shared_governor(RedisConfig.of(redis), self.limits, clock=self._clock,
+                                        account=default_account(key or "", base),
+                                        window_margin=window_margin)
+        elif governor is None:
             governor = Governor(self.limits, clock=self._clock, window_margin=window_margin)
         if transport is None:
             assert key is not None
-            base = base_url or os.environ.get("MOONSHOT_BASE_URL") or DEFAULT_BASE_URL
             _warn_cleartext(base)
             transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
                                   pool_size=self.limits.concurrency, headers=headers,
@@ -587,3 +601,12 @@ async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any
     else:
         for item in items:
             yield item
+
+
+def _shared_governor(config: RedisConfig, limits: Limits, *, clock: Clock, account: str,
+                     window_margin: float) -> GovernorProtocol:
+    """The Redis governor, imported only when asked for (redis-py costs a tenth of a second)."""
+    from ..governance.redis import RedisGovernor
+
+    return RedisGovernor.from_config(config, limits, account=account, clock=clock,
+                                     window_margin=window_margin)

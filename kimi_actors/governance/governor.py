@@ -25,7 +25,8 @@ from ..errors import KimiError, LimitExceededError
 from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
 
-__all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats", "Permit"]
+__all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats", "Permit",
+           "SharedStats"]
 
 #: How much longer than the server's each rate window is kept, against network jitter (1.5%).
 DEFAULT_WINDOW_MARGIN = 0.015
@@ -41,7 +42,29 @@ class DimensionStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStats:
+    """A governor shared through a store (Redis): where it stands with it."""
+
+    store: str
+    #: The hash tag of the account's keys.
+    account: str
+    #: "connected"; "unreachable" (admissions wait); "fallback" (a local share admits).
+    state: str
+    round_trips: int
+    errors: int
+    #: Leases that lapsed before this process renewed them.
+    leases_lost: int
+    #: Admissions made by the local fallback while the store was away.
+    fallback_admitted: int
+    #: Seconds since the store last reported the account's use (``dimensions`` is that report).
+    seen_ago: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GovernorStats:
+    """One governor's view. With a shared governor, ``in_flight``, ``queued`` and the counts are
+    this process's; ``dimensions`` is the whole account's, as of ``shared.seen_ago``."""
+
     in_flight: int
     queued: int
     admitted: int
@@ -49,6 +72,7 @@ class GovernorStats:
     tokens_settled: int
     limit_adjustments: int
     dimensions: dict[str, DimensionStats]
+    shared: SharedStats | None = None
 
 
 class Permit:
