@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..actors.supervisor import DEFAULT_BASE_URL
+from ..governance.shared import RedisConfig, Unreachable
 from ..limits import DAY, MINUTE, TIERS, Limits
 from ..policy import RetryPolicy
 from ..redaction import redact_url
@@ -79,6 +80,8 @@ class RunConfig:
     skip_bad: bool = False
     window_seconds: float | None = None
     fake_faults: str | None = None
+    redis: str | None = None
+    redis_unreachable: Unreachable = "wait"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -123,6 +126,22 @@ class RunConfig:
                 raise ValueError("fake_faults needs fake: faults are injected by the embedded "
                                  "FakeKimi")
             self.faults()
+        if self.redis is not None and (not isinstance(self.redis, str) or not self.redis
+                                       .startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError(f"RunConfig.redis must be a redis://, rediss:// or unix:// URL, "
+                             f"got {redact_url(str(self.redis))!r}")
+        if self.redis_unreachable not in ("wait", "fallback"):
+            raise ValueError(f"RunConfig.redis_unreachable must be 'wait' or 'fallback', "
+                             f"got {self.redis_unreachable!r}")
+        if self.redis_unreachable != "wait" and self.redis is None:
+            raise ValueError("redis_unreachable needs redis: it says what to do when the "
+                             "shared governor's Redis does not answer")
+
+    def redis_config(self) -> RedisConfig | None:
+        """How the run shares its account's limits through Redis (None: it does not)."""
+        if self.redis is None:
+            return None
+        return RedisConfig(url=self.redis, unreachable=self.redis_unreachable)
 
     @property
     def output_path(self) -> Path:
@@ -152,9 +171,14 @@ class RunConfig:
         return RetryPolicy(max_attempts=self.max_attempts)
 
     def __repr__(self) -> str:
-        values = ", ".join(f"{field.name}={getattr(self, field.name)!r}"
-                           for field in fields(self))
-        return redact_url(f"RunConfig({values})")
+        def shown(name: str) -> str:
+            value = getattr(self, name)
+            if name in ("base_url", "redis") and isinstance(value, str):
+                return repr(redact_url(value))
+            return repr(value)
+
+        values = ", ".join(f"{field.name}={shown(field.name)}" for field in fields(self))
+        return f"RunConfig({values})"
 
     def to_argv(self) -> list[str]:
         """The arguments (after ``run``) that :func:`config_from_args` turns back into this
@@ -182,6 +206,10 @@ class RunConfig:
             argv += ["--window-seconds", repr(float(self.window_seconds))]
         if self.fake_faults is not None:
             argv += ["--fake-faults", self.fake_faults]
+        if self.redis is not None:
+            argv += ["--redis", redact_url(self.redis)]
+        if self.redis_unreachable != "wait":
+            argv += ["--redis-unreachable", self.redis_unreachable]
         return argv
 
     def command_line(self, program: str = "kimi-actors run") -> str:
@@ -281,6 +309,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                            "'overload=0.05,drop=0.1,split_writes'")
     fake.add_argument("--window-seconds", type=positive_float, metavar="SECONDS",
                       help="length of a rate-limit 'minute' (needs --fake; default 60)")
+    shared = parser.add_argument_group("shared limits (several processes, one account)")
+    shared.add_argument("--redis", metavar="URL",
+                        help="share the account's limits with every other process given the "
+                             "same Redis, e.g. redis://host:6379/0 (docs/deployment.md)")
+    shared.add_argument("--redis-unreachable", choices=("wait", "fallback"), default="wait",
+                        help="when Redis does not answer: wait for it (default), or admit "
+                             "through a local governor at a quarter of the limits")
 
 
 def config_from_args(args: argparse.Namespace,
@@ -297,4 +332,5 @@ def config_from_args(args: argparse.Namespace,
         tpd=args.tpd, base_url=base_url, api_key_env=args.api_key_env, model=args.model,
         max_attempts=args.max_attempts, stream=args.stream, fake=args.fake,
         dry_run=args.dry_run, skip_bad=args.skip_bad, window_seconds=args.window_seconds,
-        fake_faults=args.fake_faults)
+        fake_faults=args.fake_faults, redis=args.redis,
+        redis_unreachable=args.redis_unreachable)

@@ -305,7 +305,7 @@ class _Sender:
                     api_key=api_key, base_url=base_url, limits=self._limits, clock=self._clock,
                     retry=self._config.retry_policy(), resume=ResumePolicy(),
                     drain_timeout=self._drain_timeout, window_margin=self._margin,
-                    fatal=FatalPolicy(mode=FatalMode.STOP)))
+                    fatal=FatalPolicy(mode=FatalMode.STOP), redis=self._config.redis_config()))
                 self._sup = sup
                 self.started = self._clock.now()
                 ticker = asyncio.create_task(self._tick(sup))

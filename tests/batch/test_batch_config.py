@@ -111,6 +111,8 @@ def test_the_parser_rejects_bad_values(argv: list[str]) -> None:
     (["i", "-o", "o", "--api-key-env", "MY-KEY"], "api_key_env"),
     (["i", "-o", "o", "--api-key-env", "sk-abc123"], "api_key_env"),
     (["i", "-o", "o", "--model", ""], "model"),
+    (["i", "-o", "o", "--redis", "localhost:6379"], "redis://"),
+    (["i", "-o", "o", "--redis-unreachable", "fallback"], "redis_unreachable needs redis"),
 ])
 def test_combinations_the_parser_cannot_check(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -150,11 +152,24 @@ def test_the_key_is_never_part_of_the_config(monkeypatch: pytest.MonkeyPatch) ->
     assert "OTHER_KEY" in config.command_line()
 
 
+def test_a_redis_password_is_masked_wherever_the_config_is_shown() -> None:
+    config = parse("i", "-o", "o", "--redis", "redis://:hunter2-pw@cache:6379/0")
+    assert "hunter2-pw" not in repr(config)
+    assert "hunter2-pw" not in config.command_line()
+    shared = config.redis_config()
+    assert shared is not None
+    assert shared.url == "redis://:hunter2-pw@cache:6379/0"
+    assert shared.unreachable == "wait"
+    assert "hunter2-pw" not in repr(shared)
+    assert parse("i", "-o", "o").redis_config() is None
+
+
 def test_command_line_round_trips_every_option() -> None:
     config = parse("my input.jsonl", "-o", "out.jsonl", "--tier", "2", "--tpd", "100",
                    "--model", "kimi k2", "--fake", "--window-seconds", "0.5",
                    "--fake-faults", "drop=0.2, overload=0.1", "--stream", "--skip-bad",
-                   "--max-attempts", "2", "--base-url", "http://x/v1", "--api-key-env", "K")
+                   "--max-attempts", "2", "--base-url", "http://x/v1", "--api-key-env", "K",
+                   "--redis", "redis://cache:6380/2", "--redis-unreachable", "fallback")
     command = config.command_line()
     assert command.startswith("kimi-actors run 'my input.jsonl'")
     assert parse(*shlex.split(command)[2:]) == config

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from kimi_actors.testing import FakeKimi, expected_reply
+from kimi_actors import Limits
+from kimi_actors.testing import FakeKimi, Latency, expected_reply
 
 MODEL = "kimi-k2-turbo-preview"
 RUN_TIMEOUT = 60.0
@@ -357,3 +358,31 @@ def test_a_log_file_that_cannot_be_opened_is_a_usage_error(tmp_path: Path) -> No
     assert done.returncode == 2, done.stderr
     assert f"cannot open the log file {log}" in done.stderr
     assert read_output(out) == []
+
+
+async def test_two_runs_given_one_redis_share_the_accounts_limits(
+        tmp_path: Path, redis_server: Any) -> None:
+    # Each run is told the account's whole limits; only the shared governor keeps their sum
+    # within them (without --redis these two runs draw concurrency 429s).
+    limits = Limits(concurrency=4, rpm=10_000, tpm=10_000_000)
+    async with FakeKimi(limits=limits, latency=Latency(first_token=0.05)) as fake:
+        runs = []
+        for name in ("a", "b"):
+            bodies = write_input(tmp_path / f"{name}.jsonl", 40, prefix=name)
+            process = await asyncio.create_subprocess_exec(
+                *command(tmp_path / f"{name}.jsonl", "--output", tmp_path / f"{name}.out.jsonl",
+                         "--base-url", fake.base_url, "--api-key-env", "KIMI_TEST_KEY",
+                         "--concurrency", "4", "--rpm", "10000", "--redis", redis_server.url),
+                env=child_env(KIMI_TEST_KEY=fake.api_key), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            runs.append((name, bodies, process))
+        for _, _, process in runs:
+            async with asyncio.timeout(RUN_TIMEOUT):
+                _, stderr = await process.communicate()
+            assert process.returncode == 0, stderr.decode()
+        served = fake.statistics()
+    for name, bodies, _ in runs:
+        assert_all_answered_once(tmp_path / f"{name}.out.jsonl", bodies)
+    assert served.rejected["concurrency"] == 0
+    assert served.peak_concurrency == 4
+    assert served.accepted == 80
