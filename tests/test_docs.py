@@ -53,6 +53,23 @@ async def test_the_example_runs_as_written(where: str, code: str, tmp_path: Path
     name = _name(where)
     environ = {key: value for key, value in os.environ.items()
                if not key.startswith(("MOONSHOT_", "PYTEST_"))}
+    redis = None
+    if "REDIS_URL" in code:  # the example shares its limits through Redis, as deployed
+        from redis_server import RedisServer
+
+        redis = RedisServer(tmp_path)
+        redis.start()
+        environ["REDIS_URL"] = redis.url
+    try:
+        process = await _run_against_fake(code, name, environ, tmp_path)
+    finally:
+        if redis is not None:
+            redis.stop()
+    assert process.returncode == 0, f"{where} failed:\n{process.stdout}\n{process.stderr}"
+
+
+async def _run_against_fake(code: str, name: str, environ: dict[str, str],
+                            tmp_path: Path) -> subprocess.CompletedProcess[str]:
     async with FakeKimi() as fake:
         environ.update(MOONSHOT_API_KEY=fake.api_key, MOONSHOT_BASE_URL=fake.base_url)
         if re.search(r"^(async )?def test_", code, re.MULTILINE):
@@ -64,8 +81,7 @@ async def test_the_example_runs_as_written(where: str, code: str, tmp_path: Path
             path = tmp_path / f"{name}.py"
             path.write_text(code, encoding="utf-8")
             command = [sys.executable, str(path)]
-        process = await _run(command, environ, tmp_path)
-    assert process.returncode == 0, f"{where} failed:\n{process.stdout}\n{process.stderr}"
+        return await _run(command, environ, tmp_path)
 
 
 async def _run(command: list[str], environ: dict[str, str],

@@ -284,7 +284,7 @@ def test_public_all_is_exactly_the_documented_surface() -> None:
             "ReadIdleTimeoutError", "ResponseTimeoutError",
         "ModelNotFoundError", "MonotonicClock", "NotFoundError", "PermissionDeniedError",
         "ProtocolError", "QuotaExhaustedError", "RateLimitError", "RedirectError",
-            "RequestTimeoutError",
+            "RequestTimeoutError", "RedisConfig", "SharedGovernorError", "SharedStats",
         "ResumeMode", "ResumePolicy", "RetryPolicy", "ServerError", "Stream", "StreamError",
         "Supervisor", "SupervisorClosedError", "SupervisorStats", "TIERS", "Timeouts",
         "ToolCall", "TransportError", "Usage", "__version__", "admission_tokens",
