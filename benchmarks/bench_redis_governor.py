@@ -28,7 +28,7 @@ from kimi_actors.governance.interface import GovernorProtocol
 from kimi_actors.governance.redis import RedisGovernor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
 LIMITS = Limits(concurrency=100_000, rpm=100_000_000, tpm=10**12, minute=60)
 

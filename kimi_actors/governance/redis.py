@@ -27,6 +27,7 @@ and shown in ``statistics().governor.shared``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import importlib.resources
 import itertools
@@ -188,6 +189,7 @@ class RedisGovernor:
         self._round_trips = 0
         self._errors = 0
         self._leases_lost = 0
+        self._held = 0  # permits granted through Redis and not yet released
         self._fallback_admitted = 0
 
     @classmethod
@@ -270,7 +272,9 @@ class RedisGovernor:
         shared = _shared(permit)
         if shared.fallback is not None:
             self._fallback_call().release(shared.fallback)
-        elif shared.lease is not None:
+            return
+        self._held -= 1
+        if shared.lease is not None:
             self._leases.pop(shared.lease, None)
             self._send(("R", shared.lease, 0, 0))
 
@@ -530,6 +534,7 @@ class RedisGovernor:
             lease = leases[number] if leased else None
             permit = _SharedPermit(waiter.tokens, lease=lease, parts=parts, admitted_at=now)
             self._admitted += 1
+            self._held += 1
             self._tokens_reserved += waiter.tokens
             if lease is not None:
                 self._leases[lease] = permit
@@ -616,10 +621,14 @@ class RedisGovernor:
         while True:
             await self._clock.sleep(self._lease / 3)
             for lease in list(self._leases):
-                self._send(("N", lease, 0, 0), self._renewed)
+                self._send(("N", lease, 0, 0), functools.partial(self._renewed, lease))
 
-    def _renewed(self, lapsed: int) -> None:
-        if lapsed:
+    def _renewed(self, lease: str, lapsed: int) -> None:
+        permit = self._leases.get(lease)
+        if lapsed and permit is not None:
+            # Counted once: the slot is no longer this process's to renew or release.
+            del self._leases[lease]
+            permit.lease = None
             self._leases_lost += 1
             emit("warning", "redis_lease_lapsed", account=self._tag,
                  hint="a concurrency lease was not renewed in time (a stalled event loop, or "
@@ -746,7 +755,7 @@ class RedisGovernor:
             for dimension in _DIMENSIONS}
         queued = sum(1 for waiter in self._queue + self._calling if not waiter.future.done())
         return GovernorStats(
-            in_flight=len(self._leases) + (local.in_flight if local else 0),
+            in_flight=self._held + (local.in_flight if local else 0),
             queued=queued + (local.queued if local else 0),
             admitted=self._admitted,
             tokens_reserved=self._tokens_reserved,

@@ -5,9 +5,9 @@
 
 Sends ``requests`` chat requests through a Supervisor that shares the account through Redis,
 checks every answer against FakeKimi's expected reply, and prints one JSON line: the answers,
-the errors, the 429s the supervisor saw and when each answer came. It prints ``ready`` first and starts when a line arrives on stdin. With
-``hold`` it opens that many slow streams instead, prints ``held`` once each has a delta, and
-waits to be killed.
+the errors, the 429s the supervisor saw and when each answer came. It prints ``ready`` first
+and starts when a line arrives on stdin. With ``hold`` it opens that many slow streams
+instead, prints ``held`` once each has a delta, and waits to be killed.
 """
 
 from __future__ import annotations

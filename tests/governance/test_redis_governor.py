@@ -378,3 +378,30 @@ async def test_keys_are_named_by_a_hash_never_by_the_api_key(redis_server: Redis
     assert not any(secret.encode() in name for name in names)
     assert "pw-in-url" not in repr(RedisConfig(url=url))
     assert "pw-in-url" not in repr(sup)
+
+
+async def test_in_flight_counts_this_processs_calls_without_a_concurrency_limit(
+        redis_server: RedisServer) -> None:
+    async with governors(redis_server.url, Limits(rpm=100, minute=30), count=1) as (gov,):
+        permits = [await gov.admit(1) for _ in range(3)]
+        assert gov.statistics().in_flight == 3
+        gov.release(permits[0])
+        gov.release(permits[0])
+        assert gov.statistics().in_flight == 2
+
+
+async def test_a_lease_that_lapsed_in_a_stall_is_reported_once_and_not_renewed(
+        redis_server: RedisServer, events: list[dict[str, Any]]) -> None:
+    async with governors(redis_server.url, Limits(concurrency=2), count=2, lease=0.3) as (a, b), \
+            raw(redis_server.url) as client:
+        stalled = await a.admit(1)
+        time.sleep(0.5)  # noqa: ASYNC251 - the event loop stalls past the lease, on purpose
+        taken = [await b.admit(1), await b.admit(1)]  # the lapsed slot is free for others
+        await until(lambda: a.statistics().shared.leases_lost == 1)  # type: ignore[union-attr]
+        assert stalled.lease is None  # type: ignore[attr-defined]  # no longer renewed
+        a.release(stalled)  # a release of what it no longer holds frees nothing of b's
+        await a.sync()
+        assert sorted(await client.zrange(key("leases"), 0, -1)) == sorted(
+            permit.lease for permit in taken)  # type: ignore[attr-defined]
+    lapsed = [event for event in events if event["event"] == "redis_lease_lapsed"]
+    assert len(lapsed) == 1

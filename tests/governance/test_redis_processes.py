@@ -136,18 +136,20 @@ async def test_a_redis_restart_mid_run_loses_only_what_was_in_flight(
             Supervisor(api_key=fake.api_key, base_url=fake.base_url, limits=limits,
                        redis=config) as sup:
         done: list[int] = []
+        a_quarter_done = asyncio.Event()
 
         async def one(number: int) -> None:
             messages = [{"role": "user", "content": f"restart {number}"}]
             result = await sup.chat(model=MODEL, messages=messages, max_tokens=8)
             assert result.content == expected_reply(MODEL, messages, max_tokens=8).content
             done.append(number)
+            if len(done) == 30:
+                a_quarter_done.set()
 
         async with asyncio.TaskGroup() as group:
             for number in range(120):
                 group.create_task(one(number))
-            while len(done) < 30:
-                await asyncio.sleep(0.01)  # polling progress, not standing in for sync
+            await a_quarter_done.wait()
             redis_server.stop()
             await asyncio.sleep(0.5)  # an outage of half a second, then a fresh, empty Redis
             redis_server.start()

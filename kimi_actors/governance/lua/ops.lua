@@ -29,9 +29,13 @@ for j = 14, #ARGV, 4 do
   if op == 'R' then
     if redis.call('ZREM', KEYS[3], a) == 1 then freed = true end
   elseif op == 'N' then
-    if redis.call('ZSCORE', KEYS[3], a) then
+    -- An expired lease that no admission has pruned yet is lapsed all the same: renewing
+    -- it would take back a slot another process may already have been given.
+    local expiry = tonumber(redis.call('ZSCORE', KEYS[3], a))
+    if expiry and expiry > now then
       redis.call('ZADD', KEYS[3], now + lease_ms, a)
     else
+      redis.call('ZREM', KEYS[3], a)
       result = 1
     end
   elseif op == 'F' then
