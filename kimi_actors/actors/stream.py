@@ -449,7 +449,7 @@ class StreamActor:
                             else "the stream to end")
                     raise timeout_error(
                         phase, f"timed out waiting for {what} after {limit} s",
-                        timeout=limit, request_id=self.request_id) from None
+                        timeout=limit) from None
                 finally:
                     if watchdog is not None:
                         watchdog.cancel()
@@ -460,7 +460,7 @@ class StreamActor:
                 if not assembler.done:
                     raise IncompleteStreamError(
                         f"the stream ended without data: [DONE] after {assembler.chunks} "
-                        f"chunks", request_id=self.request_id)
+                        f"chunks")
                 return Outcome(action=Action.SUCCESS), usage
         except KimiError as exc:
             if not isinstance(exc, _PartialModeIgnored):
@@ -469,7 +469,7 @@ class StreamActor:
                 # The assembler has counted these, and a resume continues after them: they
                 # must reach the consumer before the error is handled.
                 await self._deliver(batch)
-            if exc.request_id is None:
+            if exc.request_id is None:  # every error raised in here is this stream's
                 exc.request_id = self.request_id
             return classify_error(exc, mid_stream=flowing), usage
 
@@ -500,7 +500,7 @@ class StreamActor:
         if probe.repeats:
             raise _PartialModeIgnored(
                 f"the server ignored Partial Mode: its continuation began again with the "
-                f"{probe.need} characters already received", request_id=self.request_id)
+                f"{probe.need} characters already received")
         batch.extend(probe.held)
 
     async def _deliver(self, deltas: list[Delta], watchdog: _Watchdog | None = None) -> None:
@@ -527,10 +527,7 @@ class StreamActor:
                     "finish_reason": choice.finish_reason} for choice in result.choices]
         chunk: dict[str, Any] = {"id": result.id, "model": result.model, "choices": choices}
         if result.usage is not None:
-            chunk["usage"] = dict(result.usage.raw) or {
-                "prompt_tokens": result.usage.prompt_tokens,
-                "completion_tokens": result.usage.completion_tokens,
-                "total_tokens": result.usage.total_tokens}
+            chunk["usage"] = result.usage.to_dict()
         deltas: list[Delta] = []
         probe = self._probe
         for delta in self._assembler.feed(chunk):

@@ -170,10 +170,14 @@ class ScriptedTransport:
     """A transport that answers each request with the next step of its script."""
 
     def __init__(self, *steps: Respond | Fail, base_url: str = "http://scripted.invalid/v1",
-                 timeouts: Timeouts | None = None, clock: Clock | None = None) -> None:
+                 timeouts: Timeouts | None = None, clock: Clock | None = None,
+                 send_delay: float = 0.0) -> None:
         self._steps: deque[Respond | Fail] = deque(steps)
-        #: What a :class:`Gap` waits on: give the supervisor's ``FakeClock``.
+        #: What a :class:`Gap` and ``send_delay`` wait on: give the supervisor's ``FakeClock``.
         self.clock: Clock = clock or MonotonicClock()
+        #: Seconds each request takes to reach the wire (a connection set-up), after which
+        #: the runtime is told it was sent.
+        self.send_delay = send_delay
         self._base_url = base_url
         self._timeouts = timeouts or Timeouts()
         #: Every request sent, in order.
@@ -199,9 +203,9 @@ class ScriptedTransport:
     def timeouts(self) -> Timeouts:
         return self._timeouts
 
-    def _next(self, method: str, path: str, body: bytes | None,
-              headers: Mapping[str, str] | None, on_sent: Callable[[], None] | None
-              ) -> Respond:
+    async def _next(self, method: str, path: str, body: bytes | None,
+                    headers: Mapping[str, str] | None, on_sent: Callable[[], None] | None
+                    ) -> Respond:
         self.requests.append(SentRequest(
             method=method, path=path, body=None if body is None else json.loads(body),
             headers=dict(headers or {})))
@@ -211,19 +215,21 @@ class ScriptedTransport:
         step = self._steps.popleft()
         if isinstance(step, Fail):
             raise step.error
+        if self.send_delay:
+            await self.clock.sleep(self.send_delay)
         if on_sent is not None:
             on_sent()
         return step
 
     async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                    on_sent: Callable[[], None] | None = None) -> RawResponse:
-        step = self._next("POST", path, body, headers, on_sent)
+        step = await self._next("POST", path, body, headers, on_sent)
         data = _joined(step)
         return RawResponse(status=step.status, headers=dict(step.headers), body=data,
                            content_type=step.content_type)
 
     async def get(self, path: str) -> RawResponse:
-        step = self._next("GET", path, None, None, None)
+        step = await self._next("GET", path, None, None, None)
         return RawResponse(status=step.status, headers=dict(step.headers), body=step.body,
                            content_type=step.content_type)
 
@@ -231,7 +237,7 @@ class ScriptedTransport:
     async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
                      on_sent: Callable[[], None] | None = None
                      ) -> AsyncIterator[_ScriptedStream]:
-        yield _ScriptedStream(self._next("POST", path, body, headers, on_sent), self)
+        yield _ScriptedStream(await self._next("POST", path, body, headers, on_sent), self)
 
     async def close(self) -> None:
         self.closed = True

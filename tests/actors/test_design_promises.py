@@ -27,6 +27,7 @@ from test_actors_scripted import (
     MODEL,
     OVERLOADED,
     QUESTION,
+    _read,
     autojump,
     completion,
     read,
@@ -54,6 +55,7 @@ from kimi_actors import (
     ProtocolError,
     RateLimitError,
     RedirectError,
+    RequestTimeoutError,
     ResumeMode,
     ResumePolicy,
     RetryPolicy,
@@ -1684,3 +1686,293 @@ async def test_a_chats_retry_after_date_is_read_on_the_injected_wall_clock() -> 
         assert 30.0 <= deadline <= 31.0  # the wait the date names, plus its jitter
         clock.advance(deadline)
         assert (await call).content == "after 30 s"
+
+
+# -- found by the complete mutation run (issue 16) -----------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_rate_units_count_from_when_the_request_reached_the_wire(stream: bool) -> None:
+    # The server counts arrival: a request that took 3 s to reach the wire holds its RPM
+    # unit until 3 s after a window from its admission.
+    clock = FakeClock()
+    answer = (Respond.stream(chunk_events(["x"], finish="stop")) if stream
+              else completion("x"))
+    transport = ScriptedTransport(answer, answer, clock=clock, send_delay=3.0)
+    async with supervisor(transport, clock, limits=Limits(rpm=1, minute=10.0),
+                          window_margin=0.0) as sup:
+        async def call() -> None:
+            if stream:
+                async with sup.stream(model=MODEL, messages=QUESTION) as reading:
+                    await reading.collect()
+            else:
+                await sup.chat(model=MODEL, messages=QUESTION)
+
+        await autojump(clock, call())
+        assert clock.now() == 3.0
+        await autojump(clock, call())
+    assert clock.now() == 3.0 + 10.0 + 3.0  # admitted at 13 (not 10), sent at 16
+
+
+async def test_a_streams_retry_after_date_is_read_on_the_injected_wall_clock() -> None:
+    clock = FakeClock(wall_start=1_800_000_000.0)
+    date = email.utils.formatdate(1_800_000_030.0, usegmt=True)
+    busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
+                        status=429, headers={"Retry-After": date})
+    transport = ScriptedTransport(busy, Respond.stream(chunk_events(["late"], finish="stop")))
+    async with supervisor(transport, clock) as sup:
+        reading = asyncio.create_task(_read(sup))
+        await clock.wait_for_sleepers(1)
+        deadline = clock.next_deadline()
+        assert deadline is not None
+        assert 30.0 <= deadline <= 31.0
+        clock.advance(deadline)
+        assert await reading == ("late", 0)
+
+
+async def test_a_last_event_without_its_blank_line_still_counts() -> None:
+    events = chunk_events(["a", "b"], finish="stop", usage={"prompt_tokens": 3,
+                                                            "completion_tokens": 2,
+                                                            "total_tokens": 5}, done=False)
+    events.append(b"data: [DONE]\n")  # the connection ends before the event's blank line
+    transport = ScriptedTransport(Respond.stream(events))
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION) as stream:
+        result = await autojump(sup._clock, stream.collect())  # type: ignore[arg-type]
+    assert result.content == "ab"
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (3, 2)
+    assert len(transport.requests) == 1
+
+
+def one_read(pieces: list[str], *, then: Then = Then.END, finish: str | None = "stop") -> Respond:
+    """A stream whose events all arrive in a single network read."""
+    return Respond.stream([b"".join(chunk_events(pieces, finish=finish, done=then is Then.END))],
+                          then=then)
+
+
+async def test_a_large_read_is_parsed_only_as_fast_as_the_consumer_takes_it() -> None:
+    pieces = [f"w{i} " for i in range(200)]
+    transport = ScriptedTransport(one_read(pieces))
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=8) as stream:
+        first = await anext(aiter(stream))
+        await turns()
+        # The read held 200 events; the actor has turned no more into deltas than the
+        # consumer's buffer and the piece it is waiting to hand over.
+        assert stream._actor._assembler.chunks <= 1 + 2 * 8
+        rest = [delta.content async for delta in stream]
+    assert first.content + "".join(rest) == "".join(pieces)
+
+
+async def test_a_large_read_waiting_for_the_consumer_is_not_a_stall() -> None:
+    clock = FakeClock()
+    pieces = [f"p{i} " for i in range(30)]
+    transport = ScriptedTransport(one_read(pieces, then=Then.STALL, finish=None),
+                                  Respond.stream(chunk_events(["end"], finish="stop",
+                                                              role=False)),
+                                  timeouts=Timeouts(read_idle=5.0, response=1000.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=2) as stream:
+        got = [(await anext(aiter(stream))).content]
+        for _ in range(4):  # the consumer looks away for 40 s mid-read
+            clock.advance(10.0)
+            await turns(5)
+        assert len(transport.requests) == 1
+        while len(got) < len(pieces):
+            got.append((await anext(aiter(stream))).content)
+
+        async def rest() -> list[str]:
+            return [delta.content async for delta in stream]
+
+        got += await autojump(clock, rest())
+    assert "".join(got) == "".join(pieces) + "end"
+    assert sup.statistics().resumes == 1
+
+
+@pytest.mark.parametrize(("timeouts", "phase", "words"), [
+    (Timeouts(read_idle=5.0, response=100.0), "read_idle", "a complete stream event"),
+    (Timeouts(read_idle=50.0, response=8.0), "response", "the stream to end"),
+])
+async def test_a_stream_timeout_names_its_phase_and_its_limit(
+        timeouts: Timeouts, phase: str, words: str) -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.STALL,
+                       headers={"Msh-Request-Id": "req-slow"}), timeouts=timeouts)
+    async with supervisor(transport, FakeClock(), retry=ONCE,
+                          resume=ResumePolicy(max_resumes=0)) as sup:
+        with pytest.raises(RequestTimeoutError) as caught:
+            await read(sup)
+    error = caught.value
+    assert error.phase == phase
+    limit = timeouts.read_idle if phase == "read_idle" else timeouts.response
+    assert error.timeout == limit
+    assert f"timed out waiting for {words} after {limit} s" in str(error)
+    assert error.request_id == "req-slow"
+
+
+async def test_a_connection_lost_mid_stream_carries_the_streams_request_id() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.DROP,
+                       headers={"Msh-Request-Id": "req-dropped"}))
+    async with supervisor(transport, FakeClock(), retry=ONCE,
+                          resume=ResumePolicy(max_resumes=0)) as sup:
+        with pytest.raises(ConnectionFailedError) as caught:
+            await read(sup)
+    assert caught.value.request_id == "req-dropped"
+
+
+async def test_a_retry_is_logged_with_the_status_it_answered(
+        events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(SERVER_ERROR, completion("ok"))
+    async with supervisor(transport, FakeClock()) as sup:
+        await autojump(sup._clock, sup.chat(model=MODEL, messages=QUESTION))  # type: ignore[arg-type]
+    [retry] = [e for e in events if e["event"] == "retry"]
+    assert retry["status"] == 500
+    assert retry["error_type"] == "ServerError"
+
+
+async def test_waiting_counts_every_actor_in_a_backoff_and_forgets_each_wait() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("a"), completion("b"))
+    async with supervisor(transport, clock) as sup:
+        calls = [asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION)) for _ in range(2)]
+        await clock.wait_for_sleepers(2)
+        assert sup.statistics().waiting == 2
+        clock.advance(RetryPolicy().cap)
+        await asyncio.gather(*calls)
+        assert sup.statistics().waiting == 0
+        assert sup._runtime._waits == set()
+
+
+async def test_a_call_cancelled_while_the_breaker_is_open_ends_cancelled() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(Respond.stream([], then=Then.STALL), OVERLOADED, OVERLOADED)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        held = asyncio.create_task(hold_a_stream(sup))
+        await turns()
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().breaker_state == "open"
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+
+
+async def test_a_continuation_that_drops_is_resumed_within_its_own_allowance() -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a", "b"], finish="length")),          # cut by max_tokens
+        Respond.stream(chunk_events(["c"], done=False, role=False), then=Then.DROP),
+        Respond.stream(chunk_events(["d"], finish="stop", role=False)))
+    async with supervisor(transport, FakeClock(),
+                          resume=ResumePolicy(continue_on_length=1)) as sup:
+        assert await read(sup, max_tokens=2) == ("abcd", 0)
+    # The continuation had 2 tokens of its own; 1 came before the drop, so the resume asks
+    # for the 1 left instead of finishing at the start's count.
+    assert [request.body.get("max_tokens") for request in transport.requests] == [2, 2, 1]
+
+
+def thinking(reasoning: str) -> bytes:
+    return event({"role": "assistant", "reasoning_content": reasoning})
+
+
+async def test_a_thinking_stream_resumes_once_its_answer_has_begun() -> None:
+    transport = ScriptedTransport(
+        Respond.stream([thinking("hmm"), event({"content": "Hel"})], then=Then.DROP),
+        Respond.stream(chunk_events(["lo"], finish="stop", role=False)))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hello", 0)
+    assert transport.requests[1].body["messages"][-1]["partial"] is True
+
+
+async def test_a_stream_that_dropped_before_any_text_resumes_from_nothing() -> None:
+    transport = ScriptedTransport(
+        Respond.stream([event({"role": "assistant"})], then=Then.DROP),
+        Respond.stream(chunk_events(["Hi"], finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("Hi", 0)
+    assert sup.statistics().restarts == 0
+
+
+async def test_attempts_after_a_restart_count_only_those_that_delivered_nothing() -> None:
+    json_mode = {"type": "json_object"}
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["{"], done=False), then=Then.DROP),   # restart (JSON)
+        SERVER_ERROR, SERVER_ERROR,                                        # retries 1 and 2
+        Respond.stream(chunk_events(["{}"], finish="stop")))
+    async with supervisor(transport, FakeClock(), retry=RetryPolicy(max_attempts=3)) as sup:
+        assert await read(sup, response_format=json_mode) == ("{}", 1)
+    assert len(transport.requests) == 4
+
+
+async def test_a_stream_restart_is_logged_with_the_request_id(
+        events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], done=False), then=Then.DROP,
+                       headers={"Msh-Request-Id": "req-first"}),
+        Respond.stream(chunk_events(["ab"], finish="stop")))
+    async with supervisor(transport, FakeClock(),
+                          resume=ResumePolicy(mode=ResumeMode.RESTART)) as sup:
+        await read(sup)
+    [restarted] = [e for e in events if e["event"] == "stream_restarted"]
+    assert restarted["request_id"] == "req-first"
+
+
+async def test_a_long_prompts_usage_is_plausible_for_a_stream() -> None:
+    prompt = "word " * 2000  # 10,000 bytes: a prompt of up to about 10,000 tokens
+    usage = {"prompt_tokens": 4000, "completion_tokens": 1, "total_tokens": 4001}
+    transport = ScriptedTransport(Respond.stream(chunk_events(["x"], finish="stop",
+                                                              usage=usage)))
+    async with supervisor(transport, FakeClock()) as sup:
+        async with sup.stream(model=MODEL,
+                              messages=[{"role": "user", "content": prompt}]) as stream:
+            await autojump(sup._clock, stream.collect())  # type: ignore[arg-type]
+        stats = sup.statistics()
+    assert stats.usage_anomalies == 0
+    assert stats.prompt_tokens == 4000
+
+
+async def test_a_stream_says_whether_it_is_done_and_has_no_result_before() -> None:
+    transport = ScriptedTransport(Respond.stream(chunk_events(["a", "b"], finish="stop")))
+    async with supervisor(transport, FakeClock()) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=1) as stream:
+        assert stream.done is False
+        await anext(aiter(stream))
+        with pytest.raises(RuntimeError, match="has not finished"):
+            stream.result  # noqa: B018 - the property raises
+        rest = [delta async for delta in stream]
+        assert stream.done is True
+        assert stream.result.content == "ab"
+        assert rest
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+async def test_calls_without_a_priority_go_before_priority_one(stream: bool) -> None:
+    order: list[str] = []
+    step = (Respond.stream(chunk_events(["x"], finish="stop")) if stream else completion("x"))
+    transport = ScriptedTransport(step, step)
+    async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
+        async def call(name: str, **priority: int) -> None:
+            if stream:
+                async with sup.stream(model=MODEL, messages=QUESTION, **priority) as reading:
+                    await reading.collect()
+            else:
+                await sup.chat(model=MODEL, messages=QUESTION, **priority)
+            order.append(name)
+
+        await queued_in_order(sup, call("later", priority=1), call("default"))
+    assert order == ["default", "later"]
+
+
+async def test_a_chat_cut_by_closing_the_supervisor_says_so() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(completion("never sent"), clock=clock, send_delay=1000.0)
+    sup = Supervisor(transport=transport, clock=clock, limits=Limits.unlimited(),
+                     drain_timeout=0.0)
+    async with sup:
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+    with pytest.raises(SupervisorClosedError,
+                       match=r"^the supervisor closed before the request finished"):
+        await call

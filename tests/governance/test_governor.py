@@ -338,3 +338,29 @@ async def test_an_adopted_day_limit_gets_a_day_window(clock: FakeClock) -> None:
         clock.advance(500.0)
         await run_ready()
         gov.release(waiter.result())
+
+
+async def test_a_waiter_blocked_only_by_concurrency_sets_no_timer(clock: FakeClock) -> None:
+    # Only a release can free a slot: the dispatcher waits for it instead of polling.
+    governor = Governor(Limits(concurrency=1), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        held = await gov.admit(10)
+        waiter = asyncio.create_task(gov.admit(10))
+        await run_ready()
+        assert clock.pending_deadlines() == []
+        assert not waiter.done()
+        gov.release(held)
+        await run_ready()
+        assert waiter.done()
+
+
+async def test_a_waiter_blocked_by_tpm_sleeps_until_the_units_expire(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=100, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        await gov.admit(80)
+        waiter = asyncio.create_task(gov.admit(50))
+        await run_ready()
+        assert clock.pending_deadlines() == [10.0]
+        clock.advance(10.0)
+        await run_ready()
+        assert waiter.done()
