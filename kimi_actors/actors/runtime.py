@@ -367,30 +367,28 @@ class Runtime:
         """Settle a successful attempt's token reservation against its usage, bounded by
         what the request could possibly have cost: a server that reports absurd numbers
         cannot stall the windows (an anomaly is logged and counted instead)."""
+        settled: int | None = None
         if usage is not None:
-            usage = self._plausible(usage, body, payload_size)
-            self.counters.prompt_tokens += usage.prompt_tokens
-            self.counters.completion_tokens += usage.completion_tokens
-        self.governor.settle(attempt.permit,
-                             settled_tokens(usage, body, self.default_max_tokens))
+            prompt, completion = self._plausible(usage, body, payload_size)
+            self.counters.prompt_tokens += prompt
+            self.counters.completion_tokens += completion
+            settled = settled_tokens(prompt, body, self.default_max_tokens)
+        self.governor.settle(attempt.permit, settled)
 
-    def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int) -> Usage:
+    def _plausible(self, usage: Usage, body: Mapping[str, Any],
+                   payload_size: int) -> tuple[int, int]:
+        """The prompt and completion tokens to count: what the server reported, each capped
+        at what the request could have cost."""
         prompt_cap = prompt_token_ceiling(body, payload_size)
         budget = completion_budget(body)
-        completion_cap = (MAX_CONTEXT_TOKENS if budget is None
-                          else requested_max_tokens(body, self.default_max_tokens))
+        completion_cap = MAX_CONTEXT_TOKENS if budget is None else requested_max_tokens(body)
         if usage.prompt_tokens <= prompt_cap and usage.completion_tokens <= completion_cap:
-            return usage
+            return usage.prompt_tokens, usage.completion_tokens
         self.counters.usage_anomalies += 1
-        prompt = min(usage.prompt_tokens, prompt_cap)
-        completion = min(usage.completion_tokens, completion_cap)
         emit("warning", "usage_implausible", prompt_tokens=usage.prompt_tokens,
              completion_tokens=usage.completion_tokens, prompt_ceiling=prompt_cap,
              completion_ceiling=completion_cap)
-        cached = usage.cached_tokens
-        return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                     total_tokens=prompt + completion,
-                     cached_tokens=None if cached is None else min(cached, prompt))
+        return min(usage.prompt_tokens, prompt_cap), min(usage.completion_tokens, completion_cap)
 
     def decide(self, outcome: Outcome, state: AttemptState,
                deadline: float | None) -> Verdict:
@@ -436,10 +434,10 @@ class Runtime:
         self.counters.failures_by_type[name] = self.counters.failures_by_type.get(name, 0) + 1
 
 
-
-def settled_tokens(usage: Usage | None, body: Mapping[str, Any],
+def settled_tokens(prompt_tokens: int, body: Mapping[str, Any],
                    default_max_tokens: int) -> int | None:
-    """What Kimi counted at admission, now that the real prompt count is known."""
-    if usage is None or usage.prompt_tokens <= 0:
+    """What Kimi counted at admission, now that the real prompt count is known (``None``
+    keeps the estimate: a reported prompt of no tokens is no count)."""
+    if prompt_tokens <= 0:
         return None
-    return usage.prompt_tokens + requested_max_tokens(body, default_max_tokens)
+    return prompt_tokens + requested_max_tokens(body, default_max_tokens)

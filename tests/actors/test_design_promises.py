@@ -1976,3 +1976,75 @@ async def test_a_chat_cut_by_closing_the_supervisor_says_so() -> None:
     with pytest.raises(SupervisorClosedError,
                        match=r"^the supervisor closed before the request finished"):
         await call
+
+
+def usage_reply(prompt: int, completion: int) -> Respond:
+    return Respond.json(
+        {"id": "c1", "object": "chat.completion", "created": 1, "model": MODEL,
+         "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"},
+                      "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                   "total_tokens": prompt + completion, "cached_tokens": prompt}})
+
+
+def prompt_ceiling(**body: Any) -> int:
+    from kimi_actors.protocol.tokens import prompt_token_ceiling
+    from kimi_actors.transport import json_body
+
+    return prompt_token_ceiling(body, len(json_body(body)))
+
+
+async def test_an_implausible_usage_is_capped_counted_and_logged_with_both_ceilings(
+        events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(usage_reply(10**9, 10**9))
+    async with supervisor(transport, FakeClock(), limits=Limits(tpm=10**6)) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION, max_tokens=50)
+        stats = sup.statistics()
+    ceiling = prompt_ceiling(model=MODEL, messages=QUESTION, max_tokens=50)
+    assert (stats.usage_anomalies, stats.prompt_tokens, stats.completion_tokens) == (
+        1, ceiling, 50)
+    assert stats.tokens_settled == ceiling + 50
+    [warning] = [e for e in events if e["event"] == "usage_implausible"]
+    assert warning == {"event": "usage_implausible", "log_level": "warning",
+                       "prompt_tokens": 10**9, "completion_tokens": 10**9,
+                       "prompt_ceiling": ceiling, "completion_ceiling": 50}
+
+
+@pytest.mark.parametrize(("prompt_over", "completion_over"), [(0, 0), (1, 0), (0, 1)])
+async def test_usage_is_implausible_only_above_a_ceiling(prompt_over: int,
+                                                        completion_over: int) -> None:
+    ceiling = prompt_ceiling(model=MODEL, messages=QUESTION, max_tokens=50)
+    transport = ScriptedTransport(usage_reply(ceiling + prompt_over, 50 + completion_over))
+    async with supervisor(transport, FakeClock()) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION, max_tokens=50)
+        stats = sup.statistics()
+    assert stats.usage_anomalies == (1 if prompt_over or completion_over else 0)
+    assert (stats.prompt_tokens, stats.completion_tokens) == (ceiling, 50)
+
+
+async def test_without_a_budget_any_completion_up_to_the_context_is_plausible() -> None:
+    transport = ScriptedTransport(usage_reply(5, 5000))
+    async with supervisor(transport, FakeClock(), default_max_tokens=100) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION)
+        stats = sup.statistics()
+    assert (stats.usage_anomalies, stats.completion_tokens) == (0, 5000)
+
+
+async def test_a_long_prompts_usage_is_plausible_for_a_chat() -> None:
+    prompt = "word " * 2000
+    transport = ScriptedTransport(usage_reply(4000, 1))
+    async with supervisor(transport, FakeClock()) as sup:
+        await sup.chat(model=MODEL, messages=[{"role": "user", "content": prompt}])
+        stats = sup.statistics()
+    assert (stats.usage_anomalies, stats.prompt_tokens) == (0, 4000)
+
+
+@pytest.mark.parametrize(("prompt", "settled"), [(0, 0), (1, 1 + 100), (7, 7 + 100)])
+async def test_the_reservation_is_settled_at_the_reported_prompt_plus_the_default_budget(
+        prompt: int, settled: int) -> None:
+    # A reported prompt of no tokens is no count: the estimate stands (nothing settled).
+    transport = ScriptedTransport(usage_reply(prompt, 1))
+    async with supervisor(transport, FakeClock(), limits=Limits(tpm=10**6),
+                          default_max_tokens=100) as sup:
+        await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().tokens_settled == settled

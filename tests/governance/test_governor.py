@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from kimi_actors import Dimension, FakeClock, LimitExceededError, Limits, SupervisorClosedError
-from kimi_actors.governance.governor import Governor
+from kimi_actors.governance.governor import DimensionStats, Governor
 from kimi_actors.protocol.classify import server_limit
 
 
@@ -364,3 +364,24 @@ async def test_a_waiter_blocked_by_tpm_sleeps_until_the_units_expire(clock: Fake
         clock.advance(10.0)
         await run_ready()
         assert waiter.done()
+
+
+async def test_settling_one_token_more_charges_it(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=1000, minute=10.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        permit = await gov.admit(100)
+        gov.settle(permit, 101)
+        assert gov.statistics().dimensions["tpm"].used == 101
+
+
+async def test_statistics_of_ungoverned_dimensions_are_zero(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=3), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        await gov.admit(10)
+        stats = gov.statistics()
+    assert stats.dimensions == {
+        "concurrency": DimensionStats(limit=3, used=1, paused_for=0.0),
+        "rpm": DimensionStats(limit=None, used=0, paused_for=0.0),
+        "tpm": DimensionStats(limit=None, used=0, paused_for=0.0),
+        "tpd": DimensionStats(limit=None, used=0, paused_for=0.0),
+    }
