@@ -127,7 +127,7 @@ class RedisGovernor:
 
     def __init__(self, limits: Limits, *, client: aioredis.Redis, account: str, clock: Clock,
                  lease: float = 6.0, grace: float = 2.0, unreachable: Unreachable = "wait",
-                 fallback_share: float = 0.25, timeout: float = 1.0, slots: int = 100,
+                 fallback_share: float = 0.25, timeout: float = 1.0, slots: int = 200,
                  window_margin: float = DEFAULT_WINDOW_MARGIN,
                  owns_client: bool = False) -> None:
         if not 0 <= window_margin < 1:

@@ -51,7 +51,7 @@ class RedisConfig:
     unreachable: Unreachable = "wait"
     fallback_share: float = 0.25
     timeout: float = 1.0
-    slots: int = 100
+    slots: int = 200
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.client is None):

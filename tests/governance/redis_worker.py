@@ -27,7 +27,7 @@ async def main(spec: dict[str, Any]) -> None:
     limits = Limits(**spec["limits"])
     config = RedisConfig(url=spec["redis"], lease=spec.get("lease", 6.0))
     async with Supervisor(api_key=spec["api_key"], base_url=spec["base_url"], limits=limits,
-                          redis=config) as sup:
+                          redis=config, window_margin=spec.get("margin", 0.015)) as sup:
         if spec.get("hold"):
             await hold(sup, spec["hold"])
             return

@@ -24,10 +24,11 @@ from kimi_actors.testing import FakeKimi, Latency, expected_reply
 WORKER = Path(__file__).with_name("redis_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "moonshot-v1-8k"
-# A 3 s "minute": the 1.5% window margin then covers 45 ms between a request's admission in
-# one process and FakeKimi counting it (it may be busy with a burst from the others), on a
-# two-core machine running six processes.
-LIMITS = Limits(concurrency=40, rpm=60, tpm=200_000, minute=3.0)
+# A 4 s "minute" and a 3% window margin: 120 ms between a request's admission in one process
+# and FakeKimi counting it. FakeKimi counts a request when it gets to it, and a burst of 60
+# from four processes keeps it busy for up to about 100 ms on a two-core machine running six.
+LIMITS = Limits(concurrency=40, rpm=60, tpm=200_000, minute=4.0)
+MARGIN = 0.03
 
 
 def limits_spec(limits: Limits) -> dict[str, Any]:
@@ -70,7 +71,8 @@ async def test_four_processes_share_one_account_without_429s_at_its_full_rate(
     async with FakeKimi(limits=LIMITS, latency=Latency(first_token=0.05)) as fake:
         specs = [{"redis": redis_server.url, "base_url": fake.base_url,
                   "api_key": fake.api_key, "limits": limits_spec(LIMITS), "requests": count,
-                  "prefix": f"w{number}"} for number, count in enumerate(loads)]
+                  "prefix": f"w{number}", "margin": MARGIN}
+                 for number, count in enumerate(loads)]
         processes = [await start_worker(spec) for spec in specs]
         for process in processes:
             await ready(process)
@@ -87,12 +89,13 @@ async def test_four_processes_share_one_account_without_429s_at_its_full_rate(
     assert served.peak_concurrency <= LIMITS.concurrency  # type: ignore[operator]
     # The first window's 60 go at once; each later window can only refill as the previous
     # one's requests expire. From the end of the first batch to the last answer, the account
-    # ran at the rate it reached (an ideal client: exactly 60 per 3 s).
+    # ran at the rate it reached (an ideal client: exactly 60 per 4 s).
     answers = sorted(moment for report in reports for moment in report["times"])
     rpm = LIMITS.rpm
     assert rpm is not None
     rate = (total - rpm) / (answers[-1] - answers[rpm - 1])
     reached = rate * LIMITS.minute / rpm
+    print(f"reached {reached:.1%} of the RPM")
     assert reached >= 0.95, f"the account ran at {reached:.1%} of its RPM"
 
 
