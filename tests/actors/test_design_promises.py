@@ -66,6 +66,7 @@ from kimi_actors import (
     admission_tokens,
 )
 from kimi_actors.actors.stream import DeltaChannel
+from kimi_actors.protocol.classify import Action
 from kimi_actors.protocol.tokens import requested_max_tokens
 from kimi_actors.testing import Fail, FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
 
@@ -2048,3 +2049,174 @@ async def test_the_reservation_is_settled_at_the_reported_prompt_plus_the_defaul
                           default_max_tokens=100) as sup:
         await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().tokens_settled == settled
+
+
+async def test_a_rate_limit_is_logged_with_its_dimension_wait_request_and_message(
+        events: list[dict[str, Any]]) -> None:
+    limited = Respond.json({"error": {
+        "type": "rate_limit_reached_error",
+        "message": "Your account org-x<ak-y> request reached organization max RPM: 3, please "
+                   "try again after 2 seconds"}}, status=429, headers={"Msh-Request-Id": "req-429"})
+    transport = ScriptedTransport(limited, completion("ok"))
+    async with supervisor(transport, FakeClock(), limits=Limits(rpm=100)) as sup:
+        await autojump(sup._clock, sup.chat(model=MODEL, messages=QUESTION))  # type: ignore[arg-type]
+    [limited_event] = [e for e in events if e["event"] == "rate_limited"]
+    assert limited_event["dimension"] == "rpm"
+    assert limited_event["retry_after"] == 2.0
+    assert limited_event["request_id"] == "req-429"
+    assert "organization max RPM: 3" in limited_event["message"]
+    [lowered] = [e for e in events if e["event"] == "limit_lowered_to_server_limit"]
+    assert (lowered["dimension"], lowered["limit"], lowered["log_level"]) == ("rpm", 3, "warning")
+
+
+async def test_an_attempt_is_finished_exactly_once() -> None:
+    transport = ScriptedTransport()
+    async with supervisor(transport, FakeClock()) as sup:
+        from kimi_actors.protocol.classify import Outcome
+
+        rt = sup._runtime
+        async with rt.attempt(1, priority=0, first=True, deadline=None) as attempt:
+            attempt.finish(Outcome(action=Action.SUCCESS))
+            assert attempt.finished is True
+            with pytest.raises(RuntimeError, match=r"^an attempt is finished once$"):
+                attempt.finish(Outcome(action=Action.SUCCESS))
+
+
+async def test_a_recovered_account_says_exactly_how_long_it_was_refused(
+        events: list[dict[str, Any]]) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, completion("back"), clock=clock)
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        clock.advance(0.25)
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(30.0)  # exactly the cool-down: the probe goes now, not a tick later
+        transport.send_delay = 0.2504
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "back"
+    [recovered] = [e for e in events if e["event"] == "account_recovered"]
+    assert recovered["refused_for"] == 30.25  # 30.2504 s, to the millisecond
+
+
+async def test_an_account_refused_again_after_recovering_is_probed_again() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, completion("back"), AUTH, completion("back again"))
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(30.0)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back"
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(30.0)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back again"
+    assert len(transport.requests) == 4
+
+
+def slow(respond_after: float, *, then: Then) -> Respond:
+    """A stream that sends nothing for ``respond_after`` seconds, then ends with ``then``."""
+    events: list[bytes | Gap] = [Gap(respond_after)]
+    if then is Then.END:
+        events += chunk_events(["late"], finish="stop")
+    return Respond.stream(events, then=then)
+
+
+async def _trip_then_probe(sup: Supervisor, clock: FakeClock) -> tuple[asyncio.Task[Any],
+                                                                       asyncio.Task[Any]]:
+    """A slow stream admitted while CLOSED, two overloads that trip the breaker, the cool-down,
+    then one probe that stalls: returns the slow reader and the probe."""
+    early = asyncio.create_task(_read(sup))
+    await turns()
+    for _ in range(2):
+        with pytest.raises(EngineOverloadedError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert sup.statistics().breaker_state == "open"
+    clock.advance(5.0)
+    probe = asyncio.create_task(hold_a_stream(sup))
+    await turns()
+    assert sup.statistics().breaker_state == "half_open"
+    return early, probe
+
+
+@pytest.mark.parametrize("then", [Then.END, Then.DROP], ids=["success", "failure"])
+async def test_an_answer_from_before_a_trip_neither_closes_nor_trips_the_new_episode(
+        then: Then) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(slow(8.0, then=then), OVERLOADED, OVERLOADED,
+                                  Respond.stream([], then=Then.STALL), clock=clock)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
+                          resume=ResumePolicy(max_resumes=0)) as sup:
+        early, probe = await _trip_then_probe(sup, clock)
+        clock.advance(3.0)  # the early stream answers now, from the episode before the trip
+        await asyncio.wait([early])
+        assert sup.statistics().breaker_state == "half_open"  # only the probe decides
+        probe.cancel()
+        await asyncio.wait([probe])
+
+
+async def test_an_ignored_answer_from_before_a_trip_leaves_the_probe_slot_taken() -> None:
+    clock = FakeClock()
+    bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
+                               status=400)
+    transport = ScriptedTransport(bad_request, OVERLOADED, OVERLOADED,
+                                  Respond.stream([], then=Then.STALL), clock=clock,
+                                  send_delay=0.0)
+    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
+    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
+        transport.send_delay = 8.0  # the 400 takes 8 s to come back
+        early = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        transport.send_delay = 0.0
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(5.0)
+        probe = asyncio.create_task(hold_a_stream(sup))
+        await turns()
+        clock.advance(3.0)
+        with pytest.raises(BadRequestError):
+            await early
+        sent = len(transport.requests)
+        another = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        assert len(transport.requests) == sent  # the probe's slot is still the probe's
+        another.cancel()
+        probe.cancel()
+        await asyncio.wait([another, probe])
+
+
+async def test_a_trip_is_logged_with_its_states_open_time_and_reason(
+        events: list[dict[str, Any]]) -> None:
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+    [trip] = [e for e in events if e["event"] == "breaker_transition"]
+    assert (trip["log_level"], trip["before"], trip["after"], trip["open_for"]) == (
+        "warning", "closed", "open", 5.0)
+    assert trip["reason"]
+
+
+async def test_an_overload_that_names_a_wait_keeps_the_breaker_open_that_long() -> None:
+    clock = FakeClock()
+    busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
+                        status=429, headers={"Retry-After": "20"})
+    transport = ScriptedTransport(busy, busy)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup._runtime.breaker.open_until() == 20.0
+
+
+async def test_a_plain_http_base_url_is_warned_about_with_its_host(
+        events: list[dict[str, Any]]) -> None:
+    from kimi_actors.actors import supervisor as module
+
+    module._warned_cleartext.discard("kimi.example.internal")
+    Supervisor(api_key="sk-cleartext-test-0123456789", base_url="http://kimi.example.internal/v1")
+    [warning] = [e for e in events if e["event"] == "cleartext_api_key"]
+    assert warning["host"] == "kimi.example.internal"
+    assert warning["base_url"] == "http://kimi.example.internal/v1"
+    assert warning["message"] == ("base_url is plain http:// to kimi.example.internal: the API "
+                                  "key is sent unencrypted; use https://")

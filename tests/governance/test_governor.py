@@ -385,3 +385,11 @@ async def test_statistics_of_ungoverned_dimensions_are_zero(clock: FakeClock) ->
         "tpm": DimensionStats(limit=None, used=0, paused_for=0.0),
         "tpd": DimensionStats(limit=None, used=0, paused_for=0.0),
     }
+
+
+async def test_settling_reaches_tpd_when_tpm_is_not_governed(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpd=10_000, day=100.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        permit = await gov.admit(500)
+        gov.settle(permit, 200)
+        assert gov.statistics().dimensions["tpd"].used == 200
