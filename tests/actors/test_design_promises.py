@@ -2220,3 +2220,20 @@ async def test_a_plain_http_base_url_is_warned_about_with_its_host(
     assert warning["base_url"] == "http://kimi.example.internal/v1"
     assert warning["message"] == ("base_url is plain http:// to kimi.example.internal: the API "
                                   "key is sent unencrypted; use https://")
+
+
+async def test_an_answer_to_a_call_sent_before_the_refusal_does_not_lift_it() -> None:
+    # Only the probe decides that the account is back.
+    clock = FakeClock()
+    early = Respond.stream([Gap(5.0), *chunk_events(["fine"], finish="stop")])
+    transport = ScriptedTransport(early, AUTH, clock=clock)
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0)) as sup:
+        reading = asyncio.create_task(_read(sup))
+        await turns()
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(5.0)
+        assert await reading == ("fine", 0)
+        with pytest.raises(AuthenticationError):  # still refused: failed fast, not sent
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert len(transport.requests) == 2
