@@ -2237,3 +2237,56 @@ async def test_an_answer_to_a_call_sent_before_the_refusal_does_not_lift_it() ->
         with pytest.raises(AuthenticationError):  # still refused: failed fast, not sent
             await sup.chat(model=MODEL, messages=QUESTION)
     assert len(transport.requests) == 2
+
+
+async def test_a_call_waits_out_even_the_last_second_of_an_open_breaker() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("after"))
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(4.5)  # half a second of the five left
+        call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        assert len(transport.requests) == 2  # not sent while the breaker is open
+        clock.advance(0.5)
+        assert (await call).content == "after"
+
+
+async def test_breaker_transitions_other_than_opening_are_logged_at_info(
+        events: list[dict[str, Any]]) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("probe"))
+    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
+    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
+        assert sup.statistics().last_transport_error is None
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(5.0)
+        await sup.chat(model=MODEL, messages=QUESTION)
+    transitions = [(e["log_level"], e["before"], e["after"]) for e in events
+                   if e["event"] == "breaker_transition"]
+    assert transitions == [("warning", "closed", "open"), ("info", "open", "half_open"),
+                           ("info", "half_open", "closed")]
+
+
+async def test_a_call_cancelled_in_the_admission_queue_while_the_breaker_opened() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(Respond.stream([], then=Then.STALL))
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
+                          limits=Limits(concurrency=1)) as sup:
+        held = asyncio.create_task(hold_a_stream(sup))
+        await turns()
+        queued = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()  # through the breaker, waiting for the governor's one slot
+        breaker = sup._runtime.breaker
+        for _ in range(2):  # other processes' failures, say: the breaker opens meanwhile
+            breaker.record_failure(clock.now(), epoch=breaker.epoch)
+        assert sup.statistics().breaker_state == "open"
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        held.cancel()
+        await asyncio.wait([held])

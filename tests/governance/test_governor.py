@@ -393,3 +393,57 @@ async def test_settling_reaches_tpd_when_tpm_is_not_governed(clock: FakeClock) -
         permit = await gov.admit(500)
         gov.settle(permit, 200)
         assert gov.statistics().dimensions["tpd"].used == 200
+
+
+async def test_a_concurrency_pause_ends_exactly_at_its_time(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=5), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        gov.on_rate_limited(Dimension.CONCURRENCY, retry_after=5.0, limit=None)
+        waiter = asyncio.create_task(gov.admit(1))
+        await run_ready()
+        assert clock.pending_deadlines() == [5.0]
+        clock.advance(5.0)
+        await run_ready()
+        assert waiter.done()
+
+
+async def test_admissions_without_a_priority_go_before_priority_one(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1), clock=clock, window_margin=0)
+    order: list[str] = []
+    async with started(governor) as gov:
+        held = await gov.admit(1)
+
+        async def one(name: str, **priority: int) -> None:
+            gov.release(await gov.admit(1, **priority))
+            order.append(name)
+
+        later = asyncio.create_task(one("later", priority=1))
+        await run_ready()
+        default = asyncio.create_task(one("default"))
+        await run_ready()
+        gov.release(held)
+        await asyncio.gather(later, default)
+    assert order == ["default", "later"]
+
+
+async def test_a_cancelled_waiter_ends_cancelled_and_leaves_the_queue(clock: FakeClock) -> None:
+    governor = Governor(Limits(concurrency=1), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        held = await gov.admit(1)
+        waiter = asyncio.create_task(gov.admit(1))
+        await run_ready()
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert gov.statistics().queued == 0
+        gov.release(held)
+        assert gov.statistics().in_flight == 0
+
+
+def test_a_request_larger_than_a_token_limit_says_which_and_by_how_much(
+        clock: FakeClock) -> None:
+    governor = Governor(Limits(tpm=100), clock=clock, window_margin=0)
+    with pytest.raises(LimitExceededError, match="but the TPM limit is 100") as caught:
+        governor.check(150)
+    assert (caught.value.dimension, caught.value.amount, caught.value.limit) == (
+        Dimension.TPM, 150, 100)
