@@ -2290,3 +2290,45 @@ async def test_a_call_cancelled_in_the_admission_queue_while_the_breaker_opened(
             await queued
         held.cancel()
         await asyncio.wait([held])
+
+
+async def test_a_200_json_that_is_not_a_completion_fails_that_request_only() -> None:
+    not_a_completion = Respond.json({"id": "c1", "object": "chat.completion",
+                                     "choices": [{"index": 0, "message": 5}]})
+    transport = ScriptedTransport(not_a_completion, completion("the next one"))
+    async with supervisor(transport, FakeClock(), retry=ONCE) as sup:
+        with pytest.raises(ProtocolError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "the next one"
+
+
+async def test_the_usage_of_a_segment_that_broke_is_not_counted() -> None:
+    usage = {"prompt_tokens": 40, "completion_tokens": 1, "total_tokens": 41}
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(["a"], finish="stop", usage=usage, done=False),
+                       then=Then.DROP),                      # usage came, then [DONE] did not
+        Respond.stream(chunk_events([], finish="stop", role=False,
+                                    usage={"prompt_tokens": 7, "completion_tokens": 0,
+                                           "total_tokens": 7})))
+    async with supervisor(transport, FakeClock()) as sup:
+        await read(sup)
+        stats = sup.statistics()
+    assert stats.prompt_tokens == 7
+
+
+async def test_a_probe_cancelled_while_queued_lets_the_next_call_probe() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(AUTH, completion("back"))
+    async with supervisor(transport, clock, fatal=FatalPolicy(cool_down=30.0),
+                          limits=Limits(concurrency=1)) as sup:
+        with pytest.raises(AuthenticationError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(30.0)
+        governor = sup._runtime.governor
+        slot = await governor.admit(1)  # the one slot is taken: the probe has to queue
+        probe = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        probe.cancel()
+        await asyncio.wait([probe])
+        governor.release(slot)
+        assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back"
