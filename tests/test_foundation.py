@@ -391,3 +391,23 @@ def test_redact_bytes_keeps_bytes_that_are_not_utf8_and_returns_clean_data_as_is
     assert redact_bytes(dirty) == b"\xff key [redacted] \xfe \xc3\xa9"
     clean = b"\xff nothing secret here \xc3\xa9"
     assert redact_bytes(clean) is clean
+
+
+def test_a_secret_of_the_minimum_length_is_registered() -> None:
+    from kimi_actors.redaction import _MIN_SECRET, redact_text, register_secret
+
+    secret = "q" * (_MIN_SECRET - 4) + "7Zx9"
+    register_secret(secret)
+    assert secret not in redact_text(f"echo {secret}")
+
+
+def test_a_secret_inside_a_longer_one_does_not_leave_the_longer_ones_ends() -> None:
+    from kimi_actors.redaction import redact_text, register_secret
+
+    short = "zzzz-inner-secret-0451"
+    long = "leakprefix-" + short + "-leaksuffix"
+    register_secret(short)
+    register_secret(long)
+    shown = redact_text(f"server said {long}")
+    assert "leakprefix" not in shown
+    assert "leaksuffix" not in shown

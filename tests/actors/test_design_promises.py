@@ -1744,6 +1744,16 @@ async def test_a_last_event_without_its_blank_line_still_counts() -> None:
     assert result.usage is not None
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (3, 2)
     assert len(transport.requests) == 1
+    assert sup.statistics().prompt_tokens == 3  # the attempt's usage survived the last event
+
+
+async def test_a_content_event_cut_before_its_blank_line_is_kept_and_the_rest_resumed() -> None:
+    events = chunk_events(["a"], done=False)
+    events.append(chunk_events(["b"], role=False, done=False)[0][:-1])  # its line, no blank
+    transport = ScriptedTransport(Respond.stream(events),
+                                  Respond.stream(chunk_events(["c"], finish="stop", role=False)))
+    async with supervisor(transport, FakeClock()) as sup:
+        assert await read(sup) == ("abc", 0)
 
 
 def one_read(pieces: list[str], *, then: Then = Then.END, finish: str | None = "stop") -> Respond:
@@ -2332,3 +2342,86 @@ async def test_a_probe_cancelled_while_queued_lets_the_next_call_probe() -> None
         await asyncio.wait([probe])
         governor.release(slot)
         assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back"
+
+
+async def test_a_read_smaller_than_the_buffer_waiting_for_the_consumer_is_not_a_stall() -> None:
+    # Each read holds one event, fewer than the buffer of 4: the hand-off that waits is the
+    # one after the read, which must pause the read-idle clock too.
+    clock = FakeClock()
+    pieces = [f"q{i} " for i in range(8)]
+    transport = ScriptedTransport(
+        Respond.stream(chunk_events(pieces, done=False), then=Then.STALL),
+        Respond.stream(chunk_events(["end"], finish="stop", role=False)),
+        timeouts=Timeouts(read_idle=5.0, response=1000.0))
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=4) as stream:
+        got = [(await anext(aiter(stream))).content]
+        await turns()
+        assert stream.buffered == 4  # the actor now waits on the consumer
+        for _ in range(4):
+            clock.advance(10.0)
+            await turns(5)
+        assert len(transport.requests) == 1
+        while len(got) < len(pieces):
+            got.append((await anext(aiter(stream))).content)
+
+        async def rest() -> list[str]:
+            return [delta.content async for delta in stream]
+
+        got += await autojump(clock, rest())
+    assert "".join(got) == "".join(pieces) + "end"
+
+
+@pytest.mark.parametrize("probe_answer", ["success", "ignored"])
+async def test_the_probe_is_told_apart_from_a_call_still_out_from_before_the_trip(
+        probe_answer: str) -> None:
+    clock = FakeClock()
+    bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
+                               status=400)
+    probe = completion("probe") if probe_answer == "success" else bad_request
+    transport = ScriptedTransport(slow(60.0, then=Then.END), OVERLOADED, OVERLOADED, probe,
+                                  completion("next"), clock=clock)
+    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
+    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
+        early = asyncio.create_task(_read(sup))
+        await turns()
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        clock.advance(5.0)
+        if probe_answer == "success":
+            await sup.chat(model=MODEL, messages=QUESTION)
+            assert sup.statistics().breaker_state == "closed"  # the probe, not the early call
+        else:
+            with pytest.raises(BadRequestError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+            # The probe's own slot is free again: the next call probes at once.
+            assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "next"
+        early.cancel()
+        await asyncio.wait([early])
+
+
+async def test_an_ignored_answer_arriving_while_the_breaker_is_open_is_that_error() -> None:
+    clock = FakeClock()
+    bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
+                               status=400)
+    transport = ScriptedTransport(bad_request, OVERLOADED, OVERLOADED, clock=clock)
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
+        transport.send_delay = 3.0
+        early = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
+        await turns()
+        transport.send_delay = 0.0
+        for _ in range(2):
+            with pytest.raises(EngineOverloadedError):
+                await sup.chat(model=MODEL, messages=QUESTION)
+        assert sup.statistics().breaker_state == "open"
+        clock.advance(3.0)  # the 400 comes back while the breaker is still open
+        with pytest.raises(BadRequestError):
+            await early
+
+
+async def test_closing_a_supervisor_that_never_ran_does_nothing() -> None:
+    sup = Supervisor(transport=ScriptedTransport(), clock=FakeClock())
+    await sup.aclose()
+    await sup.aclose()
+    assert not sup.closed

@@ -447,3 +447,24 @@ def test_a_request_larger_than_a_token_limit_says_which_and_by_how_much(
         governor.check(150)
     assert (caught.value.dimension, caught.value.amount, caught.value.limit) == (
         Dimension.TPM, 150, 100)
+
+
+@pytest.mark.parametrize(("margin", "accepted"), [(-0.01, False), (0.0, True), (0.99, True),
+                                                  (1.0, False)])
+def test_the_window_margin_is_a_share_below_one(clock: FakeClock, margin: float,
+                                                accepted: bool) -> None:
+    if accepted:
+        Governor(Limits(rpm=1), clock=clock, window_margin=margin)
+        return
+    with pytest.raises(ValueError, match="window_margin must be in"):
+        Governor(Limits(rpm=1), clock=clock, window_margin=margin)
+
+
+async def test_tpd_is_counted_over_the_day_not_the_minute(clock: FakeClock) -> None:
+    governor = Governor(Limits(tpd=1000, minute=10.0, day=100.0), clock=clock, window_margin=0)
+    async with started(governor) as gov:
+        await gov.admit(1000)
+        waiter = asyncio.create_task(gov.admit(10))
+        await run_ready()
+        assert clock.pending_deadlines() == [100.0]
+        waiter.cancel()
