@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "MonotonicClock", "TimerHandle"]
+__all__ = ["Clock", "Doorbell", "FakeClock", "MonotonicClock", "TimerHandle"]
 
 
 @runtime_checkable
@@ -57,6 +57,49 @@ class MonotonicClock:
 
     def __repr__(self) -> str:
         return "MonotonicClock()"
+
+
+class Doorbell:
+    """How a dispatcher sleeps: until ``seconds`` pass on ``clock`` (``None``: no timeout) or
+    until ``ring()`` is called. With ``latch``, a ring while nobody waits ends the next wait at
+    once (a wake-up that came while the dispatcher was busy is not lost); ``clear()`` forgets
+    it."""
+
+    __slots__ = ("_clock", "_future", "_latch", "_rung")
+
+    def __init__(self, clock: Clock, *, latch: bool = False) -> None:
+        self._clock = clock
+        self._latch = latch
+        self._future: asyncio.Future[None] | None = None
+        self._rung = False
+
+    async def wait(self, seconds: float | None) -> None:
+        if self._rung:
+            self._rung = False
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._future = future
+        timer: TimerHandle | None = None
+        if seconds is not None:
+            timer = self._clock.call_later(seconds, self.ring)
+        try:
+            await future
+        finally:
+            self._future = None
+            self._rung = False
+            if timer is not None:
+                timer.cancel()
+
+    def ring(self) -> None:
+        future = self._future
+        if future is not None:
+            if not future.done():
+                future.set_result(None)
+        elif self._latch:
+            self._rung = True
+
+    def clear(self) -> None:
+        self._rung = False
 
 
 class _FakeTimer:

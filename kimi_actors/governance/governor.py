@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Final
 
-from ..clock import Clock, TimerHandle
+from ..clock import Clock, Doorbell
 from ..errors import KimiError, LimitExceededError
 from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
@@ -119,7 +119,7 @@ class Governor:
                 self._windows[dimension] = RollingWindow(limit, span)
         self._queue: list[tuple[int, int, _Waiter]] = []
         self._seq = itertools.count()
-        self._poke: asyncio.Future[None] | None = None
+        self._bell = Doorbell(clock)
         self._closed: KimiError | None = None
         self._admitted = 0
         self._tokens_reserved = 0
@@ -154,7 +154,7 @@ class Governor:
                 return permit
         future: asyncio.Future[Permit] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (priority, next(self._seq), _Waiter(tokens, future)))
-        self._wake_dispatcher()
+        self._bell.ring()
         try:
             return await future
         except BaseException:
@@ -162,7 +162,7 @@ class Governor:
                 self.cancel(future.result())
             else:
                 future.cancel()
-                self._wake_dispatcher()
+                self._bell.ring()
             raise
 
     def release(self, permit: Permit) -> None:
@@ -170,7 +170,7 @@ class Governor:
         if permit.holds_slot:
             permit.holds_slot = False
             self._slots.release()
-            self._wake_dispatcher()
+            self._bell.ring()
 
     def cancel(self, permit: Permit) -> None:
         """Undo an admission whose request was never sent: every unit goes back."""
@@ -179,7 +179,7 @@ class Governor:
             self._windows[dimension].refund(reservation)
         self._tokens_reserved -= permit.tokens
         permit.reservations = {}
-        self._wake_dispatcher()
+        self._bell.ring()
 
     def restamp(self, permit: Permit) -> None:
         """The request has just been written to the connection: count its rate units from now.
@@ -215,7 +215,7 @@ class Governor:
             else:
                 self._windows[dimension].charge(reservation, difference, now)
         if difference < 0:
-            self._wake_dispatcher()
+            self._bell.ring()
 
     def on_rate_limited(self, dimension: Dimension | None, *, retry_after: float | None,
                         limit: int | None) -> int | None:
@@ -248,7 +248,7 @@ class Governor:
                     adopted = server_limit
         if adopted is not None:
             self._limit_adjustments += 1
-        self._wake_dispatcher()  # the head's wait, or whether it can ever fit, has changed
+        self._bell.ring()  # the head's wait, or whether it can ever fit, has changed
         return adopted
 
     def close(self, error: KimiError) -> None:
@@ -263,7 +263,7 @@ class Governor:
         for _, _, waiter in queue:
             if not waiter.future.done():
                 waiter.future.set_exception(error)
-        self._wake_dispatcher()
+        self._bell.ring()
 
     @property
     def closed(self) -> KimiError | None:
@@ -276,7 +276,7 @@ class Governor:
         while True:
             waiter = self._head()
             if waiter is None:
-                await self._sleep(None)
+                await self._bell.wait(None)
                 continue
             now = self._clock.now()
             try:
@@ -292,7 +292,7 @@ class Governor:
                 heapq.heappop(self._queue)
                 waiter.future.set_result(permit)
                 continue
-            await self._sleep(delay)
+            await self._bell.wait(delay)
 
     def _slot_free(self) -> bool:
         limit = self._slots.limit
@@ -331,23 +331,6 @@ class Governor:
         self._admitted += 1
         self._tokens_reserved += tokens
         return Permit(tokens, reservations)
-
-    async def _sleep(self, seconds: float | None) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._poke = future
-        timer: TimerHandle | None = None
-        if seconds is not None:
-            timer = self._clock.call_later(seconds, self._wake_dispatcher)
-        try:
-            await future
-        finally:
-            self._poke = None
-            if timer is not None:
-                timer.cancel()
-
-    def _wake_dispatcher(self) -> None:
-        if self._poke is not None and not self._poke.done():
-            self._poke.set_result(None)
 
     # -- observation -------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..clock import Clock, TimerHandle
+from ..clock import Clock, Doorbell
 from ..errors import KimiError, LimitExceededError, SharedGovernorError
 from ..limits import Dimension, Limits
 from ..observe import emit
@@ -162,8 +162,7 @@ class RedisGovernor:
         self._queue: list[_Waiter] = []
         self._calling: list[_Waiter] = []
         self._seq = itertools.count()
-        self._poke: asyncio.Future[None] | None = None
-        self._woken = False
+        self._bell = Doorbell(clock, latch=True)
         self._ticketed = False
         self._closed: KimiError | None = None
         self._outbox: list[_Op] = []
@@ -240,7 +239,7 @@ class RedisGovernor:
         waiter = _Waiter(tokens, priority, next(self._seq), future)
         heapq.heappush(self._queue, waiter)
         if self._queue[0] is waiter:
-            self._wake_dispatcher()
+            self._bell.ring()
         try:
             permit = await future
         except BaseException:
@@ -250,7 +249,7 @@ class RedisGovernor:
                     self.cancel(granted)
             else:
                 future.cancel()
-                self._wake_dispatcher()
+                self._bell.ring()
             raise
         if permit is None:  # Redis went away while it waited: the fallback serves it
             return await self._admit_fallback(tokens, priority)
@@ -346,7 +345,7 @@ class RedisGovernor:
             self._send(("L", index, limit, 0))
             self._seen_limits[dimension] = adopted = limit
             self._limit_adjustments += 1
-        self._wake_dispatcher()
+        self._bell.ring()
         return adopted
 
     def close(self, error: KimiError) -> None:
@@ -363,7 +362,7 @@ class RedisGovernor:
                 waiter.future.set_exception(error)
         if self._fallback is not None:
             self._fallback.fail_queued(error)
-        self._wake_dispatcher()
+        self._bell.ring()
 
     @property
     def closed(self) -> KimiError | None:
@@ -467,9 +466,9 @@ class RedisGovernor:
                 if self._ticketed:
                     self._ticketed = False
                     self._send(("W", self._ticket, 0, 0))
-                await self._sleep(None)
+                await self._bell.wait(None)
                 continue
-            self._woken = False
+            self._bell.clear()  # a wake-up from now on ends the sleep after this call
             args, leases = self._admit_args(batch)
             try:
                 reply = await self._call(self._admit_script, args)
@@ -491,7 +490,7 @@ class RedisGovernor:
             self._back()
             wait = self._apply(batch, leases, reply)
             if wait is not None:
-                await self._sleep(wait)
+                await self._bell.wait(wait)
 
     def _take_batch(self) -> list[_Waiter]:
         batch: list[_Waiter] = []
@@ -649,8 +648,7 @@ class RedisGovernor:
                         continue
                     data = message.get("data")
                     if data == ticket or data == self._ticket:
-                        self._woken = True
-                        self._wake_dispatcher()
+                        self._bell.ring()
             except (RedisError, *_OUTAGE_ERRORS):
                 failures += 1
             finally:
@@ -721,27 +719,6 @@ class RedisGovernor:
         return self._fallback
 
     # -- waiting -----------------------------------------------------------------------------
-
-    async def _sleep(self, seconds: float | None) -> None:
-        if self._woken:
-            self._woken = False
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._poke = future
-        timer: TimerHandle | None = None
-        if seconds is not None:
-            timer = self._clock.call_later(seconds, self._wake_dispatcher)
-        try:
-            await future
-        finally:
-            self._poke = None
-            self._woken = False
-            if timer is not None:
-                timer.cancel()
-
-    def _wake_dispatcher(self) -> None:
-        if self._poke is not None and not self._poke.done():
-            self._poke.set_result(None)
 
     # -- observation -------------------------------------------------------------------------
 

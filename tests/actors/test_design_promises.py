@@ -1776,31 +1776,6 @@ async def test_a_large_read_is_parsed_only_as_fast_as_the_consumer_takes_it() ->
     assert first.content + "".join(rest) == "".join(pieces)
 
 
-async def test_a_large_read_waiting_for_the_consumer_is_not_a_stall() -> None:
-    clock = FakeClock()
-    pieces = [f"p{i} " for i in range(30)]
-    transport = ScriptedTransport(one_read(pieces, then=Then.STALL, finish=None),
-                                  Respond.stream(chunk_events(["end"], finish="stop",
-                                                              role=False)),
-                                  timeouts=Timeouts(read_idle=5.0, response=1000.0))
-    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
-            sup.stream(model=MODEL, messages=QUESTION, buffer=2) as stream:
-        got = [(await anext(aiter(stream))).content]
-        for _ in range(4):  # the consumer looks away for 40 s mid-read
-            clock.advance(10.0)
-            await turns(5)
-        assert len(transport.requests) == 1
-        while len(got) < len(pieces):
-            got.append((await anext(aiter(stream))).content)
-
-        async def rest() -> list[str]:
-            return [delta.content async for delta in stream]
-
-        got += await autojump(clock, rest())
-    assert "".join(got) == "".join(pieces) + "end"
-    assert sup.statistics().resumes == 1
-
-
 @pytest.mark.parametrize(("timeouts", "phase", "words"), [
     (Timeouts(read_idle=5.0, response=100.0), "read_idle", "a complete stream event"),
     (Timeouts(read_idle=50.0, response=8.0), "response", "the stream to end"),
@@ -2344,61 +2319,44 @@ async def test_a_probe_cancelled_while_queued_lets_the_next_call_probe() -> None
         assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "back"
 
 
-async def test_a_read_smaller_than_the_buffer_waiting_for_the_consumer_is_not_a_stall() -> None:
-    # Each read holds one event, fewer than the buffer of 4: the hand-off that waits is the
-    # one after the read, which must pause the read-idle clock too.
+async def _look_away_then_read(stream: Any, clock: FakeClock, transport: ScriptedTransport,
+                               total: int) -> list[str]:
+    """Take one delta, look away for 40 s of the clock while the actor waits on the consumer,
+    check nothing was taken for a stall, then read to the end."""
+    got = [(await anext(aiter(stream))).content]
+    await turns()
+    for _ in range(4):
+        clock.advance(10.0)
+        await turns(5)
+    assert len(transport.requests) == 1
+    while len(got) < total:
+        got.append((await anext(aiter(stream))).content)
+
+    async def rest() -> list[str]:
+        return [delta.content async for delta in stream]
+
+    return got + await autojump(clock, rest())
+
+
+@pytest.mark.parametrize(("one_read", "buffer"), [(True, 2), (False, 4)],
+                         ids=["a read larger than the buffer", "reads smaller than it"])
+async def test_waiting_for_the_consumer_in_either_hand_off_is_not_a_stall(
+        one_read: bool, buffer: int) -> None:
+    # A large read hands over in pieces inside the read; small ones after it: both waits
+    # must pause the read-idle clock.
     clock = FakeClock()
-    pieces = [f"q{i} " for i in range(8)]
+    pieces = [f"q{i} " for i in range(12)]
+    events = chunk_events(pieces, done=False)
     transport = ScriptedTransport(
-        Respond.stream(chunk_events(pieces, done=False), then=Then.STALL),
+        Respond.stream([b"".join(events)] if one_read else events, then=Then.STALL),
         Respond.stream(chunk_events(["end"], finish="stop", role=False)),
         timeouts=Timeouts(read_idle=5.0, response=1000.0))
     async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
-            sup.stream(model=MODEL, messages=QUESTION, buffer=4) as stream:
-        got = [(await anext(aiter(stream))).content]
-        await turns()
-        assert stream.buffered == 4  # the actor now waits on the consumer
-        for _ in range(4):
-            clock.advance(10.0)
-            await turns(5)
-        assert len(transport.requests) == 1
-        while len(got) < len(pieces):
-            got.append((await anext(aiter(stream))).content)
-
-        async def rest() -> list[str]:
-            return [delta.content async for delta in stream]
-
-        got += await autojump(clock, rest())
+            sup.stream(model=MODEL, messages=QUESTION, buffer=buffer) as stream:
+        got = await _look_away_then_read(stream, clock, transport, len(pieces))
     assert "".join(got) == "".join(pieces) + "end"
+    assert sup.statistics().resumes == 1
 
-
-@pytest.mark.parametrize("probe_answer", ["success", "ignored"])
-async def test_the_probe_is_told_apart_from_a_call_still_out_from_before_the_trip(
-        probe_answer: str) -> None:
-    clock = FakeClock()
-    bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
-                               status=400)
-    probe = completion("probe") if probe_answer == "success" else bad_request
-    transport = ScriptedTransport(slow(60.0, then=Then.END), OVERLOADED, OVERLOADED, probe,
-                                  completion("next"), clock=clock)
-    breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
-    async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
-        early = asyncio.create_task(_read(sup))
-        await turns()
-        for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
-                await sup.chat(model=MODEL, messages=QUESTION)
-        clock.advance(5.0)
-        if probe_answer == "success":
-            await sup.chat(model=MODEL, messages=QUESTION)
-            assert sup.statistics().breaker_state == "closed"  # the probe, not the early call
-        else:
-            with pytest.raises(BadRequestError):
-                await sup.chat(model=MODEL, messages=QUESTION)
-            # The probe's own slot is free again: the next call probes at once.
-            assert (await sup.chat(model=MODEL, messages=QUESTION)).content == "next"
-        early.cancel()
-        await asyncio.wait([early])
 
 
 async def test_an_ignored_answer_arriving_while_the_breaker_is_open_is_that_error() -> None:

@@ -132,7 +132,7 @@ async def test_a_request_refused_on_tpm_takes_nothing_from_rpm(
         waiter = asyncio.create_task(b.admit(50))
         await until(lambda: client.zscore(key("queue"), b._ticket))
         for _ in range(3):  # woken or not, every look it takes must leave RPM alone
-            b._wake_dispatcher()
+            b._bell.ring()
             await until(lambda: b.statistics().shared.round_trips >= 1)  # type: ignore[union-attr]
         assert await window_sum(client, "rpm") == 1
         assert await window_sum(client, "tpm") == 100
