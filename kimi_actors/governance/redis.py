@@ -511,7 +511,7 @@ class RedisGovernor:
         """The script's arguments, and the lease id each waiter gets if granted."""
         climit = self._limits.concurrency or 0
         args: list[Any] = [self._ticket, self._channel, self._lease_ms, self._grace_ms,
-                           self._keep_ms, 0, climit, *self._window_args, len(batch)]
+                           self._keep_ms, climit, *self._window_args, len(batch)]
         leases = [f"{self._ticket}:{next(self._lease_ids)}" for _ in batch]
         for lease, waiter in zip(leases, batch, strict=True):
             args += [lease, waiter.tokens, waiter.priority]

@@ -1,15 +1,15 @@
 -- Admit as many of one process's waiters, in its order, as fit every dimension now.
--- ARGV: 1 ticket, 2 wake channel, 3 lease ms, 4 grace ms, 5 key lifetime ms, 6 (unused),
---       7 concurrency limit, 8-16 limit, window ms, slots for RPM, TPM, TPD,
---       17 n, then n times: lease id, tokens, priority.
+-- ARGV: 1 ticket, 2 wake channel, 3 lease ms, 4 grace ms, 5 key lifetime ms,
+--       6 concurrency limit, 7-15 limit, window ms, slots for RPM, TPM, TPD,
+--       16 n, then n times: lease id, tokens, priority.
 -- Returns {code, value, granted, slots of each grant (3 each, -1 if ungoverned), stats}:
 -- code 0 all granted, 1 wait value ms, 2 the next can never fit dimension value,
 -- 3 granted some and others are queued (call again, behind them).
 local ticket, channel = ARGV[1], ARGV[2]
 local lease_ms, grace_ms, keep_ms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local n = tonumber(ARGV[17])
+local n = tonumber(ARGV[16])
 
-local climit = tonumber(ARGV[7])
+local climit = tonumber(ARGV[6])
 local adopted = cfg_number('limit:0')
 if adopted and (climit == 0 or adopted < climit) then climit = adopted end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -17,7 +17,7 @@ local inflight = redis.call('ZCARD', KEYS[3])
 
 local windows = {}
 for i = 1, 3 do
-  local base = 5 + 3 * i
+  local base = 4 + 3 * i
   windows[i] = load(i, tonumber(ARGV[base]), tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]))
 end
 local pauses = {}
@@ -70,7 +70,7 @@ end
 local code, value, granted, slots = 0, 0, 0, {}
 local head_ok = queued == 0
 if not head_ok then
-  enqueue(tonumber(ARGV[20]))
+  enqueue(tonumber(ARGV[19]))
   head_ok = head_ticket() == ticket
   if not head_ok then
     -- Behind another process: come back when its ticket would lapse, or when woken.
@@ -90,7 +90,7 @@ if head_ok then
     turn = math.max(1, math.floor(room / (others + 1)))
   end
   for j = 1, n do
-    local base = 17 + 3 * (j - 1)
+    local base = 16 + 3 * (j - 1)
     if granted >= turn then
       code = 3
       break
