@@ -379,11 +379,11 @@ class RedisGovernor:
     async def sync(self) -> None:
         """Wait until the bookkeeping queued so far (releases, settlements, a 429's pause or
         limit) has reached Redis: then every other process sees it."""
-        if self._ops_done >= self._ops_queued:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._synced.append((self._ops_queued, future))
-        await future
+        # Bookkeeping a reply queued (a settlement held back by a restamp) counts too.
+        while self._ops_done < self._ops_queued:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._synced.append((self._ops_queued, future))
+            await future
 
     def _when_placed(self, permit: _SharedPermit, action: Callable[[], None]) -> None:
         """Run ``action`` once the permit's slot numbers are final (no restamp on its way)."""

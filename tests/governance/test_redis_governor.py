@@ -405,3 +405,24 @@ async def test_a_lease_that_lapsed_in_a_stall_is_reported_once_and_not_renewed(
             permit.lease for permit in taken)  # type: ignore[attr-defined]
     lapsed = [event for event in events if event["event"] == "redis_lease_lapsed"]
     assert len(lapsed) == 1
+
+
+async def test_a_request_sent_late_counts_from_its_sending_and_settles_there(
+        redis_server: RedisServer) -> None:
+    limits = Limits(rpm=10, tpm=10_000, minute=30)  # a slot is 152 ms of a 30.45 s window
+    async with governors(redis_server.url, limits, count=1) as (gov,), \
+            raw(redis_server.url) as client:
+        permit = await gov.admit(500)
+        admitted = {slot for slot in await client.hgetall(key("rpm")) if slot.isdigit()}
+        await asyncio.sleep(0.2)  # the connection takes 200 ms: longer than a slot
+        gov.restamp(permit)
+        gov.settle(permit, 300)
+        gov.release(permit)
+        await gov.sync()
+        rpm = {slot: int(units) for slot, units in (await client.hgetall(key("rpm"))).items()
+               if slot.isdigit() and int(units)}
+        tpm = await window_sum(client, "tpm")
+    [(slot, units)] = rpm.items()
+    assert units == 1
+    assert slot not in admitted  # moved to the slot of the sending
+    assert tpm == 300  # the settlement refunded from the slot the units were moved to
