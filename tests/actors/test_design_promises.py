@@ -106,6 +106,14 @@ async def turns(count: int = 10) -> None:
         await asyncio.sleep(0)
 
 
+async def read_rest(stream: Any, clock: FakeClock) -> list[str]:
+    """The contents of a stream's remaining deltas, the clock jumping to each timer."""
+    async def rest() -> list[str]:
+        return [delta.content async for delta in stream]
+
+    return await autojump(clock, rest())
+
+
 async def queued_in_order(sup: Supervisor, *calls: Awaitable[Any]) -> None:
     """Hold the supervisor's only slot while ``calls`` reach its queue one after another,
     then let them all through."""
@@ -963,18 +971,13 @@ async def test_time_spent_waiting_for_the_consumer_is_not_a_stall() -> None:
         got = [(await anext(aiter(stream))).content]
         for _ in range(4):  # the consumer looks away for 40 s; the actor waits on it
             clock.advance(10.0)
-            for _ in range(5):
-                await asyncio.sleep(0)
+            await turns(5)
         assert len(transport.requests) == 1  # not taken for a stall
         while len(got) < len(pieces):
             got.append((await anext(aiter(stream))).content)
         # Now the server really stalls: read_idle counts again from the last event.
         stalled_at = clock.now()
-
-        async def rest() -> list[str]:
-            return [delta.content async for delta in stream]
-
-        got += await autojump(clock, rest())
+        got += await read_rest(stream, clock)
         assert sup.statistics().resumes == 1
         assert 5.0 <= clock.now() - stalled_at <= 5.1
     assert "".join(got) == "".join(pieces) + "end"
@@ -1315,15 +1318,10 @@ async def test_the_response_bound_still_holds_after_a_consumer_pause() -> None:
             sup.stream(model=MODEL, messages=QUESTION, buffer=1) as stream:
         got = [(await anext(aiter(stream))).content]
         clock.advance(44.5)  # the consumer looks away; the actor waits on it
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await turns(5)
         while len(got) < len(pieces):
             got.append((await anext(aiter(stream))).content)
-
-        async def rest() -> list[str]:
-            return [delta.content async for delta in stream]
-
-        got += await autojump(clock, rest())
+        got += await read_rest(stream, clock)
         error = sup.statistics().last_transport_error
     assert "".join(got) == "".join(pieces) + "end"
     assert type(error).__name__ == "ResponseTimeoutError"
@@ -2332,10 +2330,7 @@ async def _look_away_then_read(stream: Any, clock: FakeClock, transport: Scripte
     while len(got) < total:
         got.append((await anext(aiter(stream))).content)
 
-    async def rest() -> list[str]:
-        return [delta.content async for delta in stream]
-
-    return got + await autojump(clock, rest())
+    return got + await read_rest(stream, clock)
 
 
 @pytest.mark.parametrize(("one_read", "buffer"), [(True, 2), (False, 4)],
