@@ -89,14 +89,17 @@ async def test_four_processes_share_one_account_without_429s_at_its_full_rate(
     assert served.peak_concurrency <= LIMITS.concurrency  # type: ignore[operator]
     # The first window's 60 go at once; each later window can only refill as the previous
     # one's requests expire. From the end of the first batch to the last answer, the account
-    # ran at the rate it reached (an ideal client: exactly 60 per 4 s).
+    # ran at the rate it reached. A perfect client holds each unit for the window, its margin
+    # and at most one slot (1/200 of the window): 96.6% here. Three points are left for the
+    # machine: six processes on two cores.
     answers = sorted(moment for report in reports for moment in report["times"])
     rpm = LIMITS.rpm
     assert rpm is not None
     rate = (total - rpm) / (answers[-1] - answers[rpm - 1])
     reached = rate * LIMITS.minute / rpm
-    print(f"reached {reached:.1%} of the RPM")
-    assert reached >= 0.95, f"the account ran at {reached:.1%} of its RPM"
+    ideal = 1 / (1 + MARGIN + 1 / RedisConfig().slots)
+    print(f"reached {reached:.1%} of the RPM (ideal {ideal:.1%})")
+    assert reached >= ideal - 0.03, f"the account ran at {reached:.1%} of its RPM"
 
 
 async def test_a_killed_process_gives_its_slots_back_within_the_lease(
