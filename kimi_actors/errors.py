@@ -43,6 +43,9 @@ flag               meaning
 ``trips_breaker``  it says the server is unhealthy: it counts toward the circuit breaker
 ``mid_stream``     it still counts when it ends a stream that was flowing (``trips_breaker``)
 ``spends_budget``  a retry of it draws on the retry budget (not when the governor paces it)
+``counts_attempts`` its retries count toward ``RetryPolicy.max_attempts``
+``pushback``       the server pushed back: ``"rate"`` (a rate limit: the governor pauses or
+                   learns) or ``"overload"`` (the working concurrency goes down)
 ``final``          the server refused this very request: a re-run gets the same answer
 ``counter``        the ``statistics()`` field an attempt that failed this way increments
 =================  ==========================================================================
@@ -115,6 +118,10 @@ class KimiError(Exception):
     mid_stream: ClassVar[bool] = True
     #: A retry of it draws on the retry budget.
     spends_budget: ClassVar[bool] = True
+    #: Its retries count toward ``RetryPolicy.max_attempts``.
+    counts_attempts: ClassVar[bool] = True
+    #: How the server pushed back: "rate" (a rate limit) or "overload"; None: it did not.
+    pushback: ClassVar[str | None] = None
     #: The server refused this very request: a re-run gets the same answer.
     final: ClassVar[bool] = False
     #: The ``statistics()`` counter an attempt that failed this way increments.
@@ -210,12 +217,14 @@ class ModelNotFoundError(NotFoundError):
 
 
 class RateLimitError(APIError):
-    """A numbered limit was hit. Its retry is paced by the governor's pause of the named
-    dimension, so it cannot multiply traffic and does not draw on the retry budget."""
+    """A rate limit was hit. Its retry is paced by the governor's pause of the named
+    dimension (or, when the message names none, by the rate learned from what the server
+    accepted), so it cannot multiply traffic and does not draw on the retry budget."""
 
     retryable = True
     final = False
     spends_budget = False
+    pushback = "rate"
     counter = "rate_limited"
 
     def __init__(self, message: str, *, dimension: Dimension | None = None,
@@ -230,9 +239,17 @@ class RateLimitError(APIError):
 
 
 class EngineOverloadedError(APIError):
+    """The server is busy. The runtime lowers its working concurrency and the request waits
+    in the admission queue: it fails only at its deadline, or when the breaker has judged the
+    service down for ``BreakerPolicy.give_up_after``. It counts toward the breaker only once
+    the working concurrency is at its floor (docs/design.md: who decides what)."""
+
     retryable = True
     final = False
     trips_breaker = True
+    spends_budget = False
+    counts_attempts = False
+    pushback = "overload"
     counter = "overloaded"
 
 

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .limits import Limits
 
 __all__ = [
+    "AdaptPolicy",
     "BreakerPolicy",
     "FatalMode",
     "FatalPolicy",
     "ResumeMode",
     "ResumePolicy",
     "RetryPolicy",
+    "SchedulePolicy",
+    "TenantPolicy",
     "TimeoutPhase",
     "Timeouts",
 ]
@@ -74,10 +81,13 @@ class BreakerPolicy:
     max_open_for: float = 60.0
     growth: float = 2.0
     half_open_probes: int = 3
+    #: Once the breaker has judged the service down (open or probing, no recovery) this long,
+    #: queued work fails instead of waiting on.
+    give_up_after: float = 300.0
 
     def __post_init__(self) -> None:
         _positive("BreakerPolicy", window=self.window, open_for=self.open_for,
-                  max_open_for=self.max_open_for)
+                  max_open_for=self.max_open_for, give_up_after=self.give_up_after)
         if not 0 < self.failure_rate <= 1:
             raise ValueError(f"BreakerPolicy.failure_rate must be in (0, 1], "
                              f"got {self.failure_rate!r}")
@@ -87,6 +97,78 @@ class BreakerPolicy:
             raise ValueError(f"BreakerPolicy.growth must be >= 1, got {self.growth!r}")
         if self.open_for > self.max_open_for:
             raise ValueError("BreakerPolicy.open_for must not exceed max_open_for")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdaptPolicy:
+    """How the client lowers its own load when the server pushes back (docs/design.md).
+
+    Overload (429 ``engine_overloaded_error``) lowers the working concurrency to ``decrease``
+    of what was in flight, at most once per round of requests, never below ``floor``; each
+    success then raises it by one over the working limit (additive increase), never above
+    the configured concurrency. Before the first overload, the working concurrency starts at
+    ``start`` and doubles every ``ramp`` seconds in which it was reached (``start=None``:
+    begin at the configured concurrency). A rate-limit 429 that names nothing makes what the
+    server accepted over the trailing minute the working RPM, probed upward at most once a
+    minute (by 1, 2, 4, ... while probes succeed) and never above the configured RPM.
+    """
+
+    start: int | None = 32
+    ramp: float = 0.5
+    decrease: float = 0.7
+    floor: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("AdaptPolicy", ramp=self.ramp)
+        if not 0 < self.decrease < 1:
+            raise ValueError(f"AdaptPolicy.decrease must be in (0, 1), got {self.decrease!r}")
+        for name in ("start", "floor"):
+            value = getattr(self, name)
+            if value is None and name == "start":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"AdaptPolicy.{name} must be an int >= 1, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TenantPolicy:
+    """One tenant's share: ``weight`` in the weighted fair queue (tokens served in
+    proportion while several tenants wait) and optional sub-``limits`` of its own
+    (a :class:`~kimi_actors.limits.Limits`; every dimension left ``None`` is unlimited)."""
+
+    weight: float = 1.0
+    limits: Limits | None = None
+
+    def __post_init__(self) -> None:
+        _positive("TenantPolicy", weight=self.weight)
+        if self.limits is not None and not isinstance(self.limits, Limits):
+            raise ValueError(f"TenantPolicy.limits must be a Limits, got {self.limits!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulePolicy:
+    """Who goes next. Lower ``priority`` goes first; each ``aging`` seconds of waiting is worth
+    one priority level, so lower priorities are never starved. Between tenants of one
+    priority, tokens are shared by weight (``tenants`` by name, ``tenant_default`` for any
+    other name, and for calls without a tenant)."""
+
+    aging: float = 30.0
+    tenants: Mapping[str, TenantPolicy] = field(default_factory=dict)
+    tenant_default: TenantPolicy = field(default_factory=TenantPolicy)
+
+    def __post_init__(self) -> None:
+        _positive("SchedulePolicy", aging=self.aging)
+        for name, policy in self.tenants.items():
+            if not isinstance(name, str) or not isinstance(policy, TenantPolicy):
+                raise ValueError(f"SchedulePolicy.tenants maps names to TenantPolicy, "
+                                 f"got {name!r}: {policy!r}")
+        object.__setattr__(self, "tenants", MappingProxyType(dict(self.tenants)))
+
+    def tenant(self, name: str | None) -> TenantPolicy:
+        """The policy of tenant ``name``."""
+        if name is None:
+            return self.tenant_default
+        return self.tenants.get(name, self.tenant_default)
 
 
 class ResumeMode(enum.StrEnum):

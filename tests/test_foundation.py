@@ -273,7 +273,8 @@ def test_an_injected_random_source_makes_backoff_reproducible() -> None:
 
 def test_public_all_is_exactly_the_documented_surface() -> None:
     expected = {
-        "APIError", "AuthenticationError", "BadRequestError", "BatchInputError", "BreakerPolicy",
+        "APIError", "AdaptPolicy", "SchedulePolicy", "TenantPolicy", "TenantStats",
+        "AuthenticationError", "BadRequestError", "BatchInputError", "BreakerPolicy",
         "ChatResult", "Choice", "CircuitOpenError", "Clock", "ConnectionFailedError",
         "ContentFilterError", "ContextLengthError", "DEFAULT_BASE_URL", "Delta", "Dimension",
         "DimensionStats", "EngineOverloadedError", "FakeClock", "FatalMode", "FatalPolicy",
@@ -319,10 +320,12 @@ def test_docs_errors_table_is_the_flags_of_the_classes() -> None:
     assert set(rows) == set(errors.__all__)
     for name, cells in rows.items():
         cls = getattr(errors, name)
-        trips = ("before a stream flowed" if cls.trips_breaker and not cls.mid_stream
+        trips = ("at the concurrency floor" if cls.pushback == "overload"
+                 else "before a stream flowed" if cls.trips_breaker and not cls.mid_stream
                  else yes(cls.trips_breaker))
         assert cells == [yes(cls.retryable), yes(cls.fatal_for_run), trips,
-                         yes(cls.spends_budget), yes(cls.final), cls.counter or ""], name
+                         yes(cls.spends_budget), yes(cls.counts_attempts), yes(cls.final),
+                         cls.counter or ""], name
 
 
 # -- the default logger --------------------------------------------------------------------

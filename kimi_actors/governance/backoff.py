@@ -98,6 +98,20 @@ class RetryBudget:
         earned = self._policy.budget_floor + self._policy.budget_ratio * self._attempts
         return max(0.0, earned - self._retries)
 
+    def wait(self, now: float) -> float:
+        """Seconds until one retry may be spent, counting only what expires (new first
+        attempts can only shorten it); ``inf`` when expiry alone never frees one."""
+        if self.available(now) >= 1:
+            return 0.0
+        policy = self._policy
+        attempts, retries = self._attempts, self._retries
+        for old in self._bins:
+            attempts -= old.attempts
+            retries -= old.retries
+            if policy.budget_floor + policy.budget_ratio * attempts - retries >= 1:
+                return max(old.opened + policy.budget_window - now, 0.0)
+        return math.inf
+
     def __repr__(self) -> str:
         return f"RetryBudget(attempts={self._attempts}, retries={self._retries})"
 

@@ -78,7 +78,8 @@ class _Bin:
 class CircuitBreaker:
     """closed / open / half-open over a sliding window of outcomes."""
 
-    __slots__ = ("_bin_width", "_bins", "_calls", "_consecutive_trips", "_current", "_failures",
+    __slots__ = ("_bin_width", "_bins", "_calls", "_consecutive_trips", "_current",
+                 "_down_since", "_failures",
                  "_open_until", "_pending", "_policy", "_probe_successes", "_stale", "_state",
                  "_trips")
 
@@ -98,6 +99,7 @@ class CircuitBreaker:
         #: Calls let through before the last trip and not yet reported.
         self._stale = 0
         self._pending: list[Transition] = []
+        self._down_since: float | None = None
 
     @property
     def policy(self) -> BreakerPolicy:
@@ -195,6 +197,11 @@ class CircuitBreaker:
         self.state(now)
         self._attribute(prefer_stale=True, epoch=epoch)
 
+    def down_for(self, now: float) -> float:
+        """Seconds since the breaker judged the service down (tripped from CLOSED), while it
+        has not closed again; 0.0 when closed."""
+        return 0.0 if self._down_since is None else now - self._down_since
+
     def open_until(self) -> float | None:
         """When the current opening ends, or None when the breaker is not open."""
         return self._open_until if self._state is BreakerState.OPEN else None
@@ -247,6 +254,10 @@ class CircuitBreaker:
               reason: str) -> Transition:
         before, self._state = self._state, after
         self._probe_successes = 0
+        if after is BreakerState.CLOSED:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = now
         if after is not BreakerState.OPEN:
             self._open_until = None
         return Transition(before=before, after=after, at=now, open_for=open_for, reason=reason)

@@ -10,8 +10,10 @@ The rules, in order:
 
 1. An outcome that is not retryable fails as it is (a 400, a run-fatal 401).
 2. Nothing reached the consumer yet (every non-stream call, and a stream before its first
-   delta): an ordinary retry, bounded by ``RetryPolicy.max_attempts`` and, unless the error
-   is paced by the governor (``spends_budget``), by the retry budget.
+   delta): an ordinary retry, bounded by ``RetryPolicy.max_attempts`` (unless the error's
+   retries are paced instead: ``counts_attempts``). A retry that draws on the retry budget
+   (``spends_budget``) when the budget is spent waits until it has one again
+   (``budget_wait``): an exhausted budget slows retries down, it does not fail them.
 3. A stream that delivered text: ``ResumeMode.FAIL`` fails; after ``max_resumes`` recoveries
    it fails; when every token its budget allows has arrived, it finishes locally; else it
    resumes through Partial Mode when that can continue it, and restarts otherwise.
@@ -23,6 +25,7 @@ The rules, in order:
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass
 
@@ -87,19 +90,22 @@ def _fail(reason: str | None = None) -> Verdict:
 
 def decide(outcome: Outcome, state: AttemptState, *, retry: RetryPolicy, resume: ResumePolicy,
            budget_available: float, rng: random.Random, now: float,
-           deadline: float | None) -> Verdict:
+           deadline: float | None, budget_wait: float = math.inf) -> Verdict:
     """The verdict after a failed attempt; see the module docstring for the rules."""
     error = outcome.error
     if outcome.action is not Action.RETRY or error is None:
         return _fail()
     spend = False
+    wait = 0.0
     if not state.delivered:
-        if state.attempt >= retry.max_attempts:
+        if error.counts_attempts and state.attempt >= retry.max_attempts:
             return _fail(f"gave up after {state.attempt} attempts")
         spend = error.spends_budget
         if spend and budget_available < 1:
-            return _fail("not retried: the retry budget is spent (too many retries in the "
-                         "last window)")
+            if math.isinf(budget_wait):
+                return _fail("not retried: the retry budget is spent (too many retries in "
+                             "the last window)")
+            wait = budget_wait
         step = Step.RETRY
     else:
         if resume.mode is ResumeMode.FAIL:
@@ -110,8 +116,9 @@ def decide(outcome: Outcome, state: AttemptState, *, retry: RetryPolicy, resume:
             return Verdict(step=Step.FINISH_LOCALLY)
         resumes = resume.mode is ResumeMode.RESUME and state.resumable
         step = Step.RESUME if resumes else Step.RESTART
-    delay = retry_delay(state.failures, retry, rng, outcome.retry_after)
+    delay = max(wait, retry_delay(state.failures, retry, rng, outcome.retry_after))
     if deadline is not None and now + delay > deadline:
+        cause = "the retry budget is spent until then; " if wait >= delay else ""
         return _fail(f"not retried: the next attempt would start after this request's "
-                     f"deadline (wait {delay:.1f} s)")
+                     f"deadline ({cause}wait {delay:.1f} s)")
     return Verdict(step=step, delay=delay, spend_budget=spend)

@@ -185,3 +185,31 @@ def test_budget_memory_is_bounded() -> None:
         budget.record_attempt(i * 0.01)
     assert len(budget._bins) <= 65
     assert "attempts=" in repr(budget)
+
+
+def test_the_budget_says_when_expiry_frees_a_retry() -> None:
+    budget = RetryBudget(RetryPolicy(budget_floor=2, budget_ratio=0.0, budget_window=64.0))
+    assert budget.wait(0.0) == 0.0
+    assert budget.try_spend(0.0)
+    assert budget.try_spend(10.0)
+    assert budget.wait(20.0) == 44.0  # the retry spent at 0 leaves the window at 64
+    assert not budget.try_spend(63.9)
+    assert budget.try_spend(64.0)
+    assert budget.wait(64.0) == 10.0  # now the one spent at 10, at 74
+
+
+def test_a_budget_only_new_traffic_could_refill_never_frees_one_by_waiting() -> None:
+    budget = RetryBudget(RetryPolicy(budget_floor=0, budget_ratio=0.5, budget_window=60.0))
+    budget.record_attempt(0.0)
+    budget.record_attempt(0.0)
+    assert budget.try_spend(1.0)
+    assert budget.wait(2.0) == math.inf  # expiry takes the attempts that earned it too
+
+
+def test_expiring_an_old_retry_frees_one_while_the_new_attempts_stay() -> None:
+    budget = RetryBudget(RetryPolicy(budget_floor=1, budget_ratio=0.5, budget_window=64.0))
+    assert budget.try_spend(0.0)  # the floor's one
+    budget.record_attempt(30.0)
+    budget.record_attempt(30.0)
+    assert budget.try_spend(30.0)  # earned by the two attempts
+    assert budget.wait(31.0) == 33.0  # at 64 the retry of 0 goes; the attempts of 30 stay

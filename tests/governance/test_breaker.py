@@ -522,3 +522,24 @@ TestBreakerMachine = BreakerMachine.TestCase
 TestBreakerMachine.settings = _machine_settings
 TestCountingBreakerMachine = CountingBreakerMachine.TestCase
 TestCountingBreakerMachine.settings = _machine_settings
+
+
+def test_down_for_counts_from_the_first_trip_until_the_breaker_closes() -> None:
+    breaker = make(half_open_probes=1)
+    assert breaker.down_for(5.0) == 0.0
+    trip(breaker, 10.0)
+    assert breaker.down_for(10.5) == 0.5
+    assert breaker.allow(11.0) == 0.0  # half-open: a probe
+    breaker.record_failure(11.0)  # the probe fails: open again, still the same outage
+    assert breaker.down_for(12.0) == 2.0
+    assert breaker.allow(14.0) == 0.0
+    breaker.record_success(14.0)
+    assert breaker.state(14.0) is CLOSED
+    assert breaker.down_for(20.0) == 0.0
+    trip(breaker, 30.0)
+    assert breaker.down_for(31.0) == 1.0  # a new outage counts from its own trip
+
+
+def test_give_up_after_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="give_up_after"):
+        BreakerPolicy(give_up_after=0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -14,6 +15,7 @@ from kimi_actors.errors import (
     EngineOverloadedError,
     IncompleteStreamError,
     RateLimitError,
+    ServerError,
 )
 from kimi_actors.governance.decide import AttemptState, Step, Verdict, decide
 from kimi_actors.policy import ResumeMode, ResumePolicy, RetryPolicy
@@ -23,6 +25,7 @@ RETRY = RetryPolicy(max_attempts=4, base=1.0, cap=8.0)
 RESUME = ResumePolicy(max_resumes=2)
 
 OVERLOADED = classify_error(EngineOverloadedError("overloaded", status=429))
+SERVER = classify_error(ServerError("internal", status=500))
 RATE_LIMITED = classify_error(RateLimitError("max RPM: 3", status=429, retry_after=7.0))
 DROPPED = classify_error(ConnectionFailedError("reset"), mid_stream=True)
 INCOMPLETE = classify_error(IncompleteStreamError("no [DONE]"))
@@ -31,12 +34,13 @@ FATAL = classify_error(AuthenticationError("nope", status=401))
 
 
 def verdict(outcome: Outcome, *, budget: float = 10.0, deadline: float | None = None,
-            resume: ResumePolicy = RESUME, seed: int = 0, **state: Any) -> Verdict:
+            resume: ResumePolicy = RESUME, seed: int = 0, budget_wait: float = math.inf,
+            **state: Any) -> Verdict:
     state.setdefault("attempt", 1)
     state.setdefault("failures", 1)
     return decide(outcome, AttemptState(**state), retry=RETRY, resume=resume,
                   budget_available=budget, rng=random.Random(seed), now=100.0,
-                  deadline=deadline)
+                  deadline=deadline, budget_wait=budget_wait)
 
 
 @pytest.mark.parametrize(("outcome", "state", "budget", "step", "reason"), [
@@ -45,10 +49,13 @@ def verdict(outcome: Outcome, *, budget: float = 10.0, deadline: float | None = 
     (FATAL, {}, 10.0, Step.FAIL, None),
     (BAD, {"delivered": True, "resumable": True}, 10.0, Step.FAIL, None),
     # nothing delivered: an ordinary retry, bounded by attempts and the budget
-    (OVERLOADED, {}, 10.0, Step.RETRY, None),
-    (OVERLOADED, {"attempt": 3}, 10.0, Step.RETRY, None),
-    (OVERLOADED, {"attempt": 4}, 10.0, Step.FAIL, "gave up after 4 attempts"),
-    (OVERLOADED, {}, 0.5, Step.FAIL, "not retried: the retry budget is spent"),
+    (SERVER, {}, 10.0, Step.RETRY, None),
+    (SERVER, {"attempt": 3}, 10.0, Step.RETRY, None),
+    (SERVER, {"attempt": 4}, 10.0, Step.FAIL, "gave up after 4 attempts"),
+    (SERVER, {}, 0.5, Step.FAIL, "not retried: the retry budget is spent"),
+    # overload is paced by the working concurrency: neither attempts nor the budget bound it
+    (OVERLOADED, {"attempt": 4}, 10.0, Step.RETRY, None),
+    (OVERLOADED, {"attempt": 40}, 0.0, Step.RETRY, None),
     # a paced rate limit does not need the budget, but the attempts still bound it
     (RATE_LIMITED, {}, 0.0, Step.RETRY, None),
     (RATE_LIMITED, {"attempt": 4}, 0.0, Step.FAIL, "gave up after 4 attempts"),
@@ -75,7 +82,8 @@ def test_the_verdict_table(outcome: Outcome, state: dict[str, Any], budget: floa
 
 
 def test_only_budgeted_retries_spend_the_budget() -> None:
-    assert verdict(OVERLOADED).spend_budget
+    assert verdict(SERVER).spend_budget
+    assert not verdict(OVERLOADED).spend_budget
     assert not verdict(RATE_LIMITED).spend_budget
     assert not verdict(DROPPED, delivered=True, resumable=True).spend_budget
 
@@ -127,18 +135,31 @@ def test_every_field_of_the_attempt_state_is_checked(state: dict[str, int]) -> N
 
 
 def test_one_retry_left_in_the_budget_is_enough() -> None:
-    assert verdict(OVERLOADED, budget=1.0).step is Step.RETRY
-    spent = verdict(OVERLOADED, budget=0.99)
+    assert verdict(SERVER, budget=1.0).step is Step.RETRY
+    spent = verdict(SERVER, budget=0.99)
     assert spent.step is Step.FAIL
     assert spent.reason == ("not retried: the retry budget is spent (too many retries in the "
                             "last window)")
+
+
+def test_a_spent_budget_that_frees_a_retry_later_makes_the_retry_wait_for_it() -> None:
+    slowed = verdict(SERVER, budget=0.0, budget_wait=30.0)
+    assert slowed.step is Step.RETRY
+    assert slowed.spend_budget
+    assert slowed.delay == 30.0  # the backoff (at most 1 s here) is shorter
+    named = verdict(RATE_LIMITED, budget=0.0, budget_wait=30.0)
+    assert 7.0 <= named.delay <= 7.7  # a paced retry needs no budget: no wait for it
+    late = verdict(SERVER, budget=0.0, budget_wait=30.0, deadline=120.0)
+    assert late.step is Step.FAIL
+    assert late.reason == ("not retried: the next attempt would start after this request's "
+                           "deadline (the retry budget is spent until then; wait 30.0 s)")
 
 
 def test_a_recovery_spends_nothing_and_says_so_exactly() -> None:
     result = verdict(DROPPED, delivered=True, resumable=True)
     assert result.spend_budget is False
     assert verdict(RATE_LIMITED).spend_budget is False
-    assert verdict(OVERLOADED).spend_budget is True
+    assert verdict(SERVER).spend_budget is True
 
 
 def test_a_retry_that_starts_exactly_at_the_deadline_is_still_made() -> None:
