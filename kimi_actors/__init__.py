@@ -54,17 +54,20 @@ from .errors import (
     SupervisorClosedError,
     TransportError,
 )
-from .governance.governor import DimensionStats, GovernorStats, SharedStats
+from .governance.governor import DimensionStats, GovernorStats, SharedStats, TenantStats
 from .governance.shared import RedisConfig
 from .limits import TIERS, Dimension, Limits
 from .params import ChatParams
 from .policy import (
+    AdaptPolicy,
     BreakerPolicy,
     FatalMode,
     FatalPolicy,
     ResumeMode,
     ResumePolicy,
     RetryPolicy,
+    SchedulePolicy,
+    TenantPolicy,
     TimeoutPhase,
     Timeouts,
 )
@@ -77,6 +80,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "TIERS",
     "APIError",
+    "AdaptPolicy",
     "AuthenticationError",
     "BadRequestError",
     "BatchInputError",
@@ -124,6 +128,7 @@ __all__ = [
     "ResumeMode",
     "ResumePolicy",
     "RetryPolicy",
+    "SchedulePolicy",
     "ServerError",
     "SharedGovernorError",
     "SharedStats",
@@ -132,6 +137,8 @@ __all__ = [
     "Supervisor",
     "SupervisorClosedError",
     "SupervisorStats",
+    "TenantPolicy",
+    "TenantStats",
     "TimeoutPhase",
     "Timeouts",
     "ToolCall",

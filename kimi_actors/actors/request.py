@@ -27,11 +27,13 @@ CHAT_PATH = "chat/completions"
 class RequestActor:
     """Sends one chat body until it succeeds or retrying cannot help, then returns the result."""
 
-    __slots__ = ("_body", "_deadline", "_headers", "_priority", "_rt")
+    __slots__ = ("_body", "_deadline", "_headers", "_priority", "_rt", "_tenant")
 
     def __init__(self, rt: Runtime, body: Mapping[str, Any], *, priority: int = 0,
-                 deadline: float | None = None, headers: Mapping[str, str] | None = None) -> None:
+                 deadline: float | None = None, headers: Mapping[str, str] | None = None,
+                 tenant: str | None = None) -> None:
         self._rt = rt
+        self._tenant = tenant
         self._body = {key: value for key, value in body.items()
                       if key not in ("stream", "stream_options")}
         self._priority = priority
@@ -42,12 +44,14 @@ class RequestActor:
         rt = self._rt
         payload = json_body(self._body)
         tokens = admission_tokens(self._body, rt.default_max_tokens)
-        rt.check(tokens)
+        rt.check(tokens, self._tenant)
+        since = rt.clock.now()
         number = 0
         while True:
             number += 1
             async with rt.attempt(tokens, priority=self._priority, first=number == 1,
-                                  deadline=self._deadline) as attempt:
+                                  deadline=self._deadline, tenant=self._tenant,
+                                  since=since) as attempt:
                 outcome, result = await self._send(payload, attempt.on_sent)
                 attempt.finish(outcome, usage=result.usage if result is not None else None,
                                body=self._body, payload_size=len(payload))

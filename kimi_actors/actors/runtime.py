@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,10 +26,19 @@ from ..errors import (
 from ..governance.backoff import RetryBudget
 from ..governance.breaker import BreakerState, CircuitBreaker, Transition
 from ..governance.decide import AttemptState, Step, Verdict, decide
-from ..governance.governor import Permit
+from ..governance.gate import Gate, Ticket
+from ..governance.governor import DEFAULT_WINDOW_MARGIN
 from ..governance.interface import GovernorProtocol
 from ..observe import emit
-from ..policy import BreakerPolicy, FatalMode, FatalPolicy, ResumePolicy, RetryPolicy
+from ..policy import (
+    AdaptPolicy,
+    BreakerPolicy,
+    FatalMode,
+    FatalPolicy,
+    ResumePolicy,
+    RetryPolicy,
+    SchedulePolicy,
+)
 from ..protocol.chunks import Usage
 from ..protocol.classify import Action, Outcome
 from ..protocol.tokens import (
@@ -43,7 +53,7 @@ __all__ = ["Attempt", "CounterStats", "Counters", "Runtime", "settled_tokens"]
 
 
 class Attempt:
-    """One admitted attempt: its governor permit and the breaker epoch it was let through in.
+    """One admitted attempt: its gate ticket and the breaker epoch it was let through in.
 
     Only :meth:`Runtime.attempt` makes one, and it ends each exactly once: ``finish(outcome)``
     releases the slot, records the outcome (breaker, counters, governor reactions) and, on
@@ -54,7 +64,7 @@ class Attempt:
 
     __slots__ = ("_runtime", "epoch", "finished", "permit", "probe")
 
-    def __init__(self, runtime: Runtime, permit: Permit, epoch: int, *, probe: bool) -> None:
+    def __init__(self, runtime: Runtime, permit: Ticket, epoch: int, *, probe: bool) -> None:
         self._runtime = runtime
         self.permit = permit
         self.epoch = epoch
@@ -63,7 +73,7 @@ class Attempt:
 
     def on_sent(self) -> None:
         """The request is on the wire: its rate units count from now."""
-        self._runtime.governor.restamp(self.permit)
+        self._runtime.gate.restamp(self.permit)
 
     def finish(self, outcome: Outcome, *, usage: Usage | None = None,
                body: Mapping[str, Any] | None = None, payload_size: int = 0) -> None:
@@ -73,7 +83,7 @@ class Attempt:
             raise RuntimeError("an attempt is finished once")
         self.finished = True
         rt = self._runtime
-        rt.governor.release(self.permit)
+        rt.gate.release(self.permit)
         rt.record(outcome, self)
         if outcome.action is Action.SUCCESS and body is not None:
             rt.settle(self, usage, body, payload_size)
@@ -98,6 +108,7 @@ class Counters:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_anomalies: int = 0
+    budget_waits: int = 0
     failures_by_type: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str) -> None:
@@ -129,6 +140,7 @@ class CounterStats:
     prompt_tokens: int
     completion_tokens: int
     usage_anomalies: int
+    budget_waits: int
     failures_by_type: Mapping[str, int]
 
 
@@ -137,14 +149,19 @@ _COUNTER_NAMES = tuple(name for name in CounterStats.__dataclass_fields__
 
 
 class Runtime:
-    """The shared parts: transport, governor, breaker, retry budget, clock and random source."""
+    """The shared parts: transport, gate and governor, breaker, retry budget, clock and random
+    source."""
 
     def __init__(self, *, transport: TransportProtocol, governor: GovernorProtocol, clock: Clock,
                  rng: random.Random, retry: RetryPolicy, breaker: BreakerPolicy,
                  resume: ResumePolicy, default_max_tokens: int,
-                 fatal: FatalPolicy | None = None) -> None:
+                 fatal: FatalPolicy | None = None, adapt: AdaptPolicy | None = None,
+                 schedule: SchedulePolicy | None = None,
+                 window_margin: float = DEFAULT_WINDOW_MARGIN) -> None:
         self.transport = transport
         self.governor = governor
+        self.gate = Gate(governor, clock=clock, adapt=adapt, schedule=schedule,
+                         window_margin=window_margin)
         self.clock = clock
         self.rng = rng
         self.retry = retry
@@ -183,7 +200,7 @@ class Runtime:
         """Refuse new attempts and fail every waiting actor with ``error`` now."""
         if self._stopped is None:
             self._stopped = error
-        self.governor.close(self._stopped)
+        self.gate.close(self._stopped)
         self._fail_waits(self._stopped)
 
     def _fail_waits(self, error: KimiError) -> None:
@@ -205,7 +222,7 @@ class Runtime:
         self._account_error = error
         self._probe_at = now + self.fatal.cool_down
         self._probing = False
-        self.governor.fail_queued(error)
+        self.gate.fail_queued(error)
         self._fail_waits(error)
 
     def _check_account(self) -> bool:
@@ -265,9 +282,9 @@ class Runtime:
 
     # -- one attempt -------------------------------------------------------------------------
 
-    def check(self, tokens: int) -> None:
+    def check(self, tokens: int, tenant: str | None = None) -> None:
         """Raise ``LimitExceededError`` when ``tokens`` can never be admitted."""
-        self.governor.check(tokens)
+        self.gate.check(tokens, tenant)
 
     def count(self, name: str) -> None:
         """Add one to the counter ``name`` (resumes, restarts, length_continuations)."""
@@ -275,10 +292,13 @@ class Runtime:
 
     @asynccontextmanager
     async def attempt(self, tokens: int, *, priority: int, first: bool,
-                      deadline: float | None) -> AsyncIterator[Attempt]:
-        """Admit one attempt (breaker, then governor) and own it until the block ends: an
-        attempt the block did not ``finish`` gives everything back."""
-        attempt = await self._admit(tokens, priority=priority, first=first, deadline=deadline)
+                      deadline: float | None, tenant: str | None = None,
+                      since: float | None = None) -> AsyncIterator[Attempt]:
+        """Admit one attempt (breaker, then gate and governor) and own it until the block
+        ends: an attempt the block did not ``finish`` gives everything back. ``since`` is when
+        the request first arrived: a retry keeps its place in the queue."""
+        attempt = await self._admit(tokens, priority=priority, first=first, deadline=deadline,
+                                    tenant=tenant, since=since)
         try:
             yield attempt
         finally:
@@ -286,8 +306,10 @@ class Runtime:
                 self._abandon(attempt)
 
     async def _admit(self, tokens: int, *, priority: int, first: bool,
-                     deadline: float | None) -> Attempt:
-        """Wait for the breaker, then for the governor. ``deadline`` is on the clock."""
+                     deadline: float | None, tenant: str | None,
+                     since: float | None) -> Attempt:
+        """Wait for the breaker, then for the gate and the governor. ``deadline`` is on the
+        clock."""
         while True:
             if self._stopped is not None:
                 raise self._stopped
@@ -304,9 +326,16 @@ class Runtime:
                 raise CircuitOpenError(
                     f"the circuit breaker is open for {delay:.1f} s more, longer than this "
                     f"request may wait", retry_in=delay)
+            down = self.breaker.down_for(now)
+            if down > self.breaker.policy.give_up_after:
+                raise CircuitOpenError(
+                    f"the service has been judged down for {down:.0f} s, longer than "
+                    f"BreakerPolicy.give_up_after ({self.breaker.policy.give_up_after:g} s)",
+                    retry_in=delay)
             await self.wait(delay)
         try:
-            permit = await self.governor.admit(tokens, priority=priority)
+            permit = await self.gate.admit(tokens, priority=priority, tenant=tenant,
+                                           since=since, deadline=deadline)
         except BaseException:
             self.breaker.record_ignored(self.clock.now(), epoch=epoch)
             if probe:
@@ -323,7 +352,7 @@ class Runtime:
         if attempt.probe:
             attempt.probe = False
             self._probing = False
-        self.governor.release(attempt.permit)
+        self.gate.release(attempt.permit)
         self.breaker.record_ignored(self.clock.now(), epoch=attempt.epoch)
 
     def record(self, outcome: Outcome, attempt: Attempt | None) -> None:
@@ -332,10 +361,19 @@ class Runtime:
         now = self.clock.now()
         error = outcome.error
         transition: Transition | None = None
+        trips = outcome.trips_breaker
+        if attempt is not None and error is not None and error.pushback == "overload":
+            # The adaptation answers overload while it can still lower the load; at its floor
+            # the service is down, and that is the breaker's call.
+            at_floor = self.gate.overloaded(attempt.permit)
+            trips = trips and at_floor
+            emit("warning", "overloaded", working_concurrency=self.gate.adapter.limit,
+                 request_id=error.request_id)
         if attempt is not None:
             if outcome.action is Action.SUCCESS:
+                self.gate.succeeded()
                 transition = self.breaker.record_success(now, epoch=attempt.epoch)
-            elif outcome.trips_breaker:
+            elif trips:
                 transition = self.breaker.record_failure(now, outcome.retry_after,
                                                          epoch=attempt.epoch)
             else:
@@ -349,16 +387,19 @@ class Runtime:
             self.counters.count(error.counter)
         if isinstance(error, TransportError):
             self.last_transport_error = error
-        if not error.spends_budget:  # paced by the governor: tell it what the server said
-            adopted = self.governor.on_rate_limited(outcome.dimension,
-                                                    retry_after=outcome.retry_after,
-                                                    limit=outcome.limit)
+        if error.pushback == "rate":  # paced by the governor: tell it what the server said
+            adopted = self.gate.on_rate_limited(outcome.dimension,
+                                                retry_after=outcome.retry_after,
+                                                limit=outcome.limit)
             emit("warning", "rate_limited", dimension=outcome.dimension,
                  retry_after=outcome.retry_after, request_id=error.request_id,
-                 message=error.message)
+                 scope=getattr(error, "scope", None), message=error.message)
             if adopted is not None:
                 emit("warning", "limit_lowered_to_server_limit", dimension=outcome.dimension,
-                     limit=adopted)
+                     limit=adopted, scope=getattr(error, "scope", None))
+            if outcome.dimension is None and attempt is not None:
+                learned = self.gate.refused_vaguely(attempt.permit)
+                emit("warning", "rate_limit_learned", rpm=learned)
         if outcome.action is Action.FATAL_RUN:
             self._on_fatal(error)
 
@@ -373,7 +414,7 @@ class Runtime:
             self.counters.prompt_tokens += prompt
             self.counters.completion_tokens += completion
             settled = settled_tokens(prompt, body, self.default_max_tokens)
-        self.governor.settle(attempt.permit, settled)
+        self.gate.settle(attempt.permit, settled)
 
     def _plausible(self, usage: Usage, body: Mapping[str, Any],
                    payload_size: int) -> tuple[int, int]:
@@ -393,9 +434,10 @@ class Runtime:
     def decide(self, outcome: Outcome, state: AttemptState,
                deadline: float | None) -> Verdict:
         """The pure verdict (governance/decide.py) with this runtime's policies and budget."""
+        now = self.clock.now()
         return decide(outcome, state, retry=self.retry, resume=self.resume,
-                      budget_available=self.budget.available(self.clock.now()), rng=self.rng,
-                      now=self.clock.now(), deadline=deadline)
+                      budget_available=self.budget.available(now), rng=self.rng,
+                      now=now, deadline=deadline, budget_wait=self.budget.wait(now))
 
     async def follow(self, verdict: Verdict, outcome: Outcome, *, attempts: int) -> None:
         """Apply a verdict: raise the outcome's error for FAIL (with the reason as a note);
@@ -410,13 +452,23 @@ class Runtime:
             raise error
         if verdict.step is Step.FINISH_LOCALLY:
             return
-        if verdict.spend_budget:
-            self.budget.try_spend(self.clock.now())
+        spent = not verdict.spend_budget or self.budget.try_spend(self.clock.now())
+        if not spent:
+            self.counters.budget_waits += 1
         self.counters.retries += 1
         emit("info", "retry", attempt=attempts, delay=round(verdict.delay, 3), step=verdict.step,
              error_type=type(error).__name__, status=getattr(error, "status", None),
              request_id=error.request_id)
         await self.wait(verdict.delay)
+        # A spent budget slows the retry down: it waits until the budget has one for it.
+        while not spent:
+            spent = self.budget.try_spend(self.clock.now())
+            if not spent:
+                wait = self.budget.wait(self.clock.now())
+                if wait == math.inf:
+                    error.add_note("kimi_actors: not retried: the retry budget is spent")
+                    raise error
+                await self.wait(wait)
 
     def _log_transitions(self, extra: Transition | None = None) -> None:
         transitions: list[Transition] = self.breaker.pop_transitions()

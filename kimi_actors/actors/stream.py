@@ -246,10 +246,11 @@ class StreamActor:
 
     def __init__(self, rt: Runtime, body: Mapping[str, Any], channel: DeltaChannel | None, *,
                  priority: int = 0, deadline: float | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, tenant: str | None = None) -> None:
         self._rt = rt
         self._channel = channel
         self._priority = priority
+        self._tenant = tenant
         self._deadline = deadline
         self._headers = headers
         messages = body.get("messages")
@@ -280,7 +281,8 @@ class StreamActor:
         policy = rt.resume
         body: dict[str, Any] = self._original
         attempts = retries = failures = recoveries = continuations = 0
-        rt.check(admission_tokens(body, rt.default_max_tokens))
+        rt.check(admission_tokens(body, rt.default_max_tokens), self._tenant)
+        since = rt.clock.now()
         while True:
             attempts += 1
             chunks_before = self._assembler.chunks
@@ -288,7 +290,8 @@ class StreamActor:
             payload = json_body(body)
             async with rt.attempt(admission_tokens(body, rt.default_max_tokens),
                                   priority=self._priority, first=attempts == 1,
-                                  deadline=self._deadline) as attempt:
+                                  deadline=self._deadline, tenant=self._tenant,
+                                  since=since) as attempt:
                 outcome, usage = await self._attempt(payload, attempt.on_sent)
                 attempt.finish(outcome, usage=usage, body=body, payload_size=len(payload))
             if outcome.action is Action.SUCCESS:

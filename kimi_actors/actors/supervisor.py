@@ -17,6 +17,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
+    Callable,
     Coroutine,
     Iterable,
     Mapping,
@@ -38,7 +39,15 @@ from ..governance.shared import RedisConfig, default_account
 from ..limits import Limits
 from ..observe import emit
 from ..params import ChatParams, warn_unknown_keys
-from ..policy import BreakerPolicy, FatalPolicy, ResumePolicy, RetryPolicy, Timeouts
+from ..policy import (
+    AdaptPolicy,
+    BreakerPolicy,
+    FatalPolicy,
+    ResumePolicy,
+    RetryPolicy,
+    SchedulePolicy,
+    Timeouts,
+)
 from ..protocol.chunks import ChatResult, Delta
 from ..protocol.classify import Action, classify_response
 from ..protocol.tokens import DEFAULT_MAX_TOKENS
@@ -102,6 +111,8 @@ class SupervisorStats:
     prompt_tokens: int
     completion_tokens: int
     usage_anomalies: int
+    #: Retries that waited for the retry budget to have one (a spent budget slows, not fails).
+    budget_waits: int
     tokens_reserved: int
     tokens_settled: int
     failures_by_type: Mapping[str, int]
@@ -156,11 +167,12 @@ class Stream:
 
     def __init__(self, supervisor: Supervisor, body: dict[str, Any], *, buffer: int,
                  timeout: float | None, priority: int,
-                 headers: Mapping[str, str] | None) -> None:
+                 headers: Mapping[str, str] | None, tenant: str | None = None) -> None:
         self._supervisor = supervisor
         self._channel = DeltaChannel(buffer)
         self._actor = StreamActor(supervisor._runtime, body, self._channel, priority=priority,
-                                  deadline=supervisor._deadline(timeout), headers=headers)
+                                  deadline=supervisor._deadline(timeout), headers=headers,
+                                  tenant=tenant)
         self._timeout = timeout
         self._task: asyncio.Task[None] | None = None
         self._finished = False
@@ -262,6 +274,7 @@ class Supervisor:
                  window_margin: float = DEFAULT_WINDOW_MARGIN,
                  headers: Mapping[str, str] | None = None, drain_timeout: float = 30.0,
                  fatal: FatalPolicy | None = None,
+                 adapt: AdaptPolicy | None = None, schedule: SchedulePolicy | None = None,
                  governor: GovernorProtocol | None = None,
                  redis: str | RedisClient | RedisConfig | None = None,
                  transport: TransportProtocol | None = None) -> None:
@@ -296,12 +309,13 @@ class Supervisor:
             _warn_cleartext(base)
             transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
                                   pool_size=self.limits.concurrency, headers=headers,
-                                  report_sent=governor.rate_limited)
+                                  report_sent=True)
         self._runtime = Runtime(
             transport=transport, governor=governor, clock=self._clock,
             rng=rng or random.Random(), retry=retry or RetryPolicy(),
             breaker=breaker or BreakerPolicy(), resume=resume or ResumePolicy(),
-            default_max_tokens=default_max_tokens, fatal=fatal)
+            default_max_tokens=default_max_tokens, fatal=fatal, adapt=adapt, schedule=schedule,
+            window_margin=window_margin)
         self._group: asyncio.TaskGroup | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._actors: set[asyncio.Task[Any]] = set()
@@ -320,8 +334,8 @@ class Supervisor:
             raise RuntimeError("a Supervisor can be entered once")
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
-        self._dispatcher = self._group.create_task(self._runtime.governor.run(),
-                                                   name="kimi_actors.governor")
+        self._dispatcher = self._group.create_task(self._runtime.gate.run(),
+                                                   name="kimi_actors.gate")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -424,14 +438,17 @@ class Supervisor:
     # -- the API -----------------------------------------------------------------------------
 
     async def chat(self, *, timeout: float | None = None, priority: int = 0,
+                   tenant: str | None = None,
                    extra_body: Mapping[str, Any] | None = None,
                    extra_headers: Mapping[str, str] | None = None,
                    **body: Unpack[ChatParams]) -> ChatResult:
         """Send one chat completion (keyword arguments are the OpenAI chat body) and return
-        the result once it succeeded, retrying where that can help."""
+        the result once it succeeded, retrying where that can help. ``priority``: lower goes
+        first; ``tenant``: whose share of the account it draws on (``SchedulePolicy``)."""
         self._check_open()
         actor = RequestActor(self._runtime, self._body(body, extra_body), priority=priority,
-                             deadline=self._deadline(timeout), headers=extra_headers)
+                             deadline=self._deadline(timeout), headers=extra_headers,
+                             tenant=tenant)
         return await self._await_actor(self._spawn(self._result_of(actor.run(), timeout)))
 
     async def _result_of(self, run: Awaitable[ChatResult],
@@ -458,6 +475,7 @@ class Supervisor:
         return result
 
     def stream(self, *, timeout: float | None = None, priority: int = 0,
+               tenant: str | None = None,
                buffer: int | None = None, extra_body: Mapping[str, Any] | None = None,
                extra_headers: Mapping[str, str] | None = None,
                **body: Unpack[ChatParams]) -> Stream:
@@ -467,13 +485,15 @@ class Supervisor:
         self._check_open()
         return Stream(self, self._body(body, extra_body),
                       buffer=buffer or self._stream_buffer, timeout=timeout,
-                      priority=priority, headers=extra_headers)
+                      priority=priority, headers=extra_headers, tenant=tenant)
 
     async def map(self, requests: Iterable[Mapping[str, Any]] | AsyncIterable[Mapping[str, Any]],
                   *, stream: bool = False, window: int | None = None, priority: int = 0,
+                  tenant: str | Callable[[Mapping[str, Any]], str | None] | None = None,
                   timeout: float | None = None) -> AsyncGenerator[MapResult, None]:
         """Send every body of ``requests`` and yield a :class:`MapResult` for each as it
-        finishes (completion order). At most ``window`` actors exist at once (default: twice
+        finishes (completion order). ``tenant`` names the tenant of every body, or is a
+        function of the body that names it. At most ``window`` actors exist at once (default: twice
         the concurrency limit), so an iterable of any length runs in bounded memory. Errors
         are reported in the results, never raised, except run-fatal ones, which end the map.
         Closing the iterator (``async with contextlib.aclosing(sup.map(...))``, or letting it
@@ -495,8 +515,9 @@ class Supervisor:
                     except StopAsyncIteration:
                         exhausted = True
                         break
+                    owner = tenant(body) if callable(tenant) else tenant
                     task = self._spawn(self._map_one(index, self._body(body, None), stream,
-                                                     priority, timeout, finished))
+                                                     priority, owner, timeout, finished))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                     index += 1
@@ -514,14 +535,15 @@ class Supervisor:
                 await asyncio.wait(pending)
 
     async def _map_one(self, index: int, body: dict[str, Any], stream: bool, priority: int,
-                       timeout: float | None, finished: asyncio.Queue[MapResult]) -> None:
+                       tenant: str | None, timeout: float | None,
+                       finished: asyncio.Queue[MapResult]) -> None:
         actor: RequestActor | StreamActor
         if stream:
             actor = StreamActor(self._runtime, body, None, priority=priority,
-                                deadline=self._deadline(timeout))
+                                deadline=self._deadline(timeout), tenant=tenant)
         else:
             actor = RequestActor(self._runtime, body, priority=priority,
-                                 deadline=self._deadline(timeout))
+                                 deadline=self._deadline(timeout), tenant=tenant)
         try:
             result = await self._guarded(actor.run(), timeout)
         except asyncio.CancelledError:
@@ -581,7 +603,7 @@ class Supervisor:
     def statistics(self) -> SupervisorStats:
         rt = self._runtime
         counters = rt.counters.snapshot()
-        governor = rt.governor.statistics()
+        governor = rt.gate.statistics()
         return SupervisorStats(
             **{name: getattr(counters, name) for name in counters.__dataclass_fields__},
             in_flight=governor.in_flight, queued=governor.queued, waiting=rt.waiting,

@@ -17,7 +17,8 @@ import asyncio
 import heapq
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Final
 
 from ..clock import Clock, Doorbell
@@ -26,7 +27,7 @@ from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
 
 __all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats", "Permit",
-           "SharedStats"]
+           "SharedStats", "TenantStats"]
 
 #: How much longer than the server's each rate window is kept, against network jitter (1.5%).
 DEFAULT_WINDOW_MARGIN = 0.015
@@ -61,6 +62,17 @@ class SharedStats:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TenantStats:
+    """One tenant at the admission gate."""
+
+    queued: int
+    in_flight: int
+    admitted: int
+    #: Admission tokens (prompt estimate + max_tokens, settled) of its admitted attempts.
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GovernorStats:
     """One governor's view. With a shared governor, ``in_flight``, ``queued`` and the counts are
     this process's; ``dimensions`` is the whole account's, as of ``shared.seen_ago``."""
@@ -73,6 +85,14 @@ class GovernorStats:
     limit_adjustments: int
     dimensions: dict[str, DimensionStats]
     shared: SharedStats | None = None
+    #: The concurrency the runtime allows itself now (lowered by overload; ``None``: no bound).
+    working_concurrency: int | None = None
+    #: How often overload lowered it.
+    concurrency_decreases: int = 0
+    #: The RPM learned from 429s that named no limit (``None``: none learned).
+    learned_rpm: int | None = None
+    #: Per named tenant: queued, in flight, admitted and tokens admitted.
+    tenants: Mapping[str, TenantStats] = field(default_factory=dict)
 
 
 class Permit:
@@ -188,6 +208,16 @@ class Governor:
             now = self._clock.now()
             for dimension, reservation in permit.reservations.items():
                 self._windows[dimension].restamp(reservation, now)
+
+    def wait_bound(self, requests: int, tokens: int) -> float:
+        """Seconds before the rate windows (and pauses) could hold ``requests`` more requests
+        and ``tokens`` more tokens: the least any admission of that much must wait."""
+        now = self._clock.now()
+        delay = max(0.0, self._concurrency_paused_until - now)
+        for dimension, window in self._windows.items():
+            amount = requests if dimension is Dimension.RPM else tokens
+            delay = max(delay, window.delay(min(amount, window.limit), now))
+        return delay
 
     @property
     def rate_limited(self) -> bool:

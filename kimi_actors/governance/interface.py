@@ -61,6 +61,16 @@ class GovernorProtocol(Protocol):
         adopted limit."""
         ...
 
+    def wait_bound(self, requests: int, tokens: int) -> float:
+        """A lower bound on the seconds until ``requests`` requests and ``tokens`` tokens
+        could be admitted (0.0 when none is known): a deadline shorter than it cannot be met."""
+        ...
+
+    @property
+    def closed(self) -> KimiError | None:
+        """The error admissions fail with once closed."""
+        ...
+
     def fail_queued(self, error: KimiError) -> None:
         """Fail every waiter queued now with ``error``."""
         ...

@@ -212,6 +212,10 @@ class RedisGovernor:
         """The hash tag every key of the account carries."""
         return self._tag
 
+    def wait_bound(self, requests: int, tokens: int) -> float:
+        """None known: the account's windows are in Redis, and asking costs a round trip."""
+        return 0.0
+
     @property
     def rate_limited(self) -> bool:
         return any(self._limits.limit(dimension) is not None for dimension in _DIMENSIONS[1:])

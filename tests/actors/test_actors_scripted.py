@@ -13,11 +13,11 @@ import pytest
 
 from kimi_actors import (
     ConnectionFailedError,
-    EngineOverloadedError,
     Limits,
     ResumeMode,
     ResumePolicy,
     RetryPolicy,
+    ServerError,
     Supervisor,
 )
 from kimi_actors.testing import (
@@ -32,6 +32,8 @@ from kimi_actors.testing import (
 T = TypeVar("T")
 MODEL = "kimi-k2.6"
 QUESTION = [{"role": "user", "content": "Hello?"}]
+SERVER_ERROR = Respond.json({"error": {"type": "server_error", "message": "boom"}},
+                            status=500)
 OVERLOADED = Respond.json({"error": {"type": "engine_overloaded_error",
                                      "message": "The engine is currently overloaded"}},
                           status=429)
@@ -128,11 +130,11 @@ async def test_the_request_id_reaches_the_result() -> None:
     assert result.request_id == "req-scripted-1"
 
 
-async def test_an_empty_retry_budget_fails_instead_of_retrying() -> None:
-    transport = ScriptedTransport(OVERLOADED, completion("never sent"))
+async def test_a_retry_budget_nothing_can_refill_fails_instead_of_retrying() -> None:
+    transport = ScriptedTransport(SERVER_ERROR, completion("never sent"))
     retry = RetryPolicy(budget_floor=0, budget_ratio=0.0)
     async with supervisor(transport, FakeClock(), retry=retry) as sup:
-        with pytest.raises(EngineOverloadedError) as info:
+        with pytest.raises(ServerError) as info:
             await sup.chat(model=MODEL, messages=QUESTION)
     assert len(transport.requests) == 1
     assert any("retry budget is spent" in note for note in info.value.__notes__)

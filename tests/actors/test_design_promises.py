@@ -117,7 +117,7 @@ async def read_rest(stream: Any, clock: FakeClock) -> list[str]:
 async def queued_in_order(sup: Supervisor, *calls: Awaitable[Any]) -> None:
     """Hold the supervisor's only slot while ``calls`` reach its queue one after another,
     then let them all through."""
-    governor = sup._runtime.governor
+    governor = sup._runtime.gate
     permit = await governor.admit(1)
     tasks = []
     for call in calls:
@@ -191,20 +191,40 @@ async def test_a_crowd_told_the_same_wait_does_not_return_in_lockstep() -> None:
     assert all(10.0 <= when <= 11.0 for when in deadlines)
 
 
-async def test_the_retry_budget_allows_the_floor_then_fails_with_a_note() -> None:
+async def test_a_spent_retry_budget_slows_the_next_retry_until_the_window_frees_one() -> None:
     clock = FakeClock()
     transport = ScriptedTransport(SERVER_ERROR, completion("a"), SERVER_ERROR, completion("b"),
-                                  SERVER_ERROR)
-    retry = RetryPolicy(budget_floor=2, budget_ratio=0.0)
+                                  SERVER_ERROR, completion("c"))
+    retry = RetryPolicy(budget_floor=2, budget_ratio=0.0, budget_window=60.0)
     async with supervisor(transport, clock, retry=retry) as sup:
         assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "a"
         assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "b"
+        first_retries_done = clock.now()
+        assert first_retries_done < 2.0  # two backoffs of at most base (0.5 s) and 1 s
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "c"
+        stats = sup.statistics()
+    # The third retry waited until the first one left the budget's 60 s window (to within one
+    # of its 64 bins), instead of failing.
+    assert clock.now() >= 60.0 - 60.0 / 64
+    assert stats.retries == 3
+    assert stats.budget_waits >= 1
+    assert stats.failed == 0
+    assert len(transport.requests) == 6
+
+
+async def test_a_retry_the_budget_cannot_pay_before_the_deadline_fails_with_a_note() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(SERVER_ERROR, completion("a"), SERVER_ERROR)
+    retry = RetryPolicy(budget_floor=1, budget_ratio=0.0, budget_window=60.0)
+    async with supervisor(transport, clock, retry=retry) as sup:
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content == "a"
         with pytest.raises(ServerError) as info:
-            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
-        assert sup.statistics().retries == 2
-    assert len(transport.requests) == 5
-    assert info.value.__notes__[-1] == ("kimi_actors: not retried: the retry budget is spent "
-                                        "(too many retries in the last window)")
+            await autojump(clock, sup.chat(model=MODEL, messages=QUESTION, timeout=30.0))
+        assert sup.statistics().retries == 1
+    assert len(transport.requests) == 3
+    note = info.value.__notes__[-1]
+    assert note.startswith("kimi_actors: not retried: the next attempt would start after this "
+                           "request's deadline (the retry budget is spent until then; wait ")
 
 
 async def test_rate_limit_429s_do_not_spend_the_retry_budget() -> None:
@@ -336,10 +356,10 @@ ONCE = RetryPolicy(max_attempts=1)
 
 async def test_while_the_breaker_is_open_callers_wait_for_it() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("after the pause"))
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("after the pause"))
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().breaker_state == "open"
         call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
@@ -355,10 +375,10 @@ async def test_while_the_breaker_is_open_callers_wait_for_it() -> None:
 
 async def test_a_caller_whose_timeout_is_shorter_than_the_open_time_fails_at_once() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         with pytest.raises(CircuitOpenError) as info:
             await sup.chat(model=MODEL, messages=QUESTION, timeout=4.0)
@@ -379,15 +399,47 @@ async def test_rate_limit_429s_do_not_count_toward_the_breaker() -> None:
         assert sup.statistics().breaker_trips == 0
 
 
-async def test_overload_429s_and_5xx_count_toward_the_breaker() -> None:
-    transport = ScriptedTransport(OVERLOADED, SERVER_ERROR)
+async def test_5xx_count_toward_the_breaker() -> None:
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
-        with pytest.raises(EngineOverloadedError):
+        with pytest.raises(ServerError):
             await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().breaker_state == "closed"  # one outcome is below min_calls
         with pytest.raises(ServerError):
             await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().breaker_state == "open"
+
+
+async def test_overload_lowers_the_working_concurrency_and_leaves_the_breaker_closed() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, completion("waited"))
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
+                          limits=Limits(concurrency=8)) as sup:
+        result = await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))
+        stats = sup.statistics()
+    # max_attempts=1 does not bound overload: the request waited and was answered.
+    assert result.content == "waited"
+    assert stats.breaker_trips == 0
+    assert stats.overloaded == 1
+    assert stats.failed == 0
+    # 8, then the floor (the server held nothing else of ours), then one answer: 1 + 1/1.
+    assert stats.governor.working_concurrency == 2
+    assert stats.governor.concurrency_decreases == 1
+
+
+async def test_at_the_floor_of_the_working_concurrency_overload_is_the_breakers() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("after the breaker"))
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
+                          limits=Limits(concurrency=1)) as sup:
+        call = asyncio.ensure_future(sup.chat(model=MODEL, messages=QUESTION))
+        await clock.wait_for_sleepers(1)
+        while sup.statistics().breaker_trips == 0:
+            clock.advance(clock.next_deadline() or 0.0)
+            await asyncio.sleep(0)
+        assert sup.statistics().breaker_state == "open"
+        result = await autojump(clock, call)
+    assert result.content == "after the breaker"
 
 
 # -- the remaining seams: timeouts, bad bodies, options, statistics -----------------------
@@ -462,7 +514,7 @@ async def test_a_lower_priority_number_is_admitted_first() -> None:
                            priority=priority)
             order.append(name)
 
-        governor = sup._runtime.governor
+        governor = sup._runtime.gate
         permit = await governor.admit(1)  # the only slot, held while both calls queue
         low = asyncio.create_task(call("low", 5))
         high = asyncio.create_task(call("high", 0))
@@ -517,7 +569,7 @@ async def test_statistics_count_every_kind_of_outcome() -> None:
         "submitted": 6, "completed": 5, "failed": 1,
         "attempts": 11, "retries": 5, "resumes": 1, "restarts": 0, "length_continuations": 0,
         "rate_limited": 1, "overloaded": 1, "server_errors": 1, "transport_errors": 2,
-        "prompt_tokens": 25, "completion_tokens": 10, "usage_anomalies": 0,
+        "prompt_tokens": 25, "completion_tokens": 10, "usage_anomalies": 0, "budget_waits": 0,
         # Every attempt reserved its prompt estimate and its budget; each of the five answers
         # settled at what Kimi counts: the reported prompt (5) plus the budget.
         "tokens_reserved": sum(admission_tokens(sent.body) for sent in transport.requests),
@@ -556,8 +608,10 @@ PROMISES: list[tuple[str, str]] = [
      "test_design_promises::test_a_server_named_wait_wins_over_the_backoff"),
     ("the same wait does not return in lockstep",
      "test_design_promises::test_a_crowd_told_the_same_wait_does_not_return_in_lockstep"),
-    ("When the budget is spent, the last error is\n  raised with a note saying so.",
-     "test_design_promises::test_the_retry_budget_allows_the_floor_then_fails_with_a_note"),
+    ("When the budget is spent, a retry waits until it\n  has one again",
+     "test_design_promises::test_a_spent_retry_budget_slows_the_next_retry_until_the_window_frees_one"),
+    ("A retry the budget cannot pay for before the caller's deadline fails",
+     "test_design_promises::test_a_retry_the_budget_cannot_pay_before_the_deadline_fails_with_a_note"),
     ("**Rate-limit 429s do not spend the budget.**",
      "test_design_promises::test_rate_limit_429s_do_not_spend_the_retry_budget"),
     ("They are still bounded by `max_attempts`.",
@@ -579,9 +633,40 @@ PROMISES: list[tuple[str, str]] = [
     # The circuit breaker
     ("It trips when failures reach `failure_rate` of at least `min_calls` outcomes.",
      "test_breaker::test_trips_exactly_at_the_failure_rate"),
-    ("overload 429s (also as an error\n  chunk inside a stream), 5xx",
-     "test_design_promises::test_overload_429s_and_5xx_count_toward_the_breaker"),
-    ("connection failures and timeouts before a stream flowed",
+    ("Only\n  outcomes that say something about server health count: 5xx",
+     "test_design_promises::test_5xx_count_toward_the_breaker"),
+    ("overload 429s (also as an error chunk inside a\n  stream) once the working concurrency is "
+     "at its floor",
+     "test_design_promises::test_at_the_floor_of_the_working_concurrency_overload_is_the_breakers"),
+    ("longer than `give_up_after` (300 s), waiting work fails with `CircuitOpenError`",
+     "test_pushback::test_an_outage_longer_than_give_up_after_fails_the_waiting_work"),
+    # When the server pushes back
+    ("**Overload lowers the offered load; it does not fail queued work.**",
+     "test_pushback::test_overload_is_answered_by_waiting_not_failing"),
+    ("The rest of a round's\n  overloads lower it only as far as the server holds fewer of ours",
+     "test_adapt::test_one_overload_per_round_lowers_the_limit_once"),
+    ("a slow start\n  begins at `start` (32) and doubles every `ramp` (0.5 s) in which it was "
+     "reached",
+     "test_gate::test_slow_start_lets_more_out_as_the_ramp_passes"),
+    ("Its retries neither count toward `max_attempts` nor draw on the retry budget",
+     "test_design_promises::test_overload_lowers_the_working_concurrency_and_leaves_the_breaker_closed"),
+    ("makes\n  what the server accepted over the trailing minute the working RPM",
+     "test_pushback::test_a_vague_rate_limit_is_learned_from_what_the_server_accepted"),
+    ("It is probed upward at most once a minute, by 1, 2, 4, ... while\n  probes pass",
+     "test_adapt::test_the_learned_limit_is_probed_upward_once_a_window_by_growing_steps"),
+    ("each `SchedulePolicy.aging` seconds (30) of waiting\n  is worth one level",
+     "test_gate::test_waiting_ages_a_low_priority_request_past_new_high_priority_ones"),
+    ("A tenant\n  with a thousand requests queued cannot hold back another tenant's one.",
+     "test_pushback::test_a_light_tenant_finishes_while_a_heavy_tenants_queue_is_long"),
+    ("a retry keeps its first place",
+     "test_gate::test_a_retry_keeps_the_place_its_request_first_arrived_at"),
+    ("a tenant at its own limit waits without\n  blocking the others",
+     "test_gate::test_a_tenants_own_limit_holds_it_back_without_blocking_others"),
+    ("Idle tenants are forgotten",
+     "test_gate::test_idle_tenants_are_forgotten"),
+    ("A call whose admission alone must outlast its `timeout` fails at once",
+     "test_pushback::test_a_call_whose_admission_must_outlast_its_timeout_fails_at_once"),
+    ("connection failures and\n  timeouts before a stream flowed",
      "test_hostile_streams::test_connection_failures_before_a_response_still_trip_the_breaker"),
     ("A stream that drops or stalls after it has delivered events does not count.",
      "test_hostile_streams::test_dropped_streams_that_were_flowing_do_not_trip_the_breaker"),
@@ -892,12 +977,12 @@ async def test_a_retry_that_would_start_after_the_deadline_fails_now() -> None:
 
 async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED, Respond.stream([], then=Then.STALL),
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, Respond.stream([], then=Then.STALL),
                                   completion("closed again"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(5.0)
         probe = asyncio.create_task(hold_a_stream(sup))
@@ -1133,7 +1218,7 @@ async def test_the_callers_timeout_names_itself_and_only_its_own_expiry_counts()
     clock = FakeClock()
     transport = ScriptedTransport()
     async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
-        await sup._runtime.governor.admit(1)  # the only slot: both calls wait in the queue
+        await sup._runtime.gate.admit(1)  # the only slot: both calls wait in the queue
         timed = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION, timeout=5.0))
         await clock.wait_for_sleepers(1)
         clock.advance(5.0)
@@ -1153,7 +1238,7 @@ async def test_the_callers_timeout_names_itself_and_only_its_own_expiry_counts()
 async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -> None:
     clock = FakeClock()
     stall = Respond.stream([], then=Then.STALL)
-    transport = ScriptedTransport(stall, stall, OVERLOADED, OVERLOADED, stall,
+    transport = ScriptedTransport(stall, stall, SERVER_ERROR, SERVER_ERROR, stall,
                                   completion("after"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
 
@@ -1162,7 +1247,7 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
         old = [asyncio.create_task(hold_a_stream(sup)) for _ in range(2)]
         await turns()
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         old[0].cancel()  # cancelled while the breaker is open
         with pytest.raises(asyncio.CancelledError):
@@ -1367,7 +1452,7 @@ async def test_a_stream_keeps_its_timeout_on_the_clock() -> None:
     clock = FakeClock()
     transport = ScriptedTransport()
     async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
-        await sup._runtime.governor.admit(1)  # the only slot, never given back
+        await sup._runtime.gate.admit(1)  # the only slot, never given back
 
         async def consume() -> None:
             async with sup.stream(model=MODEL, messages=QUESTION, timeout=5.0) as stream:
@@ -1581,10 +1666,10 @@ async def test_a_streams_admission_counts_the_supervisors_default_max_tokens() -
 
 async def test_a_stream_waits_for_an_open_breaker_only_within_its_timeout() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         with pytest.raises(CircuitOpenError):
             async with sup.stream(model=MODEL, messages=QUESTION, timeout=4.0) as stream:
@@ -1831,12 +1916,12 @@ async def test_waiting_counts_every_actor_in_a_backoff_and_forgets_each_wait() -
 
 async def test_a_call_cancelled_while_the_breaker_is_open_ends_cancelled() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(Respond.stream([], then=Then.STALL), OVERLOADED, OVERLOADED)
+    transport = ScriptedTransport(Respond.stream([], then=Then.STALL), SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         held = asyncio.create_task(hold_a_stream(sup))
         await turns()
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().breaker_state == "open"
         held.cancel()
@@ -2105,12 +2190,12 @@ def slow(respond_after: float, *, then: Then) -> Respond:
 
 async def _trip_then_probe(sup: Supervisor, clock: FakeClock) -> tuple[asyncio.Task[Any],
                                                                        asyncio.Task[Any]]:
-    """A slow stream admitted while CLOSED, two overloads that trip the breaker, the cool-down,
+    """A slow stream admitted while CLOSED, two 500s that trip the breaker, the cool-down,
     then one probe that stalls: returns the slow reader and the probe."""
     early = asyncio.create_task(_read(sup))
     await turns()
     for _ in range(2):
-        with pytest.raises(EngineOverloadedError):
+        with pytest.raises(ServerError):
             await sup.chat(model=MODEL, messages=QUESTION)
     assert sup.statistics().breaker_state == "open"
     clock.advance(5.0)
@@ -2124,7 +2209,7 @@ async def _trip_then_probe(sup: Supervisor, clock: FakeClock) -> tuple[asyncio.T
 async def test_an_answer_from_before_a_trip_neither_closes_nor_trips_the_new_episode(
         then: Then) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(slow(8.0, then=then), OVERLOADED, OVERLOADED,
+    transport = ScriptedTransport(slow(8.0, then=then), SERVER_ERROR, SERVER_ERROR,
                                   Respond.stream([], then=Then.STALL), clock=clock)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
                           resume=ResumePolicy(max_resumes=0)) as sup:
@@ -2140,7 +2225,7 @@ async def test_an_ignored_answer_from_before_a_trip_leaves_the_probe_slot_taken(
     clock = FakeClock()
     bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
                                status=400)
-    transport = ScriptedTransport(bad_request, OVERLOADED, OVERLOADED,
+    transport = ScriptedTransport(bad_request, SERVER_ERROR, SERVER_ERROR,
                                   Respond.stream([], then=Then.STALL), clock=clock,
                                   send_delay=0.0)
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
@@ -2150,7 +2235,7 @@ async def test_an_ignored_answer_from_before_a_trip_leaves_the_probe_slot_taken(
         await turns()
         transport.send_delay = 0.0
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(5.0)
         probe = asyncio.create_task(hold_a_stream(sup))
@@ -2169,10 +2254,10 @@ async def test_an_ignored_answer_from_before_a_trip_leaves_the_probe_slot_taken(
 
 async def test_a_trip_is_logged_with_its_states_open_time_and_reason(
         events: list[dict[str, Any]]) -> None:
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED)
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
     [trip] = [e for e in events if e["event"] == "breaker_transition"]
     assert (trip["log_level"], trip["before"], trip["after"], trip["open_for"]) == (
@@ -2180,16 +2265,19 @@ async def test_a_trip_is_logged_with_its_states_open_time_and_reason(
     assert trip["reason"]
 
 
-async def test_an_overload_that_names_a_wait_keeps_the_breaker_open_that_long() -> None:
+async def test_an_overload_that_names_a_wait_keeps_the_breaker_open_that_long(
+        events: list[dict[str, Any]]) -> None:
     clock = FakeClock()
     busy = Respond.json({"error": {"type": "engine_overloaded_error", "message": "busy"}},
                         status=429, headers={"Retry-After": "20"})
-    transport = ScriptedTransport(busy, busy)
-    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
-                await sup.chat(model=MODEL, messages=QUESTION)
-        assert sup._runtime.breaker.open_until() == 20.0
+    transport = ScriptedTransport(busy, busy, completion("after"))
+    # One slot: the working concurrency is at its floor, so overload is the breaker's.
+    async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE,
+                          limits=Limits(concurrency=1)) as sup:
+        assert (await autojump(clock, sup.chat(model=MODEL, messages=QUESTION))).content \
+            == "after"
+    [opened] = [e for e in events if e["event"] == "breaker_transition" and e["after"] == "open"]
+    assert opened["open_for"] == 20.0  # TRIPPY's own open_for is shorter
 
 
 async def test_a_plain_http_base_url_is_warned_about_with_its_host(
@@ -2224,10 +2312,10 @@ async def test_an_answer_to_a_call_sent_before_the_refusal_does_not_lift_it() ->
 
 async def test_a_call_waits_out_even_the_last_second_of_an_open_breaker() -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("after"))
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("after"))
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(4.5)  # half a second of the five left
         call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
@@ -2240,12 +2328,12 @@ async def test_a_call_waits_out_even_the_last_second_of_an_open_breaker() -> Non
 async def test_breaker_transitions_other_than_opening_are_logged_at_info(
         events: list[dict[str, Any]]) -> None:
     clock = FakeClock()
-    transport = ScriptedTransport(OVERLOADED, OVERLOADED, completion("probe"))
+    transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("probe"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
         assert sup.statistics().last_transport_error is None
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(5.0)
         await sup.chat(model=MODEL, messages=QUESTION)
@@ -2307,7 +2395,7 @@ async def test_a_probe_cancelled_while_queued_lets_the_next_call_probe() -> None
         with pytest.raises(AuthenticationError):
             await sup.chat(model=MODEL, messages=QUESTION)
         clock.advance(30.0)
-        governor = sup._runtime.governor
+        governor = sup._runtime.gate
         slot = await governor.admit(1)  # the one slot is taken: the probe has to queue
         probe = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await turns()
@@ -2358,14 +2446,14 @@ async def test_an_ignored_answer_arriving_while_the_breaker_is_open_is_that_erro
     clock = FakeClock()
     bad_request = Respond.json({"error": {"type": "invalid_request_error", "message": "no"}},
                                status=400)
-    transport = ScriptedTransport(bad_request, OVERLOADED, OVERLOADED, clock=clock)
+    transport = ScriptedTransport(bad_request, SERVER_ERROR, SERVER_ERROR, clock=clock)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         transport.send_delay = 3.0
         early = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await turns()
         transport.send_delay = 0.0
         for _ in range(2):
-            with pytest.raises(EngineOverloadedError):
+            with pytest.raises(ServerError):
                 await sup.chat(model=MODEL, messages=QUESTION)
         assert sup.statistics().breaker_state == "open"
         clock.advance(3.0)  # the 400 comes back while the breaker is still open

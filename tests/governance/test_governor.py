@@ -468,3 +468,18 @@ async def test_tpd_is_counted_over_the_day_not_the_minute(clock: FakeClock) -> N
         await run_ready()
         assert clock.pending_deadlines() == [100.0]
         waiter.cancel()
+
+
+async def test_the_wait_bound_is_what_the_windows_and_pauses_need(clock: FakeClock) -> None:
+    governor = Governor(Limits(rpm=2, tpm=100, minute=60), clock=clock, window_margin=0)
+    assert governor.wait_bound(2, 100) == 0.0
+    await governor.admit(60)
+    clock.advance(10.0)
+    await governor.admit(10)
+    assert governor.wait_bound(1, 10) == 50.0  # one request: the first must expire
+    assert governor.wait_bound(2, 10) == 60.0  # two: both must
+    assert governor.wait_bound(1, 40) == 50.0  # 40 tokens fit once the 60 expire
+    assert governor.wait_bound(1, 91) == 60.0  # 91 only once the 10 have too
+    assert governor.wait_bound(5, 500) == 60.0  # more than a window holds: a whole window
+    governor.on_rate_limited(Dimension.CONCURRENCY, retry_after=90.0, limit=None)
+    assert governor.wait_bound(0, 0) == 90.0
