@@ -42,10 +42,12 @@ class FakeServer:
 
 def server_spec(*, limits: dict[str, float] | None = None,
                 latency: dict[str, float] | None = None,
-                faults: dict[str, float | bool] | None = None, seed: int = 0) -> dict[str, Any]:
-    """A JSON-able description of a FakeKimi: keyword arguments of Limits, Latency, Faults."""
+                faults: dict[str, float | bool] | None = None, seed: int = 0,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON-able description of a FakeKimi: keyword arguments of Limits, Latency, Faults,
+    and ``options``, FakeKimi's own (``capacity``, ``vague_rate_limits``)."""
     return {"limits": limits or {}, "latency": latency or {}, "faults": faults or {},
-            "seed": seed}
+            "seed": seed, "options": options or {}}
 
 
 @contextmanager
@@ -99,7 +101,8 @@ async def _serve(spec: dict[str, Any]) -> None:
     from kimi_actors.testing import FakeKimi, Faults, Latency
 
     fake = FakeKimi(limits=Limits(**spec["limits"]), latency=Latency(**spec["latency"]),
-                    faults=Faults(**spec["faults"]), seed=spec["seed"])
+                    faults=Faults(**spec["faults"]), seed=spec["seed"],
+                    **spec.get("options", {}))
     loop = asyncio.get_running_loop()
     async with fake:
         print(f"{_READY}{fake.base_url} {fake.api_key}", flush=True)

@@ -2,10 +2,12 @@
 
 Order of checks for a chat request (each rejection counts once, in ``rejected`` or ``faults``):
 authentication, body validation, model, context length, quota, injected rejections (429
-overloaded, 500, 502), then the account limits. Injected rejections come before the limits on
-purpose: a request turned away by a fault was never admitted, so it consumes no RPM, TPM or
-concurrency, just as a client's governor that releases its reservation on such an error
-expects. Only admitted requests count in ``accepted`` and in the windows.
+overloaded, 500, 502), the engine's ``capacity`` (past that many requests in flight it answers
+429 overloaded, like a busy backend), then the account limits (with ``vague_rate_limits`` their
+429s name nothing: "We're receiving too many requests at the moment"). Injected rejections
+come before the limits on purpose: a request turned away by a fault was never admitted, so it
+consumes no RPM, TPM or concurrency, just as a client's governor that releases its reservation
+on such an error expects. Only admitted requests count in ``accepted`` and in the windows.
 
 The pure part, validation and the bytes of every answer, is in ``wire.py``; this module is the
 I-O: the aiohttp app, the account limits' state, faults and latency. It stays one module of
@@ -58,7 +60,10 @@ __all__ = ["FAKE_API_KEY", "FakeKimi", "FakeStats"]
 FAKE_API_KEY = "sk-fake-kimi-0000"
 
 REJECTION_REASONS = ("auth", "not_found", "bad_request", "context_length", "concurrency", "rpm",
-                     "tpm", "tpd", "quota")
+                     "tpm", "tpd", "quota", "overloaded")
+#: Kimi's rate-limit 429 that names neither the limit nor a wait.
+VAGUE_RATE_LIMIT = ("We're receiving too many requests at the moment. Please wait a moment and "
+                    "try again.")
 FAULT_NAMES = ("overload", "server_error", "html_error", "drop", "stall", "malformed",
                "invalid_utf8", "split_writes")
 _JSON = "application/json; charset=utf-8"
@@ -82,7 +87,7 @@ class FakeStats:
     #: Answered fully: the stream reached ``[DONE]`` or the non-stream 200 was sent.
     completed: int
     #: Rejections by reason: auth, not_found, bad_request, context_length, concurrency, rpm,
-    #: tpm, tpd, quota.
+    #: tpm, tpd, quota, overloaded (past ``capacity``).
     rejected: Mapping[str, int]
     #: Faults injected, by name.
     faults: Mapping[str, int]
@@ -131,7 +136,9 @@ class FakeKimi:
     Use it as ``async with FakeKimi(...) as fake:`` and point a client at ``fake.base_url``
     with ``fake.api_key``. Replies are deterministic (see :func:`expected_reply`); ``limits``
     are enforced over exact rolling windows (shorten ``Limits.minute`` in tests); ``faults``
-    and ``latency`` make it misbehave; ``statistics()`` says what it saw. ``clock`` drives the
+    and ``latency`` make it misbehave; ``capacity`` answers overloaded past that many requests
+    in flight; ``vague_rate_limits`` makes limit 429s name nothing; ``statistics()`` says what
+    it saw. ``clock`` drives the
     limit windows and the latency sleeps (pass a FakeClock to control time); ``wall_time``
     gives the ``created`` field of answers.
     """
@@ -151,6 +158,8 @@ class FakeKimi:
         tool_calls: bool = True,
         models: Sequence[str] = DEFAULT_MODELS,
         balance: float = 100.0,
+        capacity: int | None = None,
+        vague_rate_limits: bool = False,
         clock: Clock | None = None,
         wall_time: Callable[[], float] = time.time,
     ) -> None:
@@ -164,6 +173,8 @@ class FakeKimi:
             raise ValueError(f"FakeKimi.latency must be a Latency, got {type(latency).__name__}")
         if not is_int(seed):
             raise ValueError(f"FakeKimi.seed must be an int, got {seed!r}")
+        if capacity is not None and (not is_int(capacity) or capacity < 1):
+            raise ValueError(f"FakeKimi.capacity must be an int >= 1 or None, got {capacity!r}")
         if not is_int(port) or not 0 <= port <= 65_535:
             raise ValueError(f"FakeKimi.port must be 0-65535, got {port!r}")
         if isinstance(models, str) or not models or not all(
@@ -182,6 +193,8 @@ class FakeKimi:
         self._models = tuple(models)
         self._model_set = frozenset(models)
         self._balance = float(balance)
+        self._capacity = capacity
+        self._vague = bool(vague_rate_limits)
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._wall_time = wall_time
         self._limiter = AccountLimiter(limits, enforce=enforce_limits)
@@ -378,8 +391,15 @@ class FakeKimi:
         if plan.reject is not None:
             counters.faults[plan.reject] += 1
             return self._fault_response(plan.reject)
+        if self._capacity is not None and self._limiter.in_flight >= self._capacity:
+            return self._reject("overloaded", self._error(
+                429, "The engine is currently overloaded, please try again later",
+                "engine_overloaded_error"))
         rejection = self._limiter.admit(reserved, self._clock.now())
         if rejection is not None:
+            if self._vague:
+                return self._reject(rejection.reason, self._error(
+                    429, VAGUE_RATE_LIMIT, "rate_limit_reached_error"))
             return self._reject(rejection.reason, self._error(
                 429, rejection.message, "rate_limit_reached_error",
                 rejection.retry_after if self._retry_after_header else None))

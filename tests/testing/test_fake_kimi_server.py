@@ -380,7 +380,7 @@ async def test_statistics_count_what_happened(make_client: Any) -> None:
     assert stats.completed == 3
     assert dict(stats.rejected) == {"auth": 1, "not_found": 1, "bad_request": 1,
                                     "context_length": 1, "concurrency": 0, "rpm": 1, "tpm": 0,
-                                    "tpd": 0, "quota": 0}
+                                    "tpd": 0, "quota": 0, "overloaded": 0}
     assert set(stats.faults.values()) == {0}
     assert stats.peak_concurrency == 1
     assert stats.peak_rpm == 3

@@ -204,3 +204,59 @@ async def test_no_burst_ever_exceeds_the_limit(make_client: Any) -> None:
             assert len(in_window) <= 7
         assert fake.statistics().peak_rpm == 7
         assert len(accepted_at) >= 7 * (30 * 0.75 // 5.0)
+
+
+async def test_past_its_capacity_the_engine_answers_overloaded(make_client: Any) -> None:
+    clock = FakeClock()
+    async with FakeKimi(clock=clock, capacity=2, latency=Latency(first_token=1.0)) as fake:
+        client: Client = make_client(fake)
+        slow = [asyncio.ensure_future(client.chat(chat_body(f"slow {i}"))) for i in range(2)]
+        await clock.wait_for_sleepers(2)
+        busy = await client.chat(chat_body("one too many"))
+        assert busy.status == 429
+        assert busy.json() == {"error": {
+            "message": "The engine is currently overloaded, please try again later",
+            "type": "engine_overloaded_error"}}
+        clock.advance(1.0)
+        assert [answer.status for answer in await asyncio.gather(*slow)] == [200, 200]
+        fake.set_latency(Latency())
+        assert (await client.chat(chat_body("room again"))).status == 200
+        stats = fake.statistics()
+    assert stats.rejected["overloaded"] == 1
+    assert stats.accepted == 3
+    assert stats.rejected["concurrency"] == 0  # the engine's capacity is not an account limit
+
+
+async def test_vague_rate_limits_name_neither_the_limit_nor_a_wait(make_client: Any) -> None:
+    clock = FakeClock()
+    async with FakeKimi(clock=clock, limits=Limits(rpm=1), vague_rate_limits=True,
+                        retry_after_header=True) as fake:
+        client: Client = make_client(fake)
+        assert (await client.chat(chat_body("first"))).status == 200
+        refused = await client.chat(chat_body("second"))
+        rate_limited(refused, "We're receiving too many requests at the moment. Please wait a "
+                              "moment and try again.")
+        assert "Retry-After" not in refused.headers
+        assert fake.statistics().rejected["rpm"] == 1
+
+
+async def test_the_client_reads_a_vague_429_as_a_rate_limit_naming_nothing(
+        make_client: Any) -> None:
+    from kimi_actors import RateLimitError
+    from kimi_actors.protocol.classify import classify_response
+
+    async with FakeKimi(limits=Limits(rpm=1), vague_rate_limits=True) as fake:
+        client: Client = make_client(fake)
+        await client.chat(chat_body("first"))
+        refused = await client.chat(chat_body("second"))
+    outcome = classify_response(refused.status, refused.headers, refused.body)
+    assert isinstance(outcome.error, RateLimitError)
+    assert (outcome.dimension, outcome.limit, outcome.retry_after) == (None, None, None)
+
+
+def test_capacity_must_be_a_positive_int() -> None:
+    import pytest
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match=r"FakeKimi\.capacity"):
+            FakeKimi(capacity=bad)  # type: ignore[arg-type]
