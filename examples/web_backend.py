@@ -1,16 +1,26 @@
-"""A web backend that streams Kimi's answers to its clients, from one shared Supervisor.
+"""A web backend that streams Kimi's answers to browsers, from one shared Supervisor.
 
 One Supervisor per process, created in the app's ``cleanup_ctx`` so it starts with the app and
 drains when the app stops: every request handler uses it, so all of them together stay within
-the account's limits, share one connection pool and one circuit breaker. Three endpoints:
+the account's limits, share one connection pool and one circuit breaker. Each user is a
+tenant: the account's capacity is shared fairly between the users waiting (one user's burst of
+questions cannot hold back another's one), and each user may have two answers streaming at
+once. Endpoints:
 
-* ``GET /ask?q=...`` streams the answer as plain text chunks;
-* ``GET /ask/sse?q=...`` streams it as server-sent events (``data: {"content": ...}``, an
-  ``event: restart`` when the answer starts over, an ``event: error`` on failure, then
-  ``data: [DONE]``), ready for a browser's ``EventSource``;
-* ``GET /stats`` returns the Supervisor's statistics as JSON.
+* ``GET /`` a page that asks and shows the answer as it streams (``?user=..&q=..`` asks at
+  once);
+* ``GET /ask/sse?q=...&user=...`` the answer as server-sent events for ``EventSource``:
+  ``event: delta`` (``{"content": ...}``), ``event: restart`` when the answer starts over,
+  ``event: end`` (``{"finish_reason": ...}``), ``event: failed`` (``{"error": ...}``; not
+  ``error``, which is EventSource's own name for a lost connection), then ``event: done``
+  with ``data: [DONE]``, on which the page closes its EventSource (left open, a browser
+  reconnects every 3 s, and every reconnect would be a new billed call). A comment line
+  keeps the connection alive while the answer is slow, and ``X-Accel-Buffering: no`` keeps a
+  proxy such as nginx from holding the events back;
+* ``GET /ask?q=...&user=...`` the answer as plain text chunks;
+* ``GET /stats`` the Supervisor's statistics as JSON.
 
-A client that goes away mid-answer makes the write fail; leaving the ``async with
+A client that goes away mid-answer makes the next write fail; leaving the ``async with
 sup.stream(...)`` block then closes the upstream connection and frees its slot at once.
 
 By default (without ``--real``) an embedded FakeKimi answers, dropping some
@@ -32,11 +42,23 @@ from dataclasses import asdict
 import aiohttp
 from aiohttp import web
 
-from kimi_actors import KimiError, Limits, Supervisor
+from kimi_actors import (
+    Delta,
+    KimiError,
+    Limits,
+    SchedulePolicy,
+    Stream,
+    Supervisor,
+    TenantPolicy,
+)
 from kimi_actors.testing import FakeKimi, Faults, Latency, expected_reply
 
 MODEL = "kimi-k2.6"
 MAX_TOKENS = 80
+#: A comment line is sent when no event went out for this long (proxies drop idle streams).
+KEEP_ALIVE = 15.0
+#: Each user shares the account fairly with the others, with at most two answers at once.
+SCHEDULE = SchedulePolicy(tenant_default=TenantPolicy(limits=Limits(concurrency=2)))
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 FAKE = web.AppKey("fake", FakeKimi)
 USE_FAKE = web.AppKey("use_fake", bool)
@@ -63,7 +85,8 @@ async def supervisor_ctx(app: web.Application) -> AsyncIterator[None]:
     fake = app.get(FAKE)
     async with Supervisor(api_key=fake.api_key if fake else None,
                           base_url=fake.base_url if fake else None,
-                          limits=Limits.tier(1), drain_timeout=10.0) as sup:
+                          limits=Limits.tier(1), schedule=SCHEDULE,
+                          drain_timeout=10.0) as sup:
         app[SUPERVISOR] = sup
         yield
 
@@ -75,16 +98,39 @@ def _question(request: web.Request) -> str:
     return question
 
 
+def _user(request: web.Request) -> str:
+    """The tenant: here a query parameter; in a real app, the logged-in user."""
+    return request.query.get("user", "").strip()[:64] or "anonymous"
+
+
+async def with_keep_alive(stream: Stream, interval: float) -> AsyncIterator[Delta | None]:
+    """The stream's deltas, and ``None`` whenever ``interval`` seconds pass without one."""
+    deltas = aiter(stream)
+    while True:
+        waiting = asyncio.ensure_future(anext(deltas))
+        try:
+            while not (await asyncio.wait({waiting}, timeout=interval))[0]:
+                yield None
+            try:
+                delta = waiting.result()
+            except StopAsyncIteration:
+                return
+        finally:
+            waiting.cancel()
+        yield delta
+
+
 async def ask_text(request: web.Request) -> web.StreamResponse:
     """Plain text, written as the deltas arrive."""
     question = _question(request)
     sup = request.app[SUPERVISOR]
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
     await response.prepare(request)
     try:
         async with sup.stream(model=MODEL, messages=_messages(question),
-                              max_tokens=MAX_TOKENS) as stream:
+                              max_tokens=MAX_TOKENS, tenant=_user(request)) as stream:
             async for delta in stream:
                 if delta.restart:
                     await response.write(b"\n[the answer starts over]\n")
@@ -99,33 +145,112 @@ async def ask_text(request: web.Request) -> web.StreamResponse:
 
 
 async def ask_sse(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: one ``data:`` event per delta, ``[DONE]`` at the end."""
+    """Server-sent events for EventSource: see the module docstring for the event names."""
     question = _question(request)
     sup = request.app[SUPERVISOR]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
     await response.prepare(request)
 
-    async def send(data: str, event: str | None = None) -> None:
-        head = f"event: {event}\n" if event else ""
-        await response.write(f"{head}data: {data}\n\n".encode())
+    async def send(event: str, data: str) -> None:
+        await response.write(f"event: {event}\ndata: {data}\n\n".encode())
 
     try:
-        async with sup.stream(model=MODEL, messages=_messages(question),
-                              max_tokens=MAX_TOKENS) as stream:
-            async for delta in stream:
-                if delta.restart:
-                    await send("{}", event="restart")
-                elif delta.content:
-                    await send(json.dumps({"content": delta.content}, ensure_ascii=False))
-        await send(json.dumps({"finish_reason": stream.result.finish_reason}), event="end")
-    except KimiError as exc:
-        await send(json.dumps({"error": type(exc).__name__}), event="error")
+        await response.write(b": connected\n\n")
+        try:
+            async with sup.stream(model=MODEL, messages=_messages(question),
+                                  max_tokens=MAX_TOKENS, tenant=_user(request)) as stream:
+                async for delta in with_keep_alive(stream, KEEP_ALIVE):
+                    if delta is None:
+                        await response.write(b": keep-alive\n\n")
+                    elif delta.restart:
+                        await send("restart", "{}")
+                    elif delta.content:
+                        await send("delta", json.dumps({"content": delta.content},
+                                                       ensure_ascii=False))
+            await send("end", json.dumps({"finish_reason": stream.result.finish_reason}))
+        except KimiError as exc:
+            await send("failed", json.dumps({"error": type(exc).__name__}))
+        await send("done", "[DONE]")
+        await response.write_eof()
     except ConnectionResetError:
-        return response
-    await send("[DONE]")
-    await response.write_eof()
+        pass  # the client left; leaving the block closed the upstream stream
     return response
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Ask Kimi</title>
+<style>
+  body { font: 16px/1.5 system-ui, sans-serif; max-width: 44rem; margin: 2rem auto; }
+  #answer { white-space: pre-wrap; border: 1px solid #ccc; padding: 1rem; min-height: 4rem; }
+  #status { color: #666; }
+</style>
+</head>
+<body>
+<h1>Ask Kimi</h1>
+<form id="ask">
+  <input id="user" placeholder="your name" required>
+  <input id="q" placeholder="your question" size="40" required>
+  <button>Ask</button>
+</form>
+<p id="status">idle</p>
+<div id="answer"></div>
+<script>
+"use strict";
+const answer = document.getElementById("answer");
+const statusLine = document.getElementById("status");
+let source = null;
+
+function ask(user, question) {
+  if (source) source.close();
+  answer.textContent = "";
+  statusLine.textContent = "streaming";
+  const url = "/ask/sse?" + new URLSearchParams({user: user, q: question});
+  source = new EventSource(url);
+  source.addEventListener("delta", (e) => {
+    answer.textContent += JSON.parse(e.data).content;
+  });
+  source.addEventListener("restart", () => { answer.textContent = ""; });
+  source.addEventListener("end", (e) => {
+    statusLine.textContent = "finished: " + JSON.parse(e.data).finish_reason;
+  });
+  source.addEventListener("failed", (e) => {
+    statusLine.textContent = "failed: " + JSON.parse(e.data).error;
+  });
+  source.addEventListener("done", () => {
+    source.close();  // left open, the browser would reconnect: a new, billed question
+    statusLine.textContent += " (done)";
+  });
+  source.onerror = () => {
+    if (source.readyState !== EventSource.CLOSED) {
+      source.close();
+      statusLine.textContent = "connection lost";
+    }
+  };
+}
+
+document.getElementById("ask").addEventListener("submit", (e) => {
+  e.preventDefault();
+  ask(document.getElementById("user").value, document.getElementById("q").value);
+});
+const params = new URLSearchParams(location.search);
+if (params.get("user") && params.get("q")) {
+  document.getElementById("user").value = params.get("user");
+  document.getElementById("q").value = params.get("q");
+  ask(params.get("user"), params.get("q"));
+}
+</script>
+</body>
+</html>
+"""
+
+
+async def page(request: web.Request) -> web.Response:
+    return web.Response(text=PAGE, content_type="text/html")
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -138,6 +263,7 @@ def build_app(use_fake: bool) -> web.Application:
     app[USE_FAKE] = use_fake
     app.cleanup_ctx.append(fake_ctx)
     app.cleanup_ctx.append(supervisor_ctx)
+    app.router.add_get("/", page)
     app.router.add_get("/ask", ask_text)
     app.router.add_get("/ask/sse", ask_sse)
     app.router.add_get("/stats", stats)
@@ -145,7 +271,7 @@ def build_app(use_fake: bool) -> web.Application:
 
 
 async def _read_sse(response: aiohttp.ClientResponse) -> str:
-    """The answer an SSE client would show: content events, reset on ``restart``."""
+    """The answer the page would show: delta events, reset on ``restart``."""
     text: list[str] = []
     event = ""
     async for raw in response.content:
@@ -154,13 +280,13 @@ async def _read_sse(response: aiohttp.ClientResponse) -> str:
             event = line[7:]
         elif line.startswith("data: "):
             data = line[6:]
-            if data == "[DONE]":
+            if event == "done":
                 break
             if event == "restart":
                 text.clear()
-            elif event == "error":
+            elif event == "failed":
                 raise RuntimeError(f"the backend reported {data}")
-            elif not event:
+            elif event == "delta":
                 text.append(json.loads(data)["content"])
         elif not line:
             event = ""
@@ -181,12 +307,14 @@ async def self_test(questions: int, use_fake: bool) -> int:
 
         async with aiohttp.ClientSession() as client:
             async def plain(question: str) -> str:
-                async with client.get(f"{base}/ask", params={"q": question}) as response:
+                async with client.get(f"{base}/ask",
+                                      params={"q": question, "user": "ann"}) as response:
                     response.raise_for_status()
                     return await response.text()
 
             async def sse(question: str) -> str:
-                async with client.get(f"{base}/ask/sse", params={"q": question}) as response:
+                async with client.get(f"{base}/ask/sse",
+                                      params={"q": question, "user": "bob"}) as response:
                     response.raise_for_status()
                     return await _read_sse(response)
 

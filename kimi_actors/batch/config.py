@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..actors.supervisor import DEFAULT_BASE_URL
 from ..governance.shared import RedisConfig, Unreachable
@@ -82,6 +82,8 @@ class RunConfig:
     fake_faults: str | None = None
     redis: str | None = None
     redis_unreachable: Unreachable = "wait"
+    #: The body field (dotted for a nested one) that names each request's tenant.
+    tenant_field: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -136,6 +138,25 @@ class RunConfig:
         if self.redis_unreachable != "wait" and self.redis is None:
             raise ValueError("redis_unreachable needs redis: it says what to do when the "
                              "shared governor's Redis does not answer")
+        if self.tenant_field is not None and (
+                not isinstance(self.tenant_field, str)
+                or not all(part.strip() for part in self.tenant_field.split("."))):
+            raise ValueError(f"RunConfig.tenant_field must name a body field (dotted for a "
+                             f"nested one, e.g. metadata.tenant), got {self.tenant_field!r}")
+
+    def tenant_of(self, body: Mapping[str, Any]) -> str | None:
+        """The tenant ``tenant_field`` names in ``body`` (a string or a number; ``None`` when
+        it is absent, and for any other value: those share the default tenant)."""
+        if self.tenant_field is None:
+            return None
+        value: Any = body
+        for part in self.tenant_field.split("."):
+            if not isinstance(value, Mapping):
+                return None
+            value = value.get(part)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            return None
+        return str(value)
 
     def redis_config(self) -> RedisConfig | None:
         """How the run shares its account's limits through Redis (None: it does not)."""
@@ -316,6 +337,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     shared.add_argument("--redis-unreachable", choices=("wait", "fallback"), default="wait",
                         help="when Redis does not answer: wait for it (default), or admit "
                              "through a local governor at a quarter of the limits")
+    run.add_argument("--tenant-field", metavar="FIELD",
+                     help="share the limits fairly between tenants: FIELD of each request's "
+                          "body names its tenant (dotted for a nested field, e.g. user or "
+                          "metadata.tenant); a tenant with many requests queued cannot hold "
+                          "back another's few")
 
 
 def config_from_args(args: argparse.Namespace,
@@ -333,4 +359,4 @@ def config_from_args(args: argparse.Namespace,
         max_attempts=args.max_attempts, stream=args.stream, fake=args.fake,
         dry_run=args.dry_run, skip_bad=args.skip_bad, window_seconds=args.window_seconds,
         fake_faults=args.fake_faults, redis=args.redis,
-        redis_unreachable=args.redis_unreachable)
+        redis_unreachable=args.redis_unreachable, tenant_field=args.tenant_field)

@@ -350,7 +350,8 @@ class _Sender:
                                  skip_bad=config.skip_bad,
                                  duplicate_ids=self._scan.duplicate_ids)
         with contextlib.closing(requests):
-            results = sup.map(self._bodies(requests), stream=config.stream)
+            results = sup.map(self._bodies(requests), stream=config.stream,
+                              tenant=config.tenant_of if config.tenant_field else None)
             try:
                 async with contextlib.aclosing(results):
                     async for item in results:

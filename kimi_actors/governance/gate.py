@@ -50,7 +50,8 @@ _PRUNE_AT: Final = 1024
 class Ticket:
     """One admission through the gate: the governor's permit and the gate's own units."""
 
-    __slots__ = ("holds", "permit", "reservations", "sent", "seq", "tenant", "tokens")
+    __slots__ = ("holds", "permit", "reservations", "sent", "seq", "tenant", "tenant_slot",
+                 "tokens")
 
     def __init__(self, tenant: _Tenant, tokens: int,
                  reservations: list[tuple[RollingWindow, Reservation]]) -> None:
@@ -59,7 +60,10 @@ class Ticket:
         self.reservations = reservations
         self.permit: Permit | None = None
         self.seq = 0
+        #: It holds one of the governor's slots (admitted, not released).
         self.holds = False
+        #: It holds one of its tenant's slots (from being let through until released).
+        self.tenant_slot = True
         self.sent: float | None = None
 
     def __repr__(self) -> str:
@@ -234,8 +238,7 @@ class Gate:
             permit = await self.governor.admit(tokens, priority=priority)
         except BaseException:
             self._passing -= 1
-            self._refund(ticket)
-            self._bell.ring()
+            self._drop(ticket)
             raise
         self._passing -= 1
         self._out += 1
@@ -244,7 +247,6 @@ class Gate:
         ticket.permit = permit
         ticket.holds = True
         ticket.seq = self.adapter.admitted()
-        owner.level.try_acquire()
         owner.admitted += 1
         owner.tokens += tokens
         return ticket
@@ -262,10 +264,10 @@ class Gate:
         except BaseException:
             if future.done() and not future.cancelled() and future.exception() is None:
                 self._passing -= 1
-                self._refund(future.result())
+                self._drop(future.result())
             else:
                 future.cancel()
-            self._bell.ring()
+                self._bell.ring()
             raise
         finally:
             self._queued -= 1
@@ -282,6 +284,8 @@ class Gate:
             return None
         held: list[tuple[RollingWindow, Reservation]] = []
         owner.reserve(tokens, now, held)
+        taken = owner.level.try_acquire()
+        assert taken, "delay() said its tenant has a slot"
         reservation = self._rpm.reserve(1, now)
         assert reservation is not None
         held.append((self._rpm, reservation))
@@ -315,6 +319,9 @@ class Gate:
             assert ticket.permit is not None
             self.governor.release(ticket.permit)
             self._out -= 1
+            self._bell.ring()
+        if ticket.tenant_slot:
+            ticket.tenant_slot = False
             ticket.tenant.level.release()
             self._bell.ring()
 
@@ -361,6 +368,12 @@ class Gate:
         for window, reservation in ticket.reservations:
             window.refund(reservation)
         ticket.reservations = []
+
+    def _drop(self, ticket: Ticket) -> None:
+        """A ticket let through but never admitted: everything back."""
+        self._refund(ticket)
+        self.release(ticket)
+        self._bell.ring()
 
     # -- what the server said ----------------------------------------------------------------
 

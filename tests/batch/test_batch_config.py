@@ -113,6 +113,8 @@ def test_the_parser_rejects_bad_values(argv: list[str]) -> None:
     (["i", "-o", "o", "--model", ""], "model"),
     (["i", "-o", "o", "--redis", "localhost:6379"], "redis://"),
     (["i", "-o", "o", "--redis-unreachable", "fallback"], "redis_unreachable needs redis"),
+    (["i", "-o", "o", "--tenant-field", "metadata..tenant"], "tenant_field"),
+    (["i", "-o", "o", "--tenant-field", ""], "tenant_field"),
 ])
 def test_combinations_the_parser_cannot_check(argv: list[str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -199,3 +201,15 @@ def test_only_a_dry_run_may_go_without_an_output(tmp_path: Path) -> None:
     config = RunConfig(input=tmp_path / "in.jsonl", dry_run=True)
     assert config.output is None
     assert "--output" not in config.to_argv()
+
+
+def test_the_tenant_field_names_each_requests_tenant() -> None:
+    config = parse("i", "-o", "o", "--tenant-field", "metadata.tenant")
+    assert config.tenant_field == "metadata.tenant"
+    assert config.tenant_of({"metadata": {"tenant": "acme"}}) == "acme"
+    assert config.tenant_of({"metadata": {"tenant": 42}}) == "42"
+    for body in ({}, {"metadata": "acme"}, {"metadata": {"tenant": None}},
+                 {"metadata": {"tenant": True}}, {"metadata": {"tenant": ["a"]}}):
+        assert config.tenant_of(body) is None  # the default tenant
+    assert parse("i", "-o", "o").tenant_of({"user": "acme"}) is None
+    assert parse("i", "-o", "o", "--tenant-field", "user").tenant_of({"user": "acme"}) == "acme"

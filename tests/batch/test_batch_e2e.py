@@ -151,6 +151,23 @@ def test_clean_run_answers_every_request_once(tmp_path: Path) -> None:
     assert len(read_output(out)) == 60
 
 
+def test_a_run_shares_the_limits_between_the_tenants_its_field_names(tmp_path: Path) -> None:
+    bodies = write_input(tmp_path / "in.jsonl", 40)
+    lines = (tmp_path / "in.jsonl").read_text(encoding="utf-8").splitlines()
+    tagged = []
+    for number, line in enumerate(lines):
+        record = json.loads(line)
+        record["body"]["user"] = "light" if number % 10 == 9 else "heavy"
+        bodies[record["custom_id"]] = record["body"]
+        tagged.append(json.dumps(record, ensure_ascii=False))
+    (tmp_path / "in.jsonl").write_text("\n".join(tagged) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    done = run_cli(tmp_path / "in.jsonl", "--output", out, "--fake", "--window-seconds", "1",
+                   "--tenant-field", "user")
+    assert done.returncode == 0, done.stderr
+    assert_all_answered_once(out, bodies, exact_usage=True)
+
+
 def test_faults_on_streams_still_answer_everything(tmp_path: Path) -> None:
     bodies = write_input(tmp_path / "in.jsonl", 60, max_tokens=10)
     out = tmp_path / "out.jsonl"

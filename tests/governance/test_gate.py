@@ -278,3 +278,30 @@ async def test_idle_tenants_are_forgotten() -> None:
         for n in range(3000):
             gate.release(await gate.admit(1, tenant=f"user-{n}"))
         assert len(gate.statistics().tenants) < 2100
+
+
+async def test_a_request_let_through_holds_its_tenants_slot_while_the_governor_waits() -> None:
+    clock = FakeClock()
+    schedule = SchedulePolicy(tenant_default=TenantPolicy(limits=Limits(concurrency=1)))
+    async with gate_on(Limits(tpm=10, minute=60), clock, schedule=schedule,
+                       pass_ahead=8) as gate:
+        gate.release(await gate.admit(10, tenant="a"))  # the governor's TPM is full now
+        first = asyncio.create_task(gate.admit(1, tenant="a"))
+        second = asyncio.create_task(gate.admit(1, tenant="a"))
+        other = asyncio.create_task(gate.admit(1, tenant="b"))
+        await run_ready()
+        tenants = gate.statistics().tenants
+        assert tenants["a"].in_flight == 1  # first, let through, waiting in the governor
+        assert tenants["a"].queued == 1  # second waits for a's one slot
+        assert tenants["b"].in_flight == 1
+        clock.advance(60.0)
+        await run_ready()
+        assert first.done()
+        assert other.done()
+        assert not second.done()
+        gate.release(first.result())
+        await run_ready()
+        assert second.done()
+        gate.release(second.result())
+        gate.release(other.result())
+        assert gate.statistics().tenants["a"].in_flight == 0
