@@ -16,8 +16,9 @@ owns what is local to this process:
 - **Deadlines.** A call whose admission alone must outlast its deadline (the rate windows
   cannot free enough for it and everything queued before it in time) fails at once.
 
-The gate lets at most ``pass_ahead`` chosen attempts wait inside the governor at once, so the
-governor's own queue stays short and the order above holds.
+The gate lets at most ``pass_ahead`` chosen attempts wait inside the governor at once (8, or
+the governor's ``admit_batch``: 32 for Redis, whose script serves that many per round trip), so
+the governor's own queue stays short and the order above holds.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ __all__ = ["Gate", "Ticket"]
 #: The RPM window's limit while no limit is configured or learned.
 _UNBOUNDED: Final = 1 << 40
 _RATE: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
+#: Chosen waiters let into the governor's own queue at once, unless it batches more.
+_PASS_AHEAD: Final = 8
 #: Idle tenants are forgotten once this many are known (then at twice the live ones).
 _PRUNE_AT: Final = 1024
 
@@ -178,13 +181,17 @@ class Gate:
 
     def __init__(self, governor: GovernorProtocol, *, clock: Clock,
                  adapt: AdaptPolicy | None = None, schedule: SchedulePolicy | None = None,
-                 window_margin: float = DEFAULT_WINDOW_MARGIN, pass_ahead: int = 8) -> None:
+                 window_margin: float = DEFAULT_WINDOW_MARGIN,
+                 pass_ahead: int | None = None) -> None:
         self.governor = governor
         self._clock = clock
         self._adapt = adapt or AdaptPolicy()
         self._schedule = schedule or SchedulePolicy()
         self._margin = window_margin
-        self._pass_ahead = pass_ahead
+        # A governor that serves waiters in batches (Redis) says how many: a smaller number
+        # would cost it round trips.
+        batch = getattr(governor, "admit_batch", _PASS_AHEAD)
+        self._pass_ahead: int = pass_ahead or (batch if isinstance(batch, int) else _PASS_AHEAD)
         limits = governor.limits
         self.adapter = ConcurrencyAdapter(self._adapt, limits.concurrency)
         self.learner = RateLearner(limits.minute, limits.rpm)
@@ -319,7 +326,6 @@ class Gate:
             assert ticket.permit is not None
             self.governor.release(ticket.permit)
             self._out -= 1
-            self._bell.ring()
         if ticket.tenant_slot:
             ticket.tenant_slot = False
             ticket.tenant.level.release()

@@ -212,6 +212,9 @@ class RedisGovernor:
         """The hash tag every key of the account carries."""
         return self._tag
 
+    #: Waiters one admit script serves at once: the gate in front lets this many in.
+    admit_batch: Final = _BATCH
+
     def wait_bound(self, requests: int, tokens: int) -> float:
         """None known: the account's windows are in Redis, and asking costs a round trip."""
         return 0.0
