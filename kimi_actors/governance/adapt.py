@@ -143,6 +143,11 @@ class RateLearner:
         self._sent.append(now)
         self._expire(self._sent, now)
 
+    def sends(self, now: float) -> list[float]:
+        """When the requests of the trailing window were sent, oldest first."""
+        self._expire(self._sent, now)
+        return list(self._sent)
+
     def refused(self, sent: float, now: float) -> int:
         """A 429 that named nothing answered the request sent at ``sent``: the working limit
         becomes what was accepted in the trailing window (at least 1). Returns it."""

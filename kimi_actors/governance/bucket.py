@@ -188,6 +188,13 @@ class RollingWindow:
         else:
             reservation._parts.append([slot_id, amount])
 
+    def count(self, amount: int, at: float) -> None:
+        """Count ``amount`` units admitted elsewhere at ``at`` (history for a window made
+        later), whatever the limit; calls go oldest first."""
+        _check_amount(amount)
+        self._expire(at)
+        self._add(amount, at)
+
     def restamp(self, reservation: Reservation, now: float) -> None:
         """Count the reservation's live units from ``now`` instead of from its admission (the
         request only reached the wire now). Later is conservative: never more than exact."""

@@ -41,8 +41,6 @@ from .interface import GovernorProtocol
 
 __all__ = ["Gate", "Ticket"]
 
-#: The RPM window's limit while no limit is configured or learned.
-_UNBOUNDED: Final = 1 << 40
 _RATE: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
 #: Chosen waiters let into the governor's own queue at once, unless it batches more.
 _PASS_AHEAD: Final = 8
@@ -53,8 +51,8 @@ _PRUNE_AT: Final = 1024
 class Ticket:
     """One admission through the gate: the governor's permit and the gate's own units."""
 
-    __slots__ = ("holds", "permit", "reservations", "sent", "seq", "tenant", "tenant_slot",
-                 "tokens")
+    __slots__ = ("holds", "learned", "permit", "reservations", "sent", "seq", "tenant",
+                 "tenant_slot", "tokens")
 
     def __init__(self, tenant: _Tenant, tokens: int,
                  reservations: list[tuple[RollingWindow, Reservation]]) -> None:
@@ -67,6 +65,8 @@ class Ticket:
         self.holds = False
         #: It holds one of its tenant's slots (from being let through until released).
         self.tenant_slot = True
+        #: It was let through while a learned RPM was in force (counted in its window).
+        self.learned = False
         self.sent: float | None = None
 
     def __repr__(self) -> str:
@@ -74,7 +74,7 @@ class Ticket:
 
 
 class _Entry:
-    __slots__ = ("future", "key", "priority", "seq", "since", "tokens")
+    __slots__ = ("counted", "future", "key", "priority", "seq", "since", "tokens")
 
     def __init__(self, tokens: int, priority: int, since: float, seq: int, aging: float,
                  future: asyncio.Future[Ticket]) -> None:
@@ -84,6 +84,8 @@ class _Entry:
         self.seq = seq
         self.key = since + priority * aging
         self.future = future
+        #: Still in its tenant's queued counts (the deadline's bound reads them).
+        self.counted = True
 
     def __lt__(self, other: _Entry) -> bool:
         return (self.key, self.seq) < (other.key, other.seq)
@@ -116,7 +118,7 @@ class _Tenant:
     def head(self) -> _Entry | None:
         heap = self.heap
         while heap and heap[0].future.done():
-            self._forget(heapq.heappop(heap))
+            self.forget(heapq.heappop(heap))
         return heap[0] if heap else None
 
     def push(self, entry: _Entry) -> None:
@@ -127,17 +129,22 @@ class _Tenant:
 
     def pop(self) -> _Entry:
         entry = heapq.heappop(self.heap)
-        self._forget(entry)
+        self.forget(entry)
         return entry
 
-    def _forget(self, entry: _Entry) -> None:
+    def forget(self, entry: _Entry) -> None:
+        """Take ``entry`` out of the queued counts (once; it may stay in the heap until it
+        reaches the head)."""
+        if not entry.counted:
+            return
+        entry.counted = False
         counts = self.queued_at[entry.priority]
         counts[0] -= 1
         counts[1] -= entry.tokens
         if counts[0] == 0:
             del self.queued_at[entry.priority]
 
-    def ahead(self, priority: int) -> tuple[int, int]:
+    def ahead(self, priority: float) -> tuple[int, int]:
         """Requests and tokens queued at ``priority`` or better: sure to go first."""
         requests = tokens = 0
         for level, (count, amount) in self.queued_at.items():
@@ -195,8 +202,8 @@ class Gate:
         limits = governor.limits
         self.adapter = ConcurrencyAdapter(self._adapt, limits.concurrency)
         self.learner = RateLearner(limits.minute, limits.rpm)
-        self._rpm = RollingWindow(limits.rpm or _UNBOUNDED,
-                                  limits.minute * (1 + window_margin))
+        #: The learned RPM's window, while a vague 429 has set one (``None`` otherwise).
+        self._rpm: RollingWindow | None = None
         self._tenants: dict[str | None, _Tenant] = {}
         self._prune_at = _PRUNE_AT
         self._waiting: dict[str | None, _Tenant] = {}
@@ -249,8 +256,9 @@ class Gate:
             raise
         self._passing -= 1
         self._out += 1
-        if self.adapter.ramping and self._out == self.adapter.limit:
-            self._bell.ring()  # reached: the ramp's clock starts counting
+        if self._waiting or (self.adapter.ramping and self._out == self.adapter.limit):
+            # A place to pass ahead is free again; or the ramp's clock starts counting.
+            self._bell.ring()
         ticket.permit = permit
         ticket.holds = True
         ticket.seq = self.adapter.admitted()
@@ -261,8 +269,8 @@ class Gate:
     async def _queue(self, owner: _Tenant, tokens: int, priority: int,
                      since: float) -> Ticket:
         future: asyncio.Future[Ticket] = asyncio.get_running_loop().create_future()
-        owner.push(_Entry(tokens, priority, since, next(self._seq), self._schedule.aging,
-                          future))
+        entry = _Entry(tokens, priority, since, next(self._seq), self._schedule.aging, future)
+        owner.push(entry)
         self._waiting[owner.name] = owner
         self._queued += 1
         self._bell.ring()
@@ -274,6 +282,7 @@ class Gate:
                 self._drop(future.result())
             else:
                 future.cancel()
+                owner.forget(entry)
                 self._bell.ring()
             raise
         finally:
@@ -287,20 +296,24 @@ class Gate:
 
     def _let_through(self, owner: _Tenant, tokens: int, now: float) -> Ticket | None:
         """Reserve the gate's units for one attempt of ``owner`` if they fit now."""
-        if owner.delay(tokens, now) != 0 or self._rpm.delay(1, now) > 0:
+        rpm = self._rpm
+        if owner.delay(tokens, now) != 0 or (rpm is not None and rpm.delay(1, now) > 0):
             return None
         held: list[tuple[RollingWindow, Reservation]] = []
         owner.reserve(tokens, now, held)
         taken = owner.level.try_acquire()
         assert taken, "delay() said its tenant has a slot"
-        reservation = self._rpm.reserve(1, now)
-        assert reservation is not None
-        held.append((self._rpm, reservation))
+        if rpm is not None:
+            reservation = rpm.reserve(1, now)
+            assert reservation is not None
+            held.append((rpm, reservation))
         self._passing += 1
         start = max(self._virtual, owner.finish)
         self._virtual = start
         owner.finish = start + tokens / owner.weight
-        return Ticket(owner, tokens, held)
+        ticket = Ticket(owner, tokens, held)
+        ticket.learned = rpm is not None
+        return ticket
 
     def _check_deadline(self, owner: _Tenant, tokens: int, priority: int, now: float,
                         deadline: float) -> None:
@@ -309,7 +322,8 @@ class Gate:
         for dimension, window in owner.windows.items():
             amount = requests + 1 if dimension is Dimension.RPM else queued_tokens + tokens
             bound = max(bound, window.delay(min(amount, window.limit), now))
-        bound = max(bound, self._rpm.delay(min(requests + 1, self._rpm.limit), now))
+        if self._rpm is not None:
+            bound = max(bound, self._rpm.delay(min(requests + 1, self._rpm.limit), now))
         if now + bound > deadline:
             raise DeadlineExceededError(
                 f"not sent: admission alone needs at least {bound:.1f} s (the rate windows "
@@ -348,25 +362,26 @@ class Gate:
             self.governor.restamp(ticket.permit)
         for window, reservation in ticket.reservations:
             window.restamp(reservation, now)
+        if self._rpm is not None and not ticket.learned:
+            self._rpm.count(1, now)  # let through before a limit was learned: count it now
 
     def settle(self, ticket: Ticket, actual_tokens: int | None) -> None:
         """Correct the token reservations with what the server counted."""
         if ticket.permit is not None:
             self.governor.settle(ticket.permit, actual_tokens)
-        if actual_tokens is None or actual_tokens == ticket.tokens:
-            return
+        windows = ticket.tenant.windows
+        if actual_tokens is None or actual_tokens == ticket.tokens or not windows:
+            return  # the tenant counts no tokens of its own: the governor has settled
         difference = actual_tokens - ticket.tokens
         now = self._clock.now()
-        for dimension in (Dimension.TPM, Dimension.TPD):
-            window = ticket.tenant.windows.get(dimension)
-            if window is None:
-                continue
-            for owner, reservation in ticket.reservations:
-                if owner is window:
-                    if difference < 0:
-                        window.refund(reservation, -difference)
-                    else:
-                        window.charge(reservation, difference, now)
+        token_windows = [windows[dimension] for dimension in (Dimension.TPM, Dimension.TPD)
+                         if dimension in windows]
+        for window, reservation in ticket.reservations:
+            if any(window is counted for counted in token_windows):
+                if difference < 0:
+                    window.refund(reservation, -difference)
+                else:
+                    window.charge(reservation, difference, now)
         ticket.tokens = actual_tokens
         self._bell.ring()
 
@@ -400,7 +415,14 @@ class Gate:
         becomes the working RPM. Returns it."""
         now = self._clock.now()
         learned = self.learner.refused(now if ticket.sent is None else ticket.sent, now)
-        self._rpm.set_limit(learned)
+        if self._rpm is None:
+            # The window starts with the trailing minute's sends: admission waits until
+            # enough of them expire.
+            self._rpm = RollingWindow(learned, self.limits.minute * (1 + self._margin))
+            for sent in self.learner.sends(now):
+                self._rpm.count(1, sent)
+        else:
+            self._rpm.set_limit(learned)
         self._bell.ring()
         return learned
 
@@ -460,19 +482,20 @@ class Gate:
         wake = self.adapter.ramp(self._out + self._passing, now)
         probe = self.learner.probe(now)
         learned = self.learner.limit
-        configured = self.limits.rpm or _UNBOUNDED
-        target = configured if learned is None else learned
-        if self._rpm.limit != target:
-            self._rpm.set_limit(target)
+        if learned is None:
+            self._rpm = None  # back at the configured RPM: the governor's own
+        elif self._rpm is not None and self._rpm.limit != learned:
+            self._rpm.set_limit(learned)
         if probe is not None:
             wake = probe if wake is None else min(wake, probe)
         return wake
 
     def _choose(self, now: float) -> tuple[_Tenant | None, float | None]:
         """The tenant whose head goes next, or the delay until one could."""
-        rpm_delay = self._rpm.delay(1, now)
-        if rpm_delay > 0:
-            return None, rpm_delay
+        if self._rpm is not None:
+            rpm_delay = self._rpm.delay(1, now)
+            if rpm_delay > 0:
+                return None, rpm_delay
         candidates: list[tuple[_Tenant, _Entry]] = []
         soonest: float | None = None
         for owner in list(self._waiting.values()):
@@ -522,7 +545,7 @@ class Gate:
 
     def statistics(self) -> GovernorStats:
         inner = self.governor.statistics()
-        tenants = {name: TenantStats(queued=len(owner.heap), in_flight=owner.level.held,
+        tenants = {name: TenantStats(queued=owner.ahead(math.inf)[0], in_flight=owner.level.held,
                                      admitted=owner.admitted, tokens=owner.tokens)
                    for name, owner in self._tenants.items() if name is not None}
         return replace(inner, queued=inner.queued + self._queued,

@@ -305,3 +305,66 @@ async def test_a_request_let_through_holds_its_tenants_slot_while_the_governor_w
         gate.release(second.result())
         gate.release(other.result())
         assert gate.statistics().tenants["a"].in_flight == 0
+
+
+async def test_a_learned_rpm_counts_the_minutes_sends_and_ends_at_the_ceiling() -> None:
+    clock = FakeClock()
+    async with gate_on(Limits(rpm=100, minute=10), clock) as gate:
+        sent = []
+        for _ in range(6):
+            ticket = await gate.admit(1)
+            gate.restamp(ticket)  # on the wire
+            gate.release(ticket)
+            sent.append(ticket)
+            clock.advance(1.0)
+        # 6 sent in the last 10 s, the last one refused: 5 accepted is the working RPM, and
+        # the minute's 6 sends already fill it.
+        assert gate.refused_vaguely(sent[-1]) == 5
+        waiting = asyncio.create_task(gate.admit(1))
+        await run_ready()
+        assert not waiting.done()
+        clock.advance(5.0)  # the first two sends (at 0 s and 1 s) have left the window
+        await run_ready()
+        assert waiting.done()
+        assert gate.statistics().learned_rpm == 5
+        for _ in range(8):  # probes of +1, +2, +4, ... once a window, up to the ceiling
+            clock.advance(10.0)
+            await run_ready()
+        assert gate.statistics().learned_rpm is None  # back at the configured 100
+        assert [await gate.admit(1) for _ in range(20)]  # nothing learned holds them back
+
+
+async def test_a_cancelled_waiter_no_longer_counts_toward_anothers_deadline() -> None:
+    clock = FakeClock()
+    async with gate_on(Limits(concurrency=1, rpm=2, minute=60), clock) as gate:
+        holder = await gate.admit(1)  # the one slot, and one of the minute's two requests
+        ahead = asyncio.create_task(gate.admit(1))
+        await run_ready()
+        ahead.cancel()
+        await run_ready()
+        # Counted, the cancelled one would make two requests ahead of the minute's one left.
+        alone = asyncio.create_task(gate.admit(1, deadline=clock.now() + 1.0))
+        await run_ready()
+        assert not alone.done()  # waiting for the slot, not failed for its deadline
+        gate.release(holder)
+        await run_ready()
+        assert alone.done()
+        assert alone.exception() is None
+
+
+async def test_a_tenants_token_window_is_settled_against_what_the_server_counted() -> None:
+    clock = FakeClock()
+    schedule = SchedulePolicy(tenant_default=TenantPolicy(limits=Limits(tpm=100, minute=60)))
+    async with gate_on(Limits(), clock, schedule=schedule) as gate:
+        first = await gate.admit(80, tenant="t")
+        gate.settle(first, 30)  # 50 back
+        second = await gate.admit(70, tenant="t")  # 30 + 70: fits at once
+        gate.settle(second, 100)  # 30 more than reserved: 130 counted, over the limit
+        late = asyncio.create_task(gate.admit(1, tenant="t"))
+        await run_ready()
+        assert not late.done()
+        other = await gate.admit(100, tenant="u")  # another tenant's window is its own
+        assert other.tokens == 100
+        clock.advance(60.0)
+        await run_ready()
+        assert late.done()
