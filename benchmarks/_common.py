@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FakeServer", "fake_server", "median", "percentile", "server_spec"]
+__all__ = ["FakeServer", "describe", "fake_server", "median", "percentile", "server_spec"]
 
 _READY = "READY "
 _FINAL = "FINAL "
@@ -78,6 +78,12 @@ def fake_server(spec: dict[str, Any], final_stats: dict[str, Any] | None = None,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def describe(error: BaseException) -> str:
+    """An error as a benchmark reports it: its type, message and notes."""
+    notes = " ".join(getattr(error, "__notes__", ()))
+    return f"{type(error).__name__}: {error} {notes}"
 
 
 def percentile(sorted_values: Sequence[float], share: float) -> float:

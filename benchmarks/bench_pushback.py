@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from _common import fake_server, server_spec
+from _common import describe, fake_server, server_spec
 
 from kimi_actors import Limits, Supervisor
 from kimi_actors.transport import RawResponse, Transport
@@ -79,9 +79,7 @@ async def _drive(base_url: str, api_key: str, limits: Limits, count: int,
                     answered += 1
                 else:
                     failed += 1
-                    if not first_error:
-                        notes = " ".join(getattr(item.error, "__notes__", ()))
-                        first_error = f"{type(item.error).__name__}: {item.error} {notes}"
+                    first_error = first_error or describe(item.error)
             stats = sup.statistics()
     finally:
         Transport.post = original  # type: ignore[method-assign]

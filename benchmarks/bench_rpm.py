@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from _common import FakeServer, fake_server, percentile, server_spec
+from _common import FakeServer, describe, fake_server, percentile, server_spec
 
 from kimi_actors import Limits, Supervisor
 from kimi_actors.transport import RawResponse, Transport
@@ -68,9 +68,7 @@ async def run(server: FakeServer, limits: Limits, count: int, window_margin: flo
             async for item in sup.map(bodies):
                 if not item.ok:
                     failed += 1
-                    if not first_error:
-                        notes = " ".join(getattr(item.error, "__notes__", ()))
-                        first_error = f"{type(item.error).__name__}: {item.error} {notes}"
+                    first_error = first_error or describe(item.error)
             stats = sup.statistics()
     finally:
         Transport.post = original  # type: ignore[method-assign]

@@ -36,12 +36,11 @@ from ..limits import Dimension, Limits
 from ..policy import AdaptPolicy, SchedulePolicy, TenantPolicy
 from .adapt import ConcurrencyAdapter, RateLearner
 from .bucket import Level, Reservation, RollingWindow
-from .governor import DEFAULT_WINDOW_MARGIN, GovernorStats, Permit, TenantStats
+from .governor import DEFAULT_WINDOW_MARGIN, GovernorStats, Permit, TenantStats, rate_windows
 from .interface import GovernorProtocol
 
 __all__ = ["Gate", "Ticket"]
 
-_RATE: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
 #: Chosen waiters let into the governor's own queue at once, unless it batches more.
 _PASS_AHEAD: Final = 8
 #: Idle tenants are forgotten once this many are known (then at twice the live ones).
@@ -106,12 +105,7 @@ class _Tenant:
         self.tokens = 0
         limits = policy.limits or Limits.unlimited()
         self.level = Level(limits.concurrency)
-        self.windows: dict[Dimension, RollingWindow] = {}
-        for dimension in _RATE:
-            limit = limits.limit(dimension)
-            if limit is not None:
-                span = limits.window(dimension) * (1 + margin)
-                self.windows[dimension] = RollingWindow(limit, span)
+        self.windows = rate_windows(limits, margin)
         #: Queued requests and tokens by priority, for the deadline's lower bound.
         self.queued_at: dict[int, list[int]] = {}
 

@@ -27,7 +27,7 @@ from ..limits import Dimension, Limits
 from .bucket import Level, Reservation, RollingWindow
 
 __all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats", "Permit",
-           "SharedStats", "TenantStats"]
+           "SharedStats", "TenantStats", "rate_windows"]
 
 #: How much longer than the server's each rate window is kept, against network jitter (1.5%).
 DEFAULT_WINDOW_MARGIN = 0.015
@@ -118,6 +118,14 @@ class _Waiter:
         self.future = future
 
 
+def rate_windows(limits: Limits, margin: float) -> dict[Dimension, RollingWindow]:
+    """One rolling window per rate dimension ``limits`` governs, ``margin`` longer than its
+    limit's window."""
+    return {dimension: RollingWindow(limit, limits.window(dimension) * (1 + margin))
+            for dimension in _RATE_DIMENSIONS
+            if (limit := limits.limit(dimension)) is not None}
+
+
 class Governor:
     """Admission for one account's limits. ``window_margin`` stretches each rate window by that
     share, so that network jitter between our admission and the server's receipt can never put
@@ -131,12 +139,7 @@ class Governor:
         self._limits = limits
         self._slots = Level(limits.concurrency)
         self._concurrency_paused_until = -math.inf
-        self._windows: dict[Dimension, RollingWindow] = {}
-        for dimension in _RATE_DIMENSIONS:
-            limit = limits.limit(dimension)
-            if limit is not None:
-                span = limits.window(dimension) * (1 + window_margin)
-                self._windows[dimension] = RollingWindow(limit, span)
+        self._windows = rate_windows(limits, window_margin)
         self._queue: list[tuple[int, int, _Waiter]] = []
         self._seq = itertools.count()
         self._bell = Doorbell(clock)
