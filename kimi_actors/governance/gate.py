@@ -250,9 +250,7 @@ class Gate:
             raise
         self._passing -= 1
         self._out += 1
-        if self._waiting or (self.adapter.ramping and self._out == self.adapter.limit):
-            # A place to pass ahead is free again; or the ramp's clock starts counting.
-            self._bell.ring()
+        self._wake()  # a place to pass ahead is free again; the ramp may start counting
         ticket.permit = permit
         ticket.holds = True
         ticket.seq = self.adapter.admitted()
@@ -277,10 +275,16 @@ class Gate:
             else:
                 future.cancel()
                 owner.forget(entry)
-                self._bell.ring()
+                self._wake()
             raise
         finally:
             self._queued -= 1
+
+    def _wake(self) -> None:
+        """Ring the dispatcher when someone waits here: with nobody queued, what changed
+        matters to the next arrival, which rings itself (no task switch per request)."""
+        if self._waiting:
+            self._bell.ring()
 
     def _room(self) -> bool:
         if self._passing >= self._pass_ahead:
@@ -337,7 +341,7 @@ class Gate:
         if ticket.tenant_slot:
             ticket.tenant_slot = False
             ticket.tenant.level.release()
-            self._bell.ring()
+            self._wake()
 
     def cancel(self, ticket: Ticket) -> None:
         """The request was never sent: every unit goes back."""
@@ -345,7 +349,7 @@ class Gate:
         if ticket.permit is not None:
             self.governor.cancel(ticket.permit)
         self._refund(ticket)
-        self._bell.ring()
+        self._wake()
 
     def restamp(self, ticket: Ticket) -> None:
         """The request reached the wire: its rate units count from now."""
@@ -377,7 +381,7 @@ class Gate:
                 else:
                     window.charge(reservation, difference, now)
         ticket.tokens = actual_tokens
-        self._bell.ring()
+        self._wake()
 
     def _refund(self, ticket: Ticket) -> None:
         for window, reservation in ticket.reservations:
@@ -388,7 +392,7 @@ class Gate:
         """A ticket let through but never admitted: everything back."""
         self._refund(ticket)
         self.release(ticket)
-        self._bell.ring()
+        self._wake()
 
     # -- what the server said ----------------------------------------------------------------
 
@@ -397,12 +401,12 @@ class Gate:
         is at its floor already (the breaker's turn)."""
         out = self._out - (1 if ticket.holds else 0)
         at_floor = self.adapter.overloaded(ticket.seq, out)
-        self._bell.ring()
+        self._wake()
         return at_floor
 
     def succeeded(self) -> None:
         self.adapter.succeeded()
-        self._bell.ring()
+        self._wake()
 
     def refused_vaguely(self, ticket: Ticket) -> int:
         """A rate-limit 429 named nothing: what the server accepted over the trailing window
@@ -417,7 +421,7 @@ class Gate:
                 self._rpm.count(1, sent)
         else:
             self._rpm.set_limit(learned)
-        self._bell.ring()
+        self._wake()
         return learned
 
     def on_rate_limited(self, dimension: Dimension | None, *, retry_after: float | None,
@@ -433,7 +437,7 @@ class Gate:
                     entry.future.set_exception(error)
         self._waiting.clear()
         self.governor.fail_queued(error)
-        self._bell.ring()
+        self._wake()
 
     def close(self, error: KimiError) -> None:
         self.governor.close(error)

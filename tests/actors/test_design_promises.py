@@ -354,13 +354,18 @@ TRIPPY = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0)
 ONCE = RetryPolicy(max_attempts=1)
 
 
+async def trip(sup: Supervisor) -> None:
+    """Two calls answered 500 (scripted), each failing at once (``ONCE``): ``TRIPPY`` opens."""
+    for _ in range(2):
+        with pytest.raises(ServerError):
+            await sup.chat(model=MODEL, messages=QUESTION)
+
+
 async def test_while_the_breaker_is_open_callers_wait_for_it() -> None:
     clock = FakeClock()
     transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("after the pause"))
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         assert sup.statistics().breaker_state == "open"
         call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await clock.wait_for_sleepers(1)
@@ -377,9 +382,7 @@ async def test_a_caller_whose_timeout_is_shorter_than_the_open_time_fails_at_onc
     clock = FakeClock()
     transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         with pytest.raises(CircuitOpenError) as info:
             await sup.chat(model=MODEL, messages=QUESTION, timeout=4.0)
     assert info.value.retry_in == pytest.approx(5.0)
@@ -981,9 +984,7 @@ async def test_an_abandoned_half_open_probe_frees_its_probe_slot() -> None:
                                   completion("closed again"))
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         clock.advance(5.0)
         probe = asyncio.create_task(hold_a_stream(sup))
         await turns()  # loop turns: the one probe is let through and stalls
@@ -1246,9 +1247,7 @@ async def test_cancelled_attempts_free_the_slot_of_their_own_breaker_episode() -
         # Two attempts let through while closed: after the trip they belong to an old episode.
         old = [asyncio.create_task(hold_a_stream(sup)) for _ in range(2)]
         await turns()
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         old[0].cancel()  # cancelled while the breaker is open
         with pytest.raises(asyncio.CancelledError):
             await old[0]
@@ -1668,9 +1667,7 @@ async def test_a_stream_waits_for_an_open_breaker_only_within_its_timeout() -> N
     clock = FakeClock()
     transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         with pytest.raises(CircuitOpenError):
             async with sup.stream(model=MODEL, messages=QUESTION, timeout=4.0) as stream:
                 await stream.collect()
@@ -1920,9 +1917,7 @@ async def test_a_call_cancelled_while_the_breaker_is_open_ends_cancelled() -> No
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
         held = asyncio.create_task(hold_a_stream(sup))
         await turns()
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         assert sup.statistics().breaker_state == "open"
         held.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -2194,9 +2189,7 @@ async def _trip_then_probe(sup: Supervisor, clock: FakeClock) -> tuple[asyncio.T
     then one probe that stalls: returns the slow reader and the probe."""
     early = asyncio.create_task(_read(sup))
     await turns()
-    for _ in range(2):
-        with pytest.raises(ServerError):
-            await sup.chat(model=MODEL, messages=QUESTION)
+    await trip(sup)
     assert sup.statistics().breaker_state == "open"
     clock.advance(5.0)
     probe = asyncio.create_task(hold_a_stream(sup))
@@ -2234,9 +2227,7 @@ async def test_an_ignored_answer_from_before_a_trip_leaves_the_probe_slot_taken(
         early = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await turns()
         transport.send_delay = 0.0
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         clock.advance(5.0)
         probe = asyncio.create_task(hold_a_stream(sup))
         await turns()
@@ -2256,13 +2247,11 @@ async def test_a_trip_is_logged_with_its_states_open_time_and_reason(
         events: list[dict[str, Any]]) -> None:
     transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR)
     async with supervisor(transport, FakeClock(), breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
-    [trip] = [e for e in events if e["event"] == "breaker_transition"]
-    assert (trip["log_level"], trip["before"], trip["after"], trip["open_for"]) == (
+        await trip(sup)
+    [opened] = [e for e in events if e["event"] == "breaker_transition"]
+    assert (opened["log_level"], opened["before"], opened["after"], opened["open_for"]) == (
         "warning", "closed", "open", 5.0)
-    assert trip["reason"]
+    assert opened["reason"]
 
 
 async def test_an_overload_that_names_a_wait_keeps_the_breaker_open_that_long(
@@ -2314,9 +2303,7 @@ async def test_a_call_waits_out_even_the_last_second_of_an_open_breaker() -> Non
     clock = FakeClock()
     transport = ScriptedTransport(SERVER_ERROR, SERVER_ERROR, completion("after"))
     async with supervisor(transport, clock, breaker=TRIPPY, retry=ONCE) as sup:
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         clock.advance(4.5)  # half a second of the five left
         call = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await turns()
@@ -2332,9 +2319,7 @@ async def test_breaker_transitions_other_than_opening_are_logged_at_info(
     breaker = BreakerPolicy(min_calls=2, failure_rate=0.5, open_for=5.0, half_open_probes=1)
     async with supervisor(transport, clock, breaker=breaker, retry=ONCE) as sup:
         assert sup.statistics().last_transport_error is None
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         clock.advance(5.0)
         await sup.chat(model=MODEL, messages=QUESTION)
     transitions = [(e["log_level"], e["before"], e["after"]) for e in events
@@ -2452,9 +2437,7 @@ async def test_an_ignored_answer_arriving_while_the_breaker_is_open_is_that_erro
         early = asyncio.create_task(sup.chat(model=MODEL, messages=QUESTION))
         await turns()
         transport.send_delay = 0.0
-        for _ in range(2):
-            with pytest.raises(ServerError):
-                await sup.chat(model=MODEL, messages=QUESTION)
+        await trip(sup)
         assert sup.statistics().breaker_state == "open"
         clock.advance(3.0)  # the 400 comes back while the breaker is still open
         with pytest.raises(BadRequestError):
