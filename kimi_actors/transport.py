@@ -52,6 +52,7 @@ ERROR_PAGE_READ_BYTES = 1 << 20
 #: Same-origin 307/308 redirects followed for one request before the answer is taken as is.
 MAX_SAME_ORIGIN_REDIRECTS = 3
 _KEEP_METHOD_REDIRECTS = frozenset({307, 308})
+_URL_CACHE_SIZE = 256
 
 
 def cleartext_host(base_url: str) -> str | None:
@@ -294,13 +295,18 @@ class Transport:
             await session.close()
 
     def url(self, path: str) -> URL:
-        """``path`` under the base URL's path; a query in the base URL is kept."""
+        """``path`` (with its own query, if any) under the base URL's path; a query in the
+        base URL is kept."""
         url = self._urls.get(path)
         if url is None:
             base = self._base
-            url = base.with_path(f"{base.path.rstrip('/')}/{path.lstrip('/')}",
+            route, _, query = path.partition("?")
+            url = base.with_path(f"{base.path.rstrip('/')}/{route.lstrip('/')}",
                                  keep_query=True)
-            self._urls[path] = url
+            if query:
+                url = url.update_query(query)
+            if len(self._urls) < _URL_CACHE_SIZE:  # forwarded paths carry ids: keep it bounded
+                self._urls[path] = url
         return url
 
     def _same_origin_target(self, response: aiohttp.ClientResponse) -> URL | None:
@@ -376,6 +382,18 @@ class Transport:
         timeouts = self._timeouts
         response = await self._open("GET", path, None, headers=None, on_sent=None,
                                     first_byte=timeouts.first_byte, total=timeouts.response)
+        return await self._whole(response)
+
+    async def forward(self, method: str, path: str, body: bytes | None, *,
+                      query: str = "", headers: Mapping[str, str] | None = None) -> RawResponse:
+        """Send any request under the base URL as it is (the key added) and read the whole
+        answer: the pass-through for endpoints the actors do not govern (files, batches)."""
+        timeouts = self._timeouts
+        if query:
+            path = f"{path}?{query}"
+        response = await self._open(method, path, body, headers=headers, on_sent=None,
+                                    first_byte=timeouts.non_stream_first_byte,
+                                    total=timeouts.response)
         return await self._whole(response)
 
     @asynccontextmanager

@@ -135,6 +135,20 @@ class DeltaChannel:
             _wake(self._putter)
         return delta
 
+    def take_ready(self) -> list[Delta]:
+        """Every delta waiting, at once (empty when none is)."""
+        batches = self._batches
+        if not batches:
+            return []
+        ready = batches.popleft()[self._position:]
+        while batches:
+            ready += batches.popleft()
+        self._position = 0
+        self._buffered = 0
+        if self._putter is not None:
+            _wake(self._putter)
+        return ready
+
     async def get(self) -> Delta | None:
         """The next delta; ``None`` once the channel is closed and empty."""
         while not self._batches:

@@ -52,13 +52,16 @@ from ..protocol.chunks import ChatResult, Delta
 from ..protocol.classify import Action, classify_response
 from ..protocol.tokens import DEFAULT_MAX_TOKENS
 from ..redaction import redact_url, register_secret
-from ..transport import Transport, TransportProtocol, cleartext_host, json_body
+from ..transport import RawResponse, Transport, TransportProtocol, cleartext_host, json_body
 from .request import RequestActor
 from .runtime import Runtime
 from .stream import DeltaChannel, StreamActor
 
 if TYPE_CHECKING:
+    from openai import AsyncOpenAI
     from redis.asyncio import Redis as RedisClient
+
+    from ..openai_sdk import OpenAITransport
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -219,6 +222,11 @@ class Stream:
                     raise self._error
                 raise StopAsyncIteration
         return delta
+
+    def ready(self) -> list[Delta]:
+        """Every delta received and not yet taken, without waiting (empty when none is): a
+        consumer that handles deltas in batches takes one, then what else is ready."""
+        return self._channel.take_ready()
 
     @property
     def buffered(self) -> int:
@@ -599,6 +607,45 @@ class Supervisor:
                 self._runtime.record(outcome, None)
             raise outcome.error
         return outcome.body
+
+    @property
+    def base_url(self) -> str:
+        """The API's base URL (credentials in it masked)."""
+        return redact_url(self._runtime.transport.base_url)
+
+    async def forward(self, method: str, path: str, body: bytes | None = None, *,
+                      query: str = "", headers: Mapping[str, str] | None = None) -> RawResponse:
+        """Send a request under the base URL as it is, with the key: not governed, not
+        retried, its answer (errors included) returned as it came. For endpoints the actors
+        do not serve (files, batches); the openai SDK's transport passes them through here.
+        Needs the aiohttp transport (a scripted one has no ``forward``)."""
+        self._check_open()
+        forward = getattr(self._runtime.transport, "forward", None)
+        if forward is None:
+            raise TypeError(f"{type(self._runtime.transport).__name__} carries chat "
+                            "completions only: it has no forward()")
+        response: RawResponse = await forward(method, path, body, query=query,
+                                              headers=headers)
+        return response
+
+    def openai_client(self, *, priority: int = 0, tenant: str | None = None,
+                      **kwargs: Any) -> AsyncOpenAI:
+        """A real ``openai.AsyncOpenAI`` whose every request goes through this supervisor
+        (``pip install 'kimi-actors[openai]'``; see kimi_actors/openai_sdk.py). ``priority``
+        and ``tenant`` are its requests' defaults; other keyword arguments go to the SDK,
+        except ``api_key``, ``base_url``, ``http_client`` and ``max_retries``, which the
+        supervisor sets (the key never enters the SDK client)."""
+        from ..openai_sdk import openai_client
+
+        return openai_client(self, priority=priority, tenant=tenant, **kwargs)
+
+    def httpx_transport(self, *, priority: int = 0,
+                        tenant: str | None = None) -> OpenAITransport:
+        """The transport behind :meth:`openai_client`, for frameworks that take an httpx
+        client: ``httpx2.AsyncClient(transport=sup.httpx_transport())`` (or ``httpx``'s)."""
+        from ..openai_sdk import OpenAITransport
+
+        return OpenAITransport(self, priority=priority, tenant=tenant)
 
     def statistics(self) -> SupervisorStats:
         rt = self._runtime

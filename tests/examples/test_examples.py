@@ -67,3 +67,34 @@ def test_tier_tuning_paces_without_429_and_adopts_the_server_limit() -> None:
     assert rejected == 0
     assert configured > adopted == 3
     assert "Limits.tier(3).with_overrides" in output
+
+
+def test_openai_sdk_fan_out_and_threads_answer_everything_exactly() -> None:
+    output = run_example("openai_sdk.py", "--count", "40", "--threads", "6")
+    answered, asked, wrong, resumed, _, limited = summary(
+        r"openai sdk \(async\): (\d+)/(\d+) answered, (\d+) differ from the expected reply, "
+        r"(\d+) stream resumes, (\d+) retries, (\d+) rate-limit 429s", output)
+    assert answered == asked == 40
+    assert wrong == limited == 0
+    assert resumed >= 1
+    threaded, threads, threaded_wrong = summary(
+        r"openai sdk \(threads\): (\d+)/(\d+) answered, (\d+) differ", output)
+    assert threaded == threads == 6
+    assert threaded_wrong == 0
+
+
+def test_langchain_chat_openai_runs_on_the_supervisor() -> None:
+    output = run_example("langchain_chat.py", "--count", "24")
+    answered, asked, _, _, wrong, resumed, limited = summary(
+        r"langchain: (\d+)/(\d+) answered \((\d+) by abatch, (\d+) by astream\), (\d+) differ "
+        r"from the expected reply, (\d+) stream resumes, (\d+) rate-limit 429s", output)
+    assert answered == asked == 24
+    assert wrong == limited == 0
+    assert resumed >= 1
+
+
+def test_openai_web_handler_streams_correct_answers_per_user() -> None:
+    output = run_example("openai_web.py", "--self-test", "--questions", "3")
+    good, total = summary(r"self-test: (\d+)/(\d+) answers streamed through the openai SDK",
+                          output)
+    assert good == total == 6
