@@ -26,6 +26,7 @@ from typing import Any
 import openai
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from kimi_actors import Limits, RetryPolicy, Supervisor
 from kimi_actors.testing import FakeKimi, Faults, expected_reply
@@ -55,7 +56,7 @@ def text_of(message: BaseMessage) -> str:
 async def main(args: argparse.Namespace) -> int:
     async with endpoint(not args.real) as options, Supervisor(**options) as sup:
         chat = ChatOpenAI(
-            model=args.model, api_key="unused: the supervisor holds the key",  # type: ignore[arg-type]
+            model=args.model, api_key=SecretStr("unused: the supervisor holds the key"),
             base_url=sup.base_url, max_retries=0,
             http_async_client=openai.DefaultAsyncHttpxClient(transport=sup.httpx_transport()))
         batched = args.count // 3

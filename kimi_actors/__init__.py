@@ -5,8 +5,9 @@ TPD) and one circuit breaker, retry in one place under a budget, and resume brok
 through Kimi's Partial Mode.
 
 The public surface is this module's ``__all__``, ``kimi_actors.testing`` (FakeKimi, the
-scripted transport, FakeClock) and ``kimi_actors.batch`` (the runner behind ``kimi-actors
-run``). The subpackages ``actors``, ``governance`` and ``protocol`` are internal: their names
+scripted transport, FakeClock), ``kimi_actors.batch`` (the runner behind ``kimi-actors
+run``) and ``kimi_actors.openai_sdk`` (the openai SDK on a supervisor; needs the ``openai``
+extra). The subpackages ``actors``, ``governance`` and ``protocol`` are internal: their names
 may move between releases.
 """
 

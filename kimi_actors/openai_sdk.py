@@ -329,8 +329,11 @@ class OpenAITransport(_httpx.AsyncBaseTransport):
                 answer.append(("x-request-id", result.request_id))
             return cast("_httpx.Response", hx.Response(
                 200, headers=answer, content=orjson.dumps(result.to_dict()), request=request))
-        stream = sup.stream(priority=priority, tenant=tenant,  # type: ignore[call-arg]
-                            extra_headers=headers, extra_body=body)
+        try:
+            stream = sup.stream(priority=priority, tenant=tenant,  # type: ignore[call-arg]
+                                extra_headers=headers, extra_body=body)
+        except KimiError as exc:
+            raise openai_error(exc, request) from exc
         await stream.__aenter__()
         try:
             first = [await anext(stream)]
@@ -513,6 +516,10 @@ class BackgroundSupervisor:
         if loop is None or not loop.is_running():
             coroutine.close()
             raise RuntimeError("the BackgroundSupervisor is not running")
+        if threading.current_thread() is self._thread:
+            coroutine.close()
+            raise RuntimeError("the synchronous client was called from the supervisor's own "
+                               "loop, which would wait for itself: use sup.openai_client()")
         future: Future[_T] = asyncio.run_coroutine_threadsafe(coroutine, loop)
         return future.result()
 

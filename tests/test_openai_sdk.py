@@ -30,6 +30,7 @@ from kimi_actors import (
     RetryPolicy,
     ServerError,
     Supervisor,
+    SupervisorClosedError,
 )
 from kimi_actors.openai_sdk import BackgroundSupervisor
 from kimi_actors.testing import FakeKimi, Faults, Latency, ScriptedTransport, expected_reply
@@ -421,3 +422,32 @@ def test_a_synchronous_stream_left_early_stops_its_actor() -> None:
         loop.close()
     assert first.choices[0].delta.role == "assistant"
     assert actors == 0
+
+
+async def test_a_closed_supervisor_fails_sdk_calls_as_connection_errors() -> None:
+    async with FakeKimi() as fake:
+        sup = Supervisor(api_key=fake.api_key, base_url=fake.base_url)
+        async with sup:
+            client = sup.openai_client()
+        for stream in (False, True):
+            with pytest.raises(openai.APIConnectionError) as closed:
+                await client.chat.completions.create(model=MODEL, messages=ask(1),
+                                                     stream=stream)
+            assert isinstance(closed.value.__cause__, SupervisorClosedError)
+
+
+def test_a_background_supervisor_refuses_misuse_with_clear_errors() -> None:
+    bg = BackgroundSupervisor(transport=ScriptedTransport())
+    with pytest.raises(RuntimeError, match="use it as"):
+        _ = bg.supervisor
+    with bg:
+        with pytest.raises(RuntimeError, match="entered once"):
+            bg.__enter__()
+
+        async def from_its_own_loop() -> None:
+            bg.call(asyncio.sleep(0))
+
+        with pytest.raises(RuntimeError, match="would wait for itself"):
+            bg.call(from_its_own_loop())
+    with pytest.raises(RuntimeError, match="not running"):
+        bg.call(asyncio.sleep(0))
