@@ -18,7 +18,11 @@ once. Endpoints:
   keeps the connection alive while the answer is slow, and ``X-Accel-Buffering: no`` keeps a
   proxy such as nginx from holding the events back;
 * ``GET /ask?q=...&user=...`` the answer as plain text chunks;
-* ``GET /stats`` the Supervisor's statistics as JSON.
+* ``GET /stats`` the Supervisor's statistics as JSON;
+* ``GET /metrics`` the OpenTelemetry metrics for Prometheus to scrape: the GenAI call
+  durations, token usage and time to first chunk, and the runtime's queue depth, in-flight
+  attempts, limit use, 429s, retries, resumes and breaker state (with the ``otel`` extra, the
+  OpenTelemetry SDK and ``opentelemetry-exporter-prometheus`` installed; otherwise 501).
 
 A client that goes away mid-answer makes the next write fail; leaving the ``async with
 sup.stream(...)`` block then closes the upstream connection and frees its slot at once.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
@@ -258,7 +263,39 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(snapshot, dumps=lambda data: json.dumps(data, default=str))
 
 
+def setup_metrics() -> bool:
+    """Make OpenTelemetry's Prometheus exporter the process's metrics reader (once per
+    process, at start-up, as an application would). False when it is not installed."""
+    global _metrics_ready
+    if _metrics_ready is None:
+        try:
+            from opentelemetry import metrics
+            from opentelemetry.exporter.prometheus import PrometheusMetricReader
+            from opentelemetry.sdk.metrics import MeterProvider
+        except ImportError:
+            _metrics_ready = False
+        else:
+            metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+            _metrics_ready = True
+    return _metrics_ready
+
+
+_metrics_ready: bool | None = None
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    """The metrics in Prometheus' text format (what ``prometheus_client`` collects)."""
+    if not setup_metrics():
+        raise web.HTTPNotImplemented(text="pip install 'kimi-actors[otel]' opentelemetry-sdk "
+                                          "opentelemetry-exporter-prometheus")
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = await asyncio.to_thread(generate_latest)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def build_app(use_fake: bool) -> web.Application:
+    setup_metrics()
     app = web.Application()
     app[USE_FAKE] = use_fake
     app.cleanup_ctx.append(fake_ctx)
@@ -267,6 +304,7 @@ def build_app(use_fake: bool) -> web.Application:
     app.router.add_get("/ask", ask_text)
     app.router.add_get("/ask/sse", ask_sse)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", prometheus)
     return app
 
 
@@ -322,6 +360,8 @@ async def self_test(questions: int, use_fake: bool) -> int:
                                            *(sse(q) for q in asked))
             async with client.get(f"{base}/stats") as response:
                 backend = await response.json()
+            async with client.get(f"{base}/metrics") as response:
+                scraped = await response.text() if response.status == 200 else ""
         good = 0
         for question, answer in zip(asked * 2, answers, strict=True):
             if use_fake:
@@ -333,6 +373,11 @@ async def self_test(questions: int, use_fake: bool) -> int:
         print(f"  backend supervisor: completed {backend['completed']}, resumes "
               f"{backend['resumes']}, restarts {backend['restarts']}, in flight "
               f"{backend['in_flight']}")
+        durations = re.search(r"^gen_ai_client_operation_duration_seconds_count\{[^}]*\} "
+                              r"(\S+)$", scraped, re.MULTILINE)
+        print(f"  /metrics: {len(scraped.splitlines())} lines; calls timed "
+              f"{float(durations.group(1)) if durations else 0:.0f}; runtime series "
+              f"{len(set(re.findall(r'^(kimi_actors_[a-z_]+)', scraped, re.MULTILINE)))}")
         print(f"self-test: {good}/{len(answers)} answers streamed and correct "
               f"({questions} plain text, {questions} SSE, concurrently)")
         return 0 if good == len(answers) else 1

@@ -1,21 +1,33 @@
 """Structured events and secret redaction.
 
-kimi_actors is a library, so it does not configure global logging. Its events go through a
-structlog logger wrapped around the stdlib logger ``kimi_actors`` (so unconfigured programs see
-warnings and errors only, on stderr), unless the application hands its own structlog logger to
-``set_logger``. Every event passes through ``emit``, which redacts first: any registered
-secret (the API key) and every credential shape in any value is masked
-(:mod:`kimi_actors.redaction`), so no key reaches a log whatever a server echoes back.
+kimi_actors is a library, so it configures no logging. Every event goes through ``emit``, which
+redacts first: any registered secret (the API key) and every credential shape in any value is
+masked (:mod:`kimi_actors.redaction`), so no key reaches a log whatever a server echoes back.
+Then the event goes to the first of these that applies:
+
+1. the structlog logger the application handed to ``set_logger``;
+2. the application's own structlog configuration, when it configured structlog
+   (``structlog.get_logger("kimi_actors")``): the event name and its fields as keyword
+   arguments, for the application's processors to render;
+3. the stdlib logger ``kimi_actors``: a LogRecord whose fields are attributes of the record
+   (what ``extra=`` sets: ``record.event``, ``record.request_id``, ...; a field named like a
+   LogRecord attribute gets a ``kimi_`` prefix), so JSON formatters see them as fields, and
+   whose message renders them as sorted ``key=value`` text only when a handler formats it.
+   Unconfigured programs see warnings and errors on stderr, as stdlib logging does.
+
+Each event is also added to the current OpenTelemetry span (kimi_actors/telemetry.py).
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
+from . import telemetry
 from .redaction import REDACTED, redact_text, register_secret
 
 __all__ = [
@@ -49,8 +61,9 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
 
 def _default_logger() -> Any:
+    """A structlog logger that renders like the stdlib path (for ``get_logger()`` callers)."""
     return structlog.wrap_logger(
-        logging.getLogger("kimi_actors"),
+        _stdlib,
         processors=[
             redact,
             structlog.stdlib.filter_by_level,
@@ -63,6 +76,13 @@ def _default_logger() -> Any:
 
 
 _logger: Any = None
+_fallback: Any = None
+_stdlib = logging.getLogger("kimi_actors")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR, "critical": logging.CRITICAL}
+#: Names a field may not take on a LogRecord (``makeRecord`` refuses them).
+_RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime"}
 
 
 def set_logger(logger: Any | None) -> None:
@@ -73,14 +93,52 @@ def set_logger(logger: Any | None) -> None:
 
 
 def get_logger() -> Any:
-    global _logger
-    if _logger is None:
-        _logger = _default_logger()
-    return _logger
+    """The logger events go to: the one given to ``set_logger``, the application's
+    structlog configuration, or a structlog wrapper of the stdlib ``kimi_actors`` logger."""
+    global _fallback
+    if _logger is not None:
+        return _logger
+    if structlog.is_configured():
+        return structlog.get_logger("kimi_actors")
+    if _fallback is None:
+        _fallback = _default_logger()
+    return _fallback
+
+
+class _Rendered:
+    """An event's ``key=value`` text, rendered only when a handler formats the record."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __str__(self) -> str:
+        fields = self.fields
+        return " ".join(f"{key}={fields[key]!r}" for key in
+                        ["event", *sorted(key for key in fields if key != "event")])
+
+
+def _log_stdlib(level: str, event: str, fields: dict[str, Any]) -> None:
+    number = _LEVELS.get(level, logging.INFO)
+    if not _stdlib.isEnabledFor(number):
+        return
+    if fields.pop("exc_info", None):
+        fields["exception"] = redact_text(traceback.format_exc().rstrip("\n"))
+    shown = {"event": event, **fields, "level": level}
+    extra = {(f"kimi_{key}" if key in _RESERVED else key): value for key, value in shown.items()}
+    _stdlib.log(number, "%s", _Rendered(shown), extra=extra, stacklevel=3)
 
 
 def emit(level: str, event: str, **fields: Any) -> None:
-    """Log one event at ``level`` ("debug", "info", "warning", "error"), secrets redacted."""
-    logger = get_logger()
+    """Log one event at ``level`` ("debug", "info", "warning", "error"), secrets redacted;
+    it is also an event of the current OpenTelemetry span, when one records."""
     fields = {key: _redact_value(value) for key, value in fields.items()}
-    getattr(logger, level)(event, **fields)
+    telemetry.event(event, fields)
+    logger = _logger
+    if logger is None and structlog.is_configured():
+        logger = structlog.get_logger("kimi_actors")
+    if logger is not None:
+        getattr(logger, level)(event, **fields)
+    else:
+        _log_stdlib(level, event, fields)

@@ -19,6 +19,7 @@ __all__ = [
     "ResumePolicy",
     "RetryPolicy",
     "SchedulePolicy",
+    "TelemetryPolicy",
     "TenantPolicy",
     "TimeoutPhase",
     "Timeouts",
@@ -143,6 +144,21 @@ class TenantPolicy:
         _positive("TenantPolicy", weight=self.weight)
         if self.limits is not None and not isinstance(self.limits, Limits):
             raise ValueError(f"TenantPolicy.limits must be a Limits, got {self.limits!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryPolicy:
+    """What the OpenTelemetry spans record beyond the conventions' metadata (see
+    kimi_actors/telemetry.py). ``record_content`` adds the messages sent and the answers
+    received (``gen_ai.input.messages``, ``gen_ai.output.messages``), redacted; off by
+    default, since prompts and answers are often personal data."""
+
+    record_content: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.record_content, bool):
+            raise ValueError(f"TelemetryPolicy.record_content must be a bool, got "
+                             f"{self.record_content!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

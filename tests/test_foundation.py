@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -273,7 +274,8 @@ def test_an_injected_random_source_makes_backoff_reproducible() -> None:
 
 def test_public_all_is_exactly_the_documented_surface() -> None:
     expected = {
-        "APIError", "AdaptPolicy", "SchedulePolicy", "TenantPolicy", "TenantStats",
+        "APIError", "AdaptPolicy", "SchedulePolicy", "TelemetryPolicy", "TenantPolicy",
+        "TenantStats",
         "AuthenticationError", "BadRequestError", "BatchInputError", "BreakerPolicy",
         "ChatResult", "Choice", "CircuitOpenError", "Clock", "ConnectionFailedError",
         "ContentFilterError", "ContextLengthError", "DEFAULT_BASE_URL", "Delta", "Dimension",
@@ -367,6 +369,44 @@ def test_the_default_logger_renders_tracebacks_and_honours_the_stdlib_level(
     assert "ValueError: boom" in messages[0]
     assert messages[0].endswith("level='error'")
     assert messages[1] == "event='failed_over' error=\"KeyError: 'k'\" level='warning'"
+
+
+def test_stdlib_records_carry_the_fields_as_attributes_redacted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from kimi_actors.observe import emit, register_secret, set_logger
+
+    set_logger(None)
+    caplog.set_level(logging.INFO, logger="kimi_actors")
+    secret = "sk-foundation-extra-0123456789"
+    register_secret(secret)
+    emit("warning", "rate_limited", request_id="r-1", delay=1.5, message=f"echo {secret}",
+         dimension="rpm")
+    record = caplog.records[-1]
+    fields = record.__dict__
+    assert (fields["event"], fields["request_id"], fields["delay"], fields["dimension"]) == (
+        "rate_limited", "r-1", 1.5, "rpm")
+    assert fields["kimi_message"] == "echo [redacted]"  # "message" is the record's own
+    assert fields["level"] == "warning"
+    assert record.msg == "%s"  # rendered only when formatted, never stored as text
+    assert secret not in record.getMessage()
+    # The record points at the code that emitted the event, not at the logging helper.
+    assert record.funcName == "test_stdlib_records_carry_the_fields_as_attributes_redacted"
+
+
+def test_a_structlog_configuration_of_the_application_receives_the_events() -> None:
+    from kimi_actors.observe import emit, register_secret, set_logger
+
+    set_logger(None)
+    secret = "sk-foundation-structlog-0123456789"
+    register_secret(secret)
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture])
+    try:
+        emit("info", "stream_resumed", request_id="r-2", reason=f"key {secret}")
+    finally:
+        structlog.reset_defaults()
+    assert capture.entries == [{"event": "stream_resumed", "request_id": "r-2",
+                                "reason": "key [redacted]", "log_level": "info"}]
 
 
 # -- the redactor, exactly ----------------------------------------------------------------

@@ -16,6 +16,7 @@ from ..protocol.classify import (
     classify_response,
 )
 from ..protocol.tokens import admission_tokens
+from ..telemetry import CallTelemetry
 from ..transport import json_body
 from .runtime import Runtime
 
@@ -42,6 +43,12 @@ class RequestActor:
 
     async def run(self) -> ChatResult:
         rt = self._rt
+        with rt.trace_call(self._body, stream=False, tenant=self._tenant,
+                           priority=self._priority) as call:
+            return await self._run(call)
+
+    async def _run(self, call: CallTelemetry) -> ChatResult:
+        rt = self._rt
         payload = json_body(self._body)
         tokens = admission_tokens(self._body, rt.default_max_tokens)
         rt.check(tokens, self._tenant)
@@ -51,11 +58,12 @@ class RequestActor:
             number += 1
             async with rt.attempt(tokens, priority=self._priority, first=number == 1,
                                   deadline=self._deadline, tenant=self._tenant,
-                                  since=since) as attempt:
+                                  since=since, call=call, number=number) as attempt:
                 outcome, result = await self._send(payload, attempt.on_sent)
                 attempt.finish(outcome, usage=result.usage if result is not None else None,
                                body=self._body, payload_size=len(payload))
             if result is not None:
+                call.succeeded(result, number)
                 return result
             verdict = rt.decide(outcome, AttemptState(attempt=number, failures=number),
                                 self._deadline)

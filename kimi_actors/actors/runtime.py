@@ -17,6 +17,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from yarl import URL
+
 from ..clock import Clock
 from ..errors import (
     CircuitOpenError,
@@ -38,6 +40,7 @@ from ..policy import (
     ResumePolicy,
     RetryPolicy,
     SchedulePolicy,
+    TelemetryPolicy,
 )
 from ..protocol.chunks import Usage
 from ..protocol.classify import Action, Outcome
@@ -47,6 +50,7 @@ from ..protocol.tokens import (
     prompt_token_ceiling,
     requested_max_tokens,
 )
+from ..telemetry import CallTelemetry, attempt_outcome, attempt_span
 from ..transport import TransportProtocol
 
 __all__ = ["Attempt", "CounterStats", "Counters", "Runtime", "settled_tokens"]
@@ -62,7 +66,7 @@ class Attempt:
     on the one attempt let through to test an account known to be bad.
     """
 
-    __slots__ = ("_runtime", "epoch", "finished", "permit", "probe")
+    __slots__ = ("_runtime", "epoch", "finished", "permit", "probe", "span")
 
     def __init__(self, runtime: Runtime, permit: Ticket, epoch: int, *, probe: bool) -> None:
         self._runtime = runtime
@@ -70,6 +74,8 @@ class Attempt:
         self.epoch = epoch
         self.probe = probe
         self.finished = False
+        #: The attempt's OpenTelemetry span (None without one).
+        self.span: Any = None
 
     def on_sent(self) -> None:
         """The request is on the wire: its rate units count from now."""
@@ -84,6 +90,9 @@ class Attempt:
         self.finished = True
         rt = self._runtime
         rt.gate.release(self.permit)
+        if self.span is not None:
+            error = outcome.error
+            attempt_outcome(self.span, getattr(error, "status", None) if error else 200, error)
         rt.record(outcome, self)
         if outcome.action is Action.SUCCESS and body is not None:
             rt.settle(self, usage, body, payload_size)
@@ -157,8 +166,13 @@ class Runtime:
                  resume: ResumePolicy, default_max_tokens: int,
                  fatal: FatalPolicy | None = None, adapt: AdaptPolicy | None = None,
                  schedule: SchedulePolicy | None = None,
-                 window_margin: float = DEFAULT_WINDOW_MARGIN) -> None:
+                 window_margin: float = DEFAULT_WINDOW_MARGIN,
+                 telemetry: TelemetryPolicy | None = None) -> None:
         self.transport = transport
+        self.telemetry = telemetry or TelemetryPolicy()
+        url = URL(transport.base_url)
+        self.server_address = url.host or ""
+        self.server_port = url.explicit_port or url.port
         self.governor = governor
         self.gate = Gate(governor, clock=clock, adapt=adapt, schedule=schedule,
                          window_margin=window_margin)
@@ -290,20 +304,41 @@ class Runtime:
         """Add one to the counter ``name`` (resumes, restarts, length_continuations)."""
         self.counters.count(name)
 
+    def trace_call(self, body: Mapping[str, Any], *, stream: bool, tenant: str | None,
+                   priority: int) -> CallTelemetry:
+        """The telemetry of one call, to enter for its whole run."""
+        return CallTelemetry(body, stream=stream, now=self.clock.now,
+                             server=self.server_address, port=self.server_port, tenant=tenant,
+                             priority=priority,
+                             record_content=self.telemetry.record_content)
+
     @asynccontextmanager
     async def attempt(self, tokens: int, *, priority: int, first: bool,
                       deadline: float | None, tenant: str | None = None,
-                      since: float | None = None) -> AsyncIterator[Attempt]:
+                      since: float | None = None, call: CallTelemetry | None = None,
+                      number: int = 1) -> AsyncIterator[Attempt]:
         """Admit one attempt (breaker, then gate and governor) and own it until the block
         ends: an attempt the block did not ``finish`` gives everything back. ``since`` is when
-        the request first arrived: a retry keeps its place in the queue."""
+        the request first arrived: a retry keeps its place in the queue. ``call`` traces the
+        attempt as attempt ``number`` of that call."""
+        asked = self.clock.now()
         attempt = await self._admit(tokens, priority=priority, first=first, deadline=deadline,
                                     tenant=tenant, since=since)
-        try:
-            yield attempt
-        finally:
-            if not attempt.finished:
-                self._abandon(attempt)
+        if call is None or call.quiet:
+            try:
+                yield attempt
+            finally:
+                if not attempt.finished:
+                    self._abandon(attempt)
+            return
+        call.admitted(self.clock.now() - asked)
+        with attempt_span(call, number) as span:
+            attempt.span = span
+            try:
+                yield attempt
+            finally:
+                if not attempt.finished:
+                    self._abandon(attempt)
 
     async def _admit(self, tokens: int, *, priority: int, first: bool,
                      deadline: float | None, tenant: str | None,

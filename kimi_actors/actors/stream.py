@@ -44,6 +44,7 @@ from ..protocol.classify import (
 )
 from ..protocol.sse import SSEDecoder, SSEEvent
 from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
+from ..telemetry import CallTelemetry
 from ..transport import json_body
 from .request import CHAT_PATH
 from .runtime import Runtime
@@ -271,6 +272,9 @@ class StreamActor:
         if not isinstance(messages, list):
             messages = list(messages) if isinstance(messages, tuple) else messages
         self._original = {**body, "messages": messages, "stream": True}
+        self._call = rt.trace_call(self._original, stream=True, tenant=tenant,
+                                   priority=priority)
+        self._attempts = 0
         self._prefix = ""
         self._base_messages: list[Any] = list(messages) if isinstance(messages, list) else []
         last = self._base_messages[-1] if self._base_messages else None
@@ -291,6 +295,12 @@ class StreamActor:
     # -- the attempt loop --------------------------------------------------------------------
 
     async def run(self) -> ChatResult:
+        with self._call as call:
+            result = await self._run(call)
+            call.succeeded(result, self._attempts)
+            return result
+
+    async def _run(self, call: CallTelemetry) -> ChatResult:
         rt = self._rt
         policy = rt.resume
         body: dict[str, Any] = self._original
@@ -299,13 +309,14 @@ class StreamActor:
         since = rt.clock.now()
         while True:
             attempts += 1
+            self._attempts = attempts
             chunks_before = self._assembler.chunks
             resuming = self._probe is not None
             payload = json_body(body)
             async with rt.attempt(admission_tokens(body, rt.default_max_tokens),
                                   priority=self._priority, first=attempts == 1,
                                   deadline=self._deadline, tenant=self._tenant,
-                                  since=since) as attempt:
+                                  since=since, call=call, number=attempts) as attempt:
                 outcome, usage = await self._attempt(payload, attempt.on_sent)
                 attempt.finish(outcome, usage=usage, body=body, payload_size=len(payload))
             if outcome.action is Action.SUCCESS:
@@ -524,6 +535,7 @@ class StreamActor:
         """Hand the deltas of one network read over as one batch, emptying ``deltas`` (an
         interrupted hand-off leaves what was not handed over); waiting for the consumer does
         not count as a stall."""
+        self._call.first_chunk()
         channel = self._channel
         if channel is None:
             return

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
+from .. import telemetry
 from ..clock import Clock, MonotonicClock
 from ..errors import (
     DeadlineExceededError,
@@ -46,6 +47,7 @@ from ..policy import (
     ResumePolicy,
     RetryPolicy,
     SchedulePolicy,
+    TelemetryPolicy,
     Timeouts,
 )
 from ..protocol.chunks import ChatResult, Delta
@@ -285,7 +287,8 @@ class Supervisor:
                  adapt: AdaptPolicy | None = None, schedule: SchedulePolicy | None = None,
                  governor: GovernorProtocol | None = None,
                  redis: str | RedisClient | RedisConfig | None = None,
-                 transport: TransportProtocol | None = None) -> None:
+                 transport: TransportProtocol | None = None,
+                 telemetry: TelemetryPolicy | None = None) -> None:
         key = api_key if api_key is not None else os.environ.get("MOONSHOT_API_KEY")
         if not key and transport is None:
             raise ValueError("no API key: pass api_key= or set MOONSHOT_API_KEY")
@@ -323,7 +326,7 @@ class Supervisor:
             rng=rng or random.Random(), retry=retry or RetryPolicy(),
             breaker=breaker or BreakerPolicy(), resume=resume or ResumePolicy(),
             default_max_tokens=default_max_tokens, fatal=fatal, adapt=adapt, schedule=schedule,
-            window_margin=window_margin)
+            window_margin=window_margin, telemetry=telemetry)
         self._group: asyncio.TaskGroup | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._actors: set[asyncio.Task[Any]] = set()
@@ -344,6 +347,7 @@ class Supervisor:
         await self._group.__aenter__()
         self._dispatcher = self._group.create_task(self._runtime.gate.run(),
                                                    name="kimi_actors.gate")
+        telemetry.register(self)
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -355,6 +359,7 @@ class Supervisor:
         if self._closed or self._group is None:
             return
         self._closing = True
+        telemetry.unregister(self)
         self._runtime.stop(SupervisorClosedError("the supervisor is closed"))
         actors = set(self._actors)
         try:
@@ -607,6 +612,11 @@ class Supervisor:
                 self._runtime.record(outcome, None)
             raise outcome.error
         return outcome.body
+
+    @property
+    def server_address(self) -> str:
+        """The API's host name (OpenTelemetry's ``server.address``)."""
+        return self._runtime.server_address
 
     @property
     def base_url(self) -> str:

@@ -164,7 +164,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         try:
             config = RunConfig(input=input_path, output=output_path, tier=args.tier, fake=True,
                                window_seconds=args.window_seconds,
-                               fake_faults=args.faults or None, stream=not args.no_stream)
+                               fake_faults=args.faults or None, stream=not args.no_stream,
+                               report=args.report)
         except ValueError as exc:
             args.subparser.error(str(exc))
         tier = TIERS[args.tier]
@@ -240,5 +241,7 @@ def register_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
                            "the check); an existing output is resumed")
     demo.add_argument("--no-stream", action="store_true",
                       help="send non-stream requests instead of streams")
+    demo.add_argument("--report", type=Path, metavar="FILE.html",
+                      help="also write the run's HTML report there (as run --report does)")
     demo.set_defaults(func=_cmd_demo, subparser=demo)
 

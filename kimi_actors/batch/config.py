@@ -84,6 +84,8 @@ class RunConfig:
     redis_unreachable: Unreachable = "wait"
     #: The body field (dotted for a nested one) that names each request's tenant.
     tenant_field: str | None = None
+    #: Where to write the run's HTML report (charts of rates, 429s, latency, errors).
+    report: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input", Path(self.input))
@@ -135,6 +137,13 @@ class RunConfig:
         if self.redis_unreachable not in ("wait", "fallback"):
             raise ValueError(f"RunConfig.redis_unreachable must be 'wait' or 'fallback', "
                              f"got {self.redis_unreachable!r}")
+        if self.report is not None:
+            object.__setattr__(self, "report", Path(self.report))
+            taken = {os.path.abspath(self.input)} | (
+                {os.path.abspath(self.output)} if self.output is not None else set())
+            if os.path.abspath(self.report) in taken:
+                raise ValueError(f"the report must be another file than the input and the "
+                                 f"output ({self.report})")
         if self.redis_unreachable != "wait" and self.redis is None:
             raise ValueError("redis_unreachable needs redis: it says what to do when the "
                              "shared governor's Redis does not answer")
@@ -231,6 +240,10 @@ class RunConfig:
             argv += ["--redis", redact_url(self.redis)]
         if self.redis_unreachable != "wait":
             argv += ["--redis-unreachable", self.redis_unreachable]
+        if self.tenant_field is not None:
+            argv += ["--tenant-field", self.tenant_field]
+        if self.report is not None:
+            argv += ["--report", str(self.report)]
         return argv
 
     def command_line(self, program: str = "kimi-actors run") -> str:
@@ -342,6 +355,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                           "body names its tenant (dotted for a nested field, e.g. user or "
                           "metadata.tenant); a tenant with many requests queued cannot hold "
                           "back another's few")
+    run.add_argument("--report", metavar="FILE.html",
+                     help="write a self-contained HTML report of the run: achieved rates "
+                          "against the limits, 429s, retries and resumes over time, latency "
+                          "percentiles, errors by type")
 
 
 def config_from_args(args: argparse.Namespace,
@@ -359,4 +376,5 @@ def config_from_args(args: argparse.Namespace,
         max_attempts=args.max_attempts, stream=args.stream, fake=args.fake,
         dry_run=args.dry_run, skip_bad=args.skip_bad, window_seconds=args.window_seconds,
         fake_faults=args.fake_faults, redis=args.redis,
-        redis_unreachable=args.redis_unreachable, tenant_field=args.tenant_field)
+        redis_unreachable=args.redis_unreachable, tenant_field=args.tenant_field,
+        report=None if args.report is None else Path(args.report))

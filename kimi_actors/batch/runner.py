@@ -96,6 +96,7 @@ from .progress import (
     render_summary,
 )
 from .rates import RateWindow, TimeAverage
+from .report import RunRecorder, render_report
 
 __all__ = [
     "DRAIN_SECONDS",
@@ -252,6 +253,9 @@ class _Sender:
         self.stats: SupervisorStats | None = None
         self.rpm_average = TimeAverage()
         self.tpm_average = TimeAverage()
+        #: What the report is drawn from (only with ``--report``).
+        self.recorder = RunRecorder() if config.report is not None else None
+        self._sent_at: dict[int, float] = {}
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -341,6 +345,8 @@ class _Sender:
             if not self._feeding:
                 return
             self._pending[self._next_index] = request
+            if self.recorder is not None:
+                self._sent_at[self._next_index] = self._clock.now()
             self._next_index += 1
             yield request.body
 
@@ -366,6 +372,8 @@ class _Sender:
         request = self._pending.pop(item.index)
         tally = self.tally
         now = self._clock.now()
+        if self.recorder is not None:
+            self.recorder.latency(now - self._sent_at.pop(item.index, now))
         self._requests_window.add(now, 1)
         if item.result is not None:
             result = item.result
@@ -414,7 +422,10 @@ class _Sender:
         while True:
             now = self._clock.now()
             stats = sup.statistics()
-            reporter.update(self.snapshot(stats, now), now)
+            snapshot = self.snapshot(stats, now)
+            reporter.update(snapshot, now)
+            if self.recorder is not None:
+                self.recorder.sample(snapshot)
             if not warned and self.tally.ok == 0:
                 problem = unreachable_message(stats, self._config.base_url)
                 if problem is not None:
@@ -539,7 +550,10 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     stats = sender.stats
     wall = max(0.0, sender.ended - sender.started)
     if stats is not None:
-        console.reporter.finish(sender.snapshot(stats, sender.ended))
+        final = sender.snapshot(stats, sender.ended)
+        console.reporter.finish(final)
+        if sender.recorder is not None:
+            sender.recorder.sample(final)
     stopped_reason = None
     if tally.fatal is not None:
         stopped_reason = f"run-fatal API error ({type(tally.fatal).__name__})"
@@ -548,6 +562,8 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     summary = _summary(scan, tally, stats, limits, wall, stopped_reason=stopped_reason,
                        achieved=(sender.rpm_average.mean(), sender.tpm_average.mean()))
     console.say(render_summary(summary, resume_command=config.command_line(program)))
+    if config.report is not None and sender.recorder is not None:
+        _write_report(config, sender, summary, console)
     if tally.not_final:
         reasons = ", ".join(f"{name} {count:,}" for name, count in
                             sorted(tally.not_final.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -567,6 +583,28 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
                                  f"{summary.not_finished:,} not finished",
                          lines_written=writer.lines_written)
     return RunResult(exit_code=EXIT_OK, summary=summary, lines_written=writer.lines_written)
+
+
+def _write_report(config: RunConfig, sender: _Sender, summary: RunSummary,
+                  console: Console) -> None:
+    """Write the report next to where it goes, then move it into place (a reader never sees
+    half a page); a report that cannot be written is said, and the run's result stands."""
+    assert config.report is not None
+    assert sender.recorder is not None
+    where = "FakeKimi (embedded)" if config.fake else redact_url(config.base_url)
+    page = render_report(sender.recorder, summary, title=f"kimi-actors run: {config.input.name}",
+                         not_final=sender.tally.not_final,
+                         details=[("input", str(config.input)),
+                                  ("output", str(config.output)), ("server", where)])
+    temporary = config.report.with_name(f".{config.report.name}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        os.replace(temporary, config.report)
+    except OSError as exc:
+        console.say(f"warning: cannot write the report {config.report}: "
+                    f"{exc.strerror or exc}")
+        return
+    console.say(f"  report: {config.report}")
 
 
 def _say_earlier_failures(console: Console, count: int, config: RunConfig) -> None:

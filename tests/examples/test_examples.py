@@ -56,6 +56,11 @@ def test_web_backend_self_test_streams_correct_answers() -> None:
     output = run_example("web_backend.py", "--self-test", "--questions", "2")
     good, total = summary(r"self-test: (\d+)/(\d+) answers streamed and correct", output)
     assert good == total == 4
+    # Prometheus scraped the OpenTelemetry metrics: every call timed, the runtime's series.
+    _, timed, series = summary(r"/metrics: (\d+) lines; calls timed (\d+); runtime series "
+                               r"(\d+)", output)
+    assert timed == 4
+    assert series == 7
 
 
 def test_tier_tuning_paces_without_429_and_adopts_the_server_limit() -> None:

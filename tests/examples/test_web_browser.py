@@ -12,38 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import itertools
-import os
-import re
-import shutil
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
-import pytest
 from aiohttp import web
+from browser import browser, chromium, open_page
 
 from kimi_actors.testing import expected_reply
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "web_backend.py"
-#: Generous bounds for a cold browser start on a loaded two-core machine; never waited out.
-START_WITHIN = 60.0
+#: A generous bound on a loaded two-core machine; never waited out.
 ANSWER_WITHIN = 60.0
-
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path is not None:
-            return path
-    if os.environ.get("CI") == "true":
-        pytest.fail("the browser test needs Chromium under CI (apt-get install chromium)")
-    pytest.skip("Chromium is not installed (apt-get install chromium)")
 
 
 def _example() -> ModuleType:
@@ -56,58 +37,9 @@ def _example() -> ModuleType:
     return module
 
 
-class DevTools:
-    """A minimal Chrome DevTools Protocol client: one call at a time, events ignored."""
-
-    def __init__(self, socket: aiohttp.ClientWebSocketResponse) -> None:
-        self._socket = socket
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, session: str | None = None, **params: Any) -> Any:
-        number = next(self._ids)
-        message: dict[str, Any] = {"id": number, "method": method, "params": params}
-        if session is not None:
-            message["sessionId"] = session
-        await self._socket.send_json(message)
-        while True:
-            reply = await self._socket.receive_json()
-            if reply.get("id") == number:
-                assert "error" not in reply, reply
-                return reply["result"]
-
-    async def evaluate(self, session: str, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", session, expression=expression,
-                                 returnByValue=True)
-        return result["result"].get("value")
-
-
-@asynccontextmanager
-async def browser(chromium: str, profile: Path) -> AsyncIterator[DevTools]:
-    process = await asyncio.create_subprocess_exec(
-        chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-extensions", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-        "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    assert process.stderr is not None
-    try:
-        address = None
-        async with asyncio.timeout(START_WITHIN):
-            while address is None:
-                line = (await process.stderr.readline()).decode()
-                assert line, "Chromium exited before it listened"
-                found = re.search(r"DevTools listening on (ws://\S+)", line)
-                address = found.group(1) if found else None
-        async with aiohttp.ClientSession() as session, \
-                session.ws_connect(address, max_msg_size=0) as socket:
-            yield DevTools(socket)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
 async def test_the_page_streams_exactly_the_expected_answer_and_closes_its_source(
         tmp_path: Path) -> None:
-    chromium = _chromium()
+    chromium_path = chromium()
     example = _example()
     app = example.build_app(True)
     runner = web.AppRunner(app)
@@ -118,11 +50,8 @@ async def test_the_page_streams_exactly_the_expected_answer_and_closes_its_sourc
         port = runner.addresses[0][1]
         question = "what does the browser see? 你好"
         url = f"http://127.0.0.1:{port}/?" + urlencode({"user": "alice", "q": question})
-        async with browser(chromium, tmp_path / "profile") as devtools:
-            target = await devtools.call("Target.createTarget", url=url)
-            attached = await devtools.call("Target.attachToTarget",
-                                           targetId=target["targetId"], flatten=True)
-            page = attached["sessionId"]
+        async with browser(chromium_path, tmp_path / "profile") as devtools:
+            page = await open_page(devtools, url)
             status = ""
             async with asyncio.timeout(ANSWER_WITHIN):
                 while not status.endswith("(done)"):
