@@ -171,7 +171,10 @@ def test_command_line_round_trips_every_option() -> None:
                    "--model", "kimi k2", "--fake", "--window-seconds", "0.5",
                    "--fake-faults", "drop=0.2, overload=0.1", "--stream", "--skip-bad",
                    "--max-attempts", "2", "--base-url", "http://x/v1", "--api-key-env", "K",
-                   "--redis", "redis://cache:6380/2", "--redis-unreachable", "fallback")
+                   "--redis", "redis://cache:6380/2", "--redis-unreachable", "fallback",
+                   "--tenant-field", "metadata.tenant", "--report", "run report.html")
+    assert config.tenant_field == "metadata.tenant"
+    assert config.report == Path("run report.html")
     command = config.command_line()
     assert command.startswith("kimi-actors run 'my input.jsonl'")
     assert parse(*shlex.split(command)[2:]) == config
@@ -201,6 +204,15 @@ def test_only_a_dry_run_may_go_without_an_output(tmp_path: Path) -> None:
     config = RunConfig(input=tmp_path / "in.jsonl", dry_run=True)
     assert config.output is None
     assert "--output" not in config.to_argv()
+
+
+def test_the_report_may_not_overwrite_the_input_or_the_output(tmp_path: Path) -> None:
+    for taken in ("in.jsonl", "out.jsonl"):
+        with pytest.raises(ValueError, match="the report must be another file"):
+            RunConfig(input=tmp_path / "in.jsonl", output=tmp_path / "out.jsonl",
+                      report=tmp_path / taken)
+    assert RunConfig(input=tmp_path / "in.jsonl", output=tmp_path / "out.jsonl",
+                     report=str(tmp_path / "r.html")).report == tmp_path / "r.html"  # type: ignore[arg-type]
 
 
 def test_the_tenant_field_names_each_requests_tenant() -> None:
