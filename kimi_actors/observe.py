@@ -21,11 +21,10 @@ Each event is also added to the current OpenTelemetry span (kimi_actors/telemetr
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from collections.abc import MutableMapping
 from typing import Any
-
-import structlog
 
 from . import telemetry
 from .redaction import REDACTED, redact_text, register_secret
@@ -62,6 +61,8 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
 
 def _default_logger() -> Any:
     """A structlog logger that renders like the stdlib path (for ``get_logger()`` callers)."""
+    import structlog
+
     return structlog.wrap_logger(
         _stdlib,
         processors=[
@@ -85,6 +86,13 @@ _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | 
     "message", "asctime"}
 
 
+def _configured_structlog() -> Any:
+    """structlog, when the application configured it. An application that never imported it
+    cannot have, so structlog is not imported for stdlib-logging users."""
+    module = sys.modules.get("structlog")
+    return module if module is not None and module.is_configured() else None
+
+
 def set_logger(logger: Any | None) -> None:
     """Send kimi_actors' events to ``logger`` (a structlog logger); ``None`` restores the
     default. Keep ``redact`` in that logger's processor chain."""
@@ -98,8 +106,9 @@ def get_logger() -> Any:
     global _fallback
     if _logger is not None:
         return _logger
-    if structlog.is_configured():
-        return structlog.get_logger("kimi_actors")
+    configured = _configured_structlog()
+    if configured is not None:
+        return configured.get_logger("kimi_actors")
     if _fallback is None:
         _fallback = _default_logger()
     return _fallback
@@ -136,8 +145,10 @@ def emit(level: str, event: str, **fields: Any) -> None:
     fields = {key: _redact_value(value) for key, value in fields.items()}
     telemetry.event(event, fields)
     logger = _logger
-    if logger is None and structlog.is_configured():
-        logger = structlog.get_logger("kimi_actors")
+    if logger is None:
+        configured = _configured_structlog()
+        if configured is not None:
+            logger = configured.get_logger("kimi_actors")
     if logger is not None:
         getattr(logger, level)(event, **fields)
     else:

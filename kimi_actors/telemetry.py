@@ -28,9 +28,11 @@ never recorded: every string passes the redactor.
 from __future__ import annotations
 
 import json
+import sys
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .redaction import redact_text
@@ -39,25 +41,43 @@ if TYPE_CHECKING:
     from .actors.supervisor import Supervisor
     from .protocol.results import ChatResult, Usage
 
-try:
-    from opentelemetry import context as otel_context
-    from opentelemetry import metrics as otel_metrics
-    from opentelemetry import trace as otel_trace
-    from opentelemetry.metrics import CallbackOptions, NoOpMeterProvider, Observation
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
-    from opentelemetry.trace import (
-        NoOpTracerProvider,
-        ProxyTracerProvider,
-        SpanKind,
-        Status,
-        StatusCode,
-    )
-except ImportError:  # pragma: no cover - the otel extra is installed in every test run
-    AVAILABLE = False
-else:
-    AVAILABLE = True
+#: The OpenTelemetry names, loaded on first need: an application that never imported
+#: opentelemetry cannot have configured a provider, so it pays no import here.
+_otel: Any = None
 
-__all__ = ["AVAILABLE", "PROVIDER", "CallTelemetry", "attempt_span", "event", "register"]
+
+def _load() -> Any:
+    """The OpenTelemetry API's names, or None when it is not installed."""
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import context, metrics, trace
+            from opentelemetry.metrics import NoOpMeterProvider, Observation
+            from opentelemetry.metrics._internal import _ProxyMeterProvider
+            from opentelemetry.trace import (
+                NoOpTracerProvider,
+                ProxyTracerProvider,
+                SpanKind,
+                Status,
+                StatusCode,
+            )
+        except ImportError:  # pragma: no cover - the otel extra is installed in every test run
+            _otel = False
+        else:
+            _otel = SimpleNamespace(
+                context=context, metrics=metrics, trace=trace, Observation=Observation,
+                SpanKind=SpanKind, Status=Status, StatusCode=StatusCode,
+                quiet_tracers=(ProxyTracerProvider, NoOpTracerProvider),
+                quiet_meters=(_ProxyMeterProvider, NoOpMeterProvider))
+    return _otel or None
+
+
+def _imported() -> bool:
+    modules = sys.modules
+    return "opentelemetry.trace" in modules or "opentelemetry.metrics" in modules
+
+
+__all__ = ["PROVIDER", "CallTelemetry", "attempt_span", "configured", "event", "register"]
 
 #: ``gen_ai.provider.name`` for Moonshot AI (Kimi), as the conventions spell it.
 PROVIDER = "moonshot_ai"
@@ -87,8 +107,9 @@ class _Instruments:
     def __init__(self) -> None:
         from . import __version__
 
-        self.tracer = otel_trace.get_tracer("kimi_actors", __version__)
-        meter = otel_metrics.get_meter("kimi_actors", __version__)
+        otel = _load()
+        self.tracer = otel.trace.get_tracer("kimi_actors", __version__)
+        meter = otel.metrics.get_meter("kimi_actors", __version__)
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s",
             description="GenAI operation duration",
@@ -127,7 +148,7 @@ _numbers = iter(range(1, 1 << 62))
 
 def _get() -> _Instruments | None:
     global _instruments
-    if not AVAILABLE:
+    if _load() is None:
         return None
     if _instruments is None:
         _instruments = _Instruments()
@@ -137,18 +158,19 @@ def _get() -> _Instruments | None:
 def configured() -> bool:
     """Whether the application set a tracer or a meter provider: without one, a call skips
     every span and measurement (each would be a no-op, at a cost per call)."""
-    if not AVAILABLE:
+    if not _imported():
         return False
-    return not (isinstance(otel_trace.get_tracer_provider(),
-                           ProxyTracerProvider | NoOpTracerProvider)
-                and isinstance(otel_metrics.get_meter_provider(),
-                               _ProxyMeterProvider | NoOpMeterProvider))
+    otel = _load()
+    if otel is None:
+        return False
+    return not (isinstance(otel.trace.get_tracer_provider(), otel.quiet_tracers)
+                and isinstance(otel.metrics.get_meter_provider(), otel.quiet_meters))
 
 
 def register(supervisor: Supervisor) -> None:
-    """Observe an open supervisor in the runtime instruments until it closes or is gone."""
-    if _get() is not None:
-        _supervisors[next(_numbers)] = supervisor
+    """Observe an open supervisor in the runtime instruments (made on the first call that
+    finds a provider) until it closes or is gone."""
+    _supervisors[next(_numbers)] = supervisor
 
 
 def unregister(supervisor: Supervisor) -> None:
@@ -162,42 +184,47 @@ def _attributes(number: int, supervisor: Supervisor) -> dict[str, Any]:
 
 
 def _observe(field: str) -> Any:
-    def callback(options: CallbackOptions) -> Iterator[Observation]:
+    def callback(options: Any) -> Iterator[Any]:
         for number, supervisor in list(_supervisors.items()):
             stats = supervisor.statistics()
-            yield Observation(getattr(stats, field), _attributes(number, supervisor))
+            yield _otel.Observation(getattr(stats, field), _attributes(number, supervisor))
 
     return callback
 
 
-def _utilization(options: CallbackOptions) -> Iterator[Observation]:
+def _utilization(options: Any) -> Iterator[Any]:
     for number, supervisor in list(_supervisors.items()):
         attributes = _attributes(number, supervisor)
         for name, dimension in supervisor.statistics().governor.dimensions.items():
             if dimension.limit:
-                yield Observation(dimension.used / dimension.limit,
+                yield _otel.Observation(dimension.used / dimension.limit,
                                   {**attributes, "kimi_actors.dimension": name})
 
 
-def _throttled(options: CallbackOptions) -> Iterator[Observation]:
+def _throttled(options: Any) -> Iterator[Any]:
     for number, supervisor in list(_supervisors.items()):
         stats = supervisor.statistics()
         attributes = _attributes(number, supervisor)
-        yield Observation(stats.rate_limited, {**attributes, "kimi_actors.kind": "rate_limit"})
-        yield Observation(stats.overloaded, {**attributes, "kimi_actors.kind": "overloaded"})
+        yield _otel.Observation(stats.rate_limited,
+                                {**attributes, "kimi_actors.kind": "rate_limit"})
+        yield _otel.Observation(stats.overloaded,
+                                {**attributes, "kimi_actors.kind": "overloaded"})
 
 
-def _breaker(options: CallbackOptions) -> Iterator[Observation]:
+def _breaker(options: Any) -> Iterator[Any]:
     for number, supervisor in list(_supervisors.items()):
-        yield Observation(_BREAKER_STATES.get(supervisor.statistics().breaker_state, 0),
+        yield _otel.Observation(_BREAKER_STATES.get(supervisor.statistics().breaker_state, 0),
                           _attributes(number, supervisor))
 
 
 def event(name: str, fields: Mapping[str, Any]) -> None:
     """Add a logged event to the current span (its fields already redacted)."""
-    if not AVAILABLE:
+    if not _imported():
         return
-    span = otel_trace.get_current_span()
+    otel = _load()
+    if otel is None:
+        return
+    span = otel.trace.get_current_span()
     if span.is_recording():
         span.add_event(name, {key: _scalar(value) for key, value in fields.items()
                               if value is not None})
@@ -253,13 +280,15 @@ class CallTelemetry:
         max_tokens = _max_tokens(self.body)
         if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
             attributes["gen_ai.request.max_tokens"] = max_tokens
-        span = instruments.tracer.start_span(f"chat {model}".strip(), kind=SpanKind.CLIENT,
+        otel = _otel
+        span = instruments.tracer.start_span(f"chat {model}".strip(),
+                                             kind=otel.SpanKind.CLIENT,
                                              attributes=attributes)
         if self._record_content and span.is_recording():
             span.set_attribute("gen_ai.input.messages", redact_text(json.dumps(
                 self.body.get("messages"), ensure_ascii=False, default=str)))
         self._span = span
-        self._token = otel_context.attach(otel_trace.set_span_in_context(span))
+        self._token = otel.context.attach(otel.trace.set_span_in_context(span))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -268,10 +297,10 @@ class CallTelemetry:
         if instruments is None:
             return
         span = self._span
-        otel_context.detach(self._token)
+        _otel.context.detach(self._token)
         if exc is not None:
             error_type = type(exc).__qualname__
-            span.set_status(Status(StatusCode.ERROR, redact_text(str(exc))))
+            span.set_status(_otel.Status(_otel.StatusCode.ERROR, redact_text(str(exc))))
             span.set_attribute("error.type", error_type)
             span.record_exception(exc, escaped=True)
             instruments.duration.record(self.now() - self._started,
@@ -339,12 +368,14 @@ def attempt_span(call: CallTelemetry, number: int) -> Iterator[Any]:
                                   "server.address": call._base["server.address"]}
     if number > 1:
         attributes["http.request.resend_count"] = number - 1
-    span = instruments.tracer.start_span("POST", kind=SpanKind.CLIENT, attributes=attributes)
-    token = otel_context.attach(otel_trace.set_span_in_context(span))
+    otel = _otel
+    span = instruments.tracer.start_span("POST", kind=otel.SpanKind.CLIENT,
+                                         attributes=attributes)
+    token = otel.context.attach(otel.trace.set_span_in_context(span))
     try:
         yield span
     finally:
-        otel_context.detach(token)
+        otel.context.detach(token)
         span.end()
 
 
@@ -356,5 +387,5 @@ def attempt_outcome(span: Any, status: int | None, error: BaseException | None) 
         span.set_attribute("http.response.status_code", status)
     if error is not None:
         span.set_attribute("error.type", type(error).__qualname__)
-        span.set_status(Status(StatusCode.ERROR, redact_text(str(error))))
+        span.set_status(_otel.Status(_otel.StatusCode.ERROR, redact_text(str(error))))
 
