@@ -10,11 +10,13 @@ bound to send whatever faults it injected on the way.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,6 +33,7 @@ __all__ = [
     "DEMO_WINDOW_SECONDS",
     "DemoCheck",
     "demo_requests",
+    "loop_factory",
     "register_cli",
     "verify_answers",
     "write_demo_input",
@@ -147,12 +150,25 @@ def verify_answers(input_path: Path, output_path: Path) -> DemoCheck:
     return DemoCheck(requests=len(bodies), matched=matched, mismatched=tuple(mismatched))
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The command line's event loop: uvloop's when it is installed and not declined
+    (``KIMI_ACTORS_LOOP=asyncio``), else None, asyncio's."""
+    if os.environ.get("KIMI_ACTORS_LOOP", "") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
         args.subparser.error(str(exc))
-    result = run_batch(config, log_file=args.log_file)
+    result = run_batch(config, log_file=args.log_file, loop_factory=loop_factory())
     return result.exit_code
 
 
@@ -175,7 +191,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"a {args.window_seconds:g} s minute; faults: {args.faults or 'none'}; "
               f"{'non-stream requests' if args.no_stream else 'streams'}", file=sys.stderr,
               flush=True)
-        result = run_batch(config, log_every=2.0, program="kimi-actors demo")
+        result = run_batch(config, log_every=2.0, program="kimi-actors demo",
+                           loop_factory=loop_factory())
         if result.exit_code == EXIT_INTERRUPTED:
             return result.exit_code
         check = verify_answers(input_path, output_path)

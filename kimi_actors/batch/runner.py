@@ -61,7 +61,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -467,14 +467,17 @@ def _dry_run(config: RunConfig, stdout: TextIO, stderr: TextIO) -> RunResult:
 def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
               environ: Mapping[str, str] | None = None, log_file: Path | None = None,
               drain_timeout: float = DRAIN_SECONDS, log_every: float = 10.0,
-              is_tty: bool | None = None, program: str = RUN_PROGRAM) -> RunResult:
+              is_tty: bool | None = None, program: str = RUN_PROGRAM,
+              loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+              ) -> RunResult:
     """Run ``config`` from start to end (``kimi-actors run``): see the module docstring.
 
     Human output goes to ``stderr`` (progress, problems, summary); a dry run's plan to
     ``stdout``. ``environ`` is where the key is looked up (default ``os.environ``);
     ``log_every`` is the interval of plain progress lines when ``stderr`` is not a terminal.
     Returns the exit code and the summary; exceptions other than those documented as exit
-    codes (an output that cannot be written, a bug) propagate.
+    codes (an output that cannot be written, a bug) propagate. ``loop_factory`` makes the
+    run's event loop (the command line passes uvloop's when it is installed).
     """
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
@@ -500,7 +503,8 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
     try:
         with cli_logging(log_file, stderr, console.clear_bar), \
                 OutputWriter(config.output_path) as writer:
-            return _run_locked(config, api_key, writer, console, drain_timeout, program)
+            return _run_locked(config, api_key, writer, console, drain_timeout, program,
+                               loop_factory)
     except BatchInputError as exc:
         message = redact_text(str(exc))
         console.say(f"error: {message}")
@@ -508,7 +512,8 @@ def run_batch(config: RunConfig, *, stdout: TextIO | None = None, stderr: TextIO
 
 
 def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
-                console: Console, drain_timeout: float, program: str) -> RunResult:
+                console: Console, drain_timeout: float, program: str,
+                loop_factory: Callable[[], asyncio.AbstractEventLoop] | None) -> RunResult:
     if writer.repaired_bytes:
         console.say(f"repaired {config.output_path}: cut a torn last line of "
                     f"{writer.repaired_bytes:,} bytes (its request is sent again)")
@@ -539,7 +544,8 @@ def _run_locked(config: RunConfig, api_key: str | None, writer: OutputWriter,
     sender = _Sender(config, api_key=api_key, writer=writer, scan=scan, skip=output.done,
                      console=console, drain_timeout=drain_timeout)
     try:
-        asyncio.run(sender.run())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(sender.run())
     except OSError as exc:
         message = f"cannot write {config.output_path}: {exc.strerror or exc}"
         console.say(f"error: {message}")

@@ -37,6 +37,7 @@ from .results import (
     ToolCall,
     Usage,
     combine_choice_usages,
+    parsed_delta,
 )
 
 if TYPE_CHECKING:
@@ -273,9 +274,8 @@ class ChunkAssembler:
         has_text = bool(content or reasoning or fragments)
         if not (has_text or role is not None or finish_reason is not None or usage is not None):
             return None, False
-        return Delta(index=index, role=role, content=content, reasoning_content=reasoning,
-                     tool_calls=fragments, finish_reason=finish_reason, usage=usage,
-                     raw=chunk), has_text
+        return parsed_delta(index, role, content, reasoning, fragments, finish_reason, usage,
+                            chunk), has_text
 
     @staticmethod
     def _merge_tool_fragments(state: _ChoiceState, raw_tools: Any,

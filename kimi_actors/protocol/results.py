@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ChatResult", "Choice", "Delta", "Function", "Message", "ToolCall", "Usage",
-           "combine_choice_usages"]
+           "combine_choice_usages", "parsed_delta"]
 
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -278,3 +278,30 @@ class Delta:
     def __post_init__(self) -> None:
         if self.index < 0:
             raise ValueError(f"Delta.index must be >= 0, got {self.index}")
+
+
+_new_object = object.__new__
+_SETTERS = tuple(Delta.__dict__[name].__set__ for name in (
+    "index", "role", "content", "reasoning_content", "tool_calls", "finish_reason", "usage",
+    "restart", "raw"))
+
+
+def parsed_delta(index: int, role: str | None, content: str, reasoning_content: str,
+                 tool_calls: tuple[Mapping[str, Any], ...], finish_reason: str | None,
+                 usage: Usage | None, raw: Mapping[str, Any] | None) -> Delta:
+    """A :class:`Delta` of fields the assembler has already checked: the same frozen object,
+    built through its slots (a fourth of the dataclass constructor's cost, which runs once per
+    chunk of every stream)."""
+    delta = _new_object(Delta)
+    s_index, s_role, s_content, s_reasoning, s_tools, s_finish, s_usage, s_restart, s_raw = \
+        _SETTERS
+    s_index(delta, index)
+    s_role(delta, role)
+    s_content(delta, content)
+    s_reasoning(delta, reasoning_content)
+    s_tools(delta, tool_calls)
+    s_finish(delta, finish_reason)
+    s_usage(delta, usage)
+    s_restart(delta, False)
+    s_raw(delta, raw)
+    return delta

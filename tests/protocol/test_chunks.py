@@ -763,3 +763,28 @@ def test_parse_tool_call_with_bad_index_uses_position() -> None:
         {"index": "x", "function": {"name": "f"}}]}}]}
     (call,) = parse_completion(body).tool_calls
     assert (call.index, call.id, call.type, call.arguments) == (0, None, "function", "")
+
+
+@given(index=st.integers(0, 8), role=st.none() | st.sampled_from(["assistant", "tool"]),
+       content=st.text(max_size=20), reasoning=st.text(max_size=20),
+       finish=st.none() | st.sampled_from(["stop", "length"]))
+def test_the_assemblers_fast_delta_is_the_dataclass_itself(
+        index: int, role: str | None, content: str, reasoning: str,
+        finish: str | None) -> None:
+    from dataclasses import FrozenInstanceError, replace
+
+    from kimi_actors.protocol.results import parsed_delta
+
+    raw = {"id": "x"}
+    usage = Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3)
+    fast = parsed_delta(index, role, content, reasoning, (), finish, usage, raw)
+    slow = Delta(index=index, role=role, content=content, reasoning_content=reasoning,
+                 finish_reason=finish, usage=usage, raw=raw)
+    assert type(fast) is Delta
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    assert fast.raw is raw
+    assert fast.restart is False
+    assert replace(fast, content="z").content == "z"
+    with pytest.raises(FrozenInstanceError):
+        fast.content = "changed"  # type: ignore[misc]
