@@ -104,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    if os.environ.get("KIMI_ACTORS_GC_FREEZE", "1") != "0":
+    # Only as a process of its own (argv from the command line): a caller's objects are
+    # not this command's to freeze.
+    if argv is None and os.environ.get("KIMI_ACTORS_GC_FREEZE", "1") != "0":
         gc.collect()
         gc.freeze()
     try:
