@@ -127,6 +127,8 @@ async def bare_stream(session: aiohttp.ClientSession, url: str, delays: list[flo
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
                 chunk = json.loads(event[6:])
+                if not chunk["choices"][0]["delta"].get("content"):
+                    continue  # the finish chunk: the runtime's consumer skips it too
                 delays.append(time.monotonic() - chunk["t"])
                 if opened is not None:
                     opened.set()

@@ -12,6 +12,7 @@ from .cli import (
     DEMO_WINDOW_SECONDS,
     DemoCheck,
     demo_requests,
+    loop_factory,
     register_cli,
     verify_answers,
     write_demo_input,
@@ -49,6 +50,7 @@ from .progress import (
     render_problems,
     render_summary,
 )
+from .report import RunRecorder, Sample, render_report
 from .runner import (
     DRAIN_SECONDS,
     EXIT_CODES,
@@ -93,8 +95,10 @@ __all__ = [
     "ProgressSnapshot",
     "RunConfig",
     "RunPlan",
+    "RunRecorder",
     "RunResult",
     "RunSummary",
+    "Sample",
     "add_run_arguments",
     "cli_logging",
     "completion_body",
@@ -106,6 +110,7 @@ __all__ = [
     "hash_custom_id",
     "is_final_error",
     "iter_requests",
+    "loop_factory",
     "parse_line",
     "plan_run",
     "register_cli",
@@ -113,6 +118,7 @@ __all__ = [
     "render_log_line",
     "render_plan",
     "render_problems",
+    "render_report",
     "render_summary",
     "repair_output",
     "rolling_window_seconds",

@@ -6,7 +6,7 @@ import importlib
 
 import kimi_actors.batch as batch
 
-SUBMODULES = ("cli", "config", "io", "output", "plan", "progress", "runner")
+SUBMODULES = ("cli", "config", "io", "output", "plan", "progress", "report", "runner")
 
 
 def test_every_public_name_of_the_submodules_is_re_exported() -> None:
