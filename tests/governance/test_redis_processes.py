@@ -24,11 +24,12 @@ from kimi_actors.testing import FakeKimi, Latency, expected_reply
 WORKER = Path(__file__).with_name("redis_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "moonshot-v1-8k"
-# A 4 s "minute" and a 3% window margin: 120 ms between a request's admission in one process
+# A 4 s "minute" and a 5% window margin: 200 ms between a request's admission in one process
 # and FakeKimi counting it. FakeKimi counts a request when it gets to it, and a burst of 60
-# from four processes keeps it busy for up to about 100 ms on a two-core machine running six.
+# from four processes keeps it busy for up to about 100 ms on a two-core machine running six;
+# right after CI's load test, one request once took longer than the 120 ms of a 3% margin.
 LIMITS = Limits(concurrency=40, rpm=60, tpm=200_000, minute=4.0)
-MARGIN = 0.03
+MARGIN = 0.05
 
 
 def limits_spec(limits: Limits) -> dict[str, Any]:
@@ -90,7 +91,7 @@ async def test_four_processes_share_one_account_without_429s_at_its_full_rate(
     # The first window's 60 go at once; each later window can only refill as the previous
     # one's requests expire. From the end of the first batch to the last answer, the account
     # ran at the rate it reached. A perfect client holds each unit for the window, its margin
-    # and at most one slot (1/200 of the window): 96.6% here. Three points are left for the
+    # and at most one slot (1/200 of the window): 94.8% here. Three points are left for the
     # machine: six processes on two cores.
     answers = sorted(moment for report in reports for moment in report["times"])
     rpm = LIMITS.rpm
