@@ -40,7 +40,8 @@ async def endpoint(use_fake: bool) -> AsyncIterator[dict[str, Any]]:
     if use_fake:
         async with FakeKimi(limits=FAKE_LIMITS, faults=FAKE_FAULTS, seed=9) as fake:
             yield {"api_key": fake.api_key, "base_url": fake.base_url, "limits": FAKE_LIMITS,
-                   "retry": RetryPolicy(base=0.05, cap=2.0)}
+                   # a third of all connections drop: enough attempts for every call
+                   "retry": RetryPolicy(base=0.05, cap=2.0, max_attempts=12)}
     else:
         yield {"limits": Limits.tier(1)}
 

@@ -75,11 +75,12 @@ def test_tier_tuning_paces_without_429_and_adopts_the_server_limit() -> None:
 
 
 def test_openai_sdk_fan_out_and_threads_answer_everything_exactly() -> None:
-    output = run_example("openai_sdk.py", "--count", "40", "--threads", "6")
+    # 30 streams at a 25% drop rate: none resumed in about 2e-4 of runs.
+    output = run_example("openai_sdk.py", "--count", "60", "--threads", "6")
     answered, asked, wrong, resumed, _, limited = summary(
         r"openai sdk \(async\): (\d+)/(\d+) answered, (\d+) differ from the expected reply, "
         r"(\d+) stream resumes, (\d+) retries, (\d+) rate-limit 429s", output)
-    assert answered == asked == 40
+    assert answered == asked == 60
     assert wrong == limited == 0
     assert resumed >= 1
     threaded, threads, threaded_wrong = summary(
@@ -89,11 +90,12 @@ def test_openai_sdk_fan_out_and_threads_answer_everything_exactly() -> None:
 
 
 def test_langchain_chat_openai_runs_on_the_supervisor() -> None:
-    output = run_example("langchain_chat.py", "--count", "24")
+    # 20 streams at a 35% drop rate: none resumed in about 2e-4 of runs.
+    output = run_example("langchain_chat.py", "--count", "30")
     answered, asked, _, _, wrong, resumed, limited = summary(
         r"langchain: (\d+)/(\d+) answered \((\d+) by abatch, (\d+) by astream\), (\d+) differ "
         r"from the expected reply, (\d+) stream resumes, (\d+) rate-limit 429s", output)
-    assert answered == asked == 24
+    assert answered == asked == 30
     assert wrong == limited == 0
     assert resumed >= 1
 
