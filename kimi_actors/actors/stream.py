@@ -14,7 +14,9 @@ already received (:class:`_ResumeProbe`); a repeat, or a 400 that names ``partia
 recovery into a restart and switches Partial Mode off for the endpoint.
 
 The channel is bounded in deltas: a slow consumer blocks the actor, aiohttp stops reading the
-socket, and TCP slows the server, so memory stays flat whatever the consumer's speed.
+socket, and TCP slows the server, so memory stays flat whatever the consumer's speed. A
+consumer that keeps up reads the socket in its own task (:class:`_Reader`), so a delta costs
+no task switch on its way from the socket to the consumer.
 
 Time is watched per complete event, not per socket read (:class:`_Watchdog`): a server that
 trickles bytes or keep-alive comments without completing an event times out after
@@ -26,14 +28,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Callable, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 from ..clock import Clock, TimerHandle
 from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
 from ..governance.decide import AttemptState, Step
 from ..observe import emit
+from ..policy import Timeouts
 from ..protocol.chunks import ChatResult, ChunkAssembler, Delta, Usage, parse_completion
 from ..protocol.classify import (
     REQUEST_ID_HEADER,
@@ -61,13 +63,16 @@ _PARTIAL_REFUSED = re.compile(r"\bpartial\b", re.IGNORECASE)
 class DeltaChannel:
     """The hand-off from one stream actor to its consumer, bounded in deltas.
 
-    The actor puts the deltas of one network read as one batch (one hand-off per read, not per
-    delta: no task switch per delta) and waits while the consumer has ``limit`` deltas it has
-    not taken; a read larger than the limit goes in pieces. ``close()`` marks the end.
+    While an attempt's body is open its :class:`_Reader` is attached: a consumer that finds
+    the channel empty and nobody reading reads the next deltas itself, in its own task, with
+    no hand-off. Otherwise the actor reads and puts the deltas of one network read as one
+    batch (one hand-off per read, not per delta), waiting while the consumer has ``limit``
+    deltas it has not taken; a read larger than the limit goes in pieces. ``close()`` marks
+    the end.
     """
 
     __slots__ = ("_batches", "_buffered", "_closed", "_getter", "_limit", "_position",
-                 "_putter", "_wanted")
+                 "_putter", "_reader", "_wanted")
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
@@ -80,6 +85,7 @@ class DeltaChannel:
         self._closed = False
         self._getter: asyncio.Future[None] | None = None
         self._putter: asyncio.Future[None] | None = None
+        self._reader: _Reader | None = None
 
     @property
     def buffered(self) -> int:
@@ -92,6 +98,15 @@ class DeltaChannel:
 
     def would_block(self, count: int) -> bool:
         return self._buffered + count > self._limit
+
+    @property
+    def consumer_waiting(self) -> bool:
+        """The consumer waits for a delta (or has just been handed one it has not taken)."""
+        return self._getter is not None
+
+    def attach(self, reader: _Reader | None) -> None:
+        """Offer an open body to the consumer (``None`` withdraws it)."""
+        self._reader = reader
 
     async def put(self, batch: list[Delta]) -> None:
         """Hand ``batch`` over, emptying it. Interrupted (cancelled, timed out), it keeps
@@ -131,6 +146,8 @@ class DeltaChannel:
         if self._position == len(head):
             batches.popleft()
             self._position = 0
+            if not batches and self._reader is not None:
+                self._reader.drained()
         self._buffered -= 1
         if self._putter is not None and self._buffered + self._wanted <= self._limit:
             _wake(self._putter)
@@ -146,15 +163,28 @@ class DeltaChannel:
             ready += batches.popleft()
         self._position = 0
         self._buffered = 0
+        if self._reader is not None:
+            self._reader.drained()
         if self._putter is not None:
             _wake(self._putter)
         return ready
 
     async def get(self) -> Delta | None:
-        """The next delta; ``None`` once the channel is closed and empty."""
+        """The next delta; ``None`` once the channel is closed and empty. With nothing waiting
+        and nobody reading the open body, the consumer reads it itself."""
         while not self._batches:
             if self._closed:
                 return None
+            reader = self._reader
+            if reader is not None and not reader.ended:
+                if reader.holder is None:
+                    batch = await reader.pull()
+                    if batch:
+                        self._batches.append(batch)
+                        self._buffered += len(batch)
+                    continue
+                # The actor is reading: it hands this read over, and the next to the consumer.
+                reader.handoff = True
             self._getter = future = asyncio.get_running_loop().create_future()
             try:
                 await future
@@ -170,25 +200,29 @@ def _wake(future: asyncio.Future[None] | None) -> None:
 
 class _Watchdog:
     """Ends a stream attempt when no complete data event arrived for ``idle`` seconds, or when
-    the attempt has lasted ``total`` seconds, by firing ``scope``.
+    the attempt has lasted ``total`` seconds, by calling ``expired`` with the phase (which
+    says whether it took it; ``final`` when it must).
 
-    Noting an event stores a time; the one timer re-arms itself lazily, so the per-event cost
-    is a clock read per network read. Time spent waiting for the consumer does not count.
+    Noting an event stores a time and pausing or resuming sets a flag, so the per-read cost is
+    a clock read; the one timer re-arms itself lazily (every ``idle`` seconds while paused).
+    Time spent waiting for the consumer (a full channel) does not count.
     """
 
-    __slots__ = ("_clock", "_ends", "_idle", "_last", "_paused", "_scope", "_timer",
-                 "expired_phase")
+    __slots__ = ("_clock", "_ends", "_expired", "_idle", "_last", "_paused", "_timer",
+                 "expired_phase", "overdue")
 
-    def __init__(self, clock: Clock, scope: asyncio.Timeout, *, idle: float,
+    def __init__(self, clock: Clock, expired: Callable[[str, bool], bool], *, idle: float,
                  total: float) -> None:
         self._clock = clock
-        self._scope = scope
+        self._expired = expired
         self._idle = idle
         now = clock.now()
         self._last = now
         self._ends = now + total
         self._paused = False
         self.expired_phase: str | None = None
+        #: read_idle passed while nobody was reading: the next reader checks at once.
+        self.overdue = False
         self._timer: TimerHandle = clock.call_later(min(idle, total), self._check)
 
     def saw_event(self) -> None:
@@ -198,31 +232,246 @@ class _Watchdog:
         self._paused = True
 
     def resume(self) -> None:
+        # The pending timer fires within ``idle`` and re-arms for ``_last + idle``.
         self._paused = False
-        now = self._last = self._clock.now()
-        # While paused the timer was armed for the response bound only: bring it back to
-        # read_idle, or a stall right after a slow consumer would go unseen until then.
+        self._last = self._clock.now()
+
+    def recheck(self) -> None:
+        """Check again as soon as the reading that just began waits."""
+        self.overdue = False
         self._timer.cancel()
-        self._timer = self._clock.call_later(max(min(self._idle, self._ends - now), 0.0),
-                                             self._check)
+        self._timer = self._clock.call_later(0.0, self._check)
 
     def _check(self) -> None:
         now = self._clock.now()
         if now >= self._ends:
-            self._fire("response")
+            self._fire("response", final=True)
             return
-        if not self._paused and now - self._last >= self._idle:
-            self._fire("read_idle")
-            return
-        due = self._ends if self._paused else min(self._last + self._idle, self._ends)
-        self._timer = self._clock.call_later(max(due - now, 0.0), self._check)
+        # One sum decides both firing and re-arming: rounding cannot re-arm at zero forever.
+        due = now + self._idle if self._paused else self._last + self._idle
+        if now >= due:
+            if self._fire("read_idle"):
+                return
+            self.overdue = True
+            due = now + self._idle
+        self._timer = self._clock.call_later(max(min(due, self._ends) - now, 0.0),
+                                             self._check)
 
-    def _fire(self, phase: str) -> None:
-        self.expired_phase = phase
-        self._scope.reschedule(asyncio.get_running_loop().time())
+    def _fire(self, phase: str, *, final: bool = False) -> bool:
+        if self._expired(phase, final):
+            self.expired_phase = phase
+            return True
+        return False
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+_CONSUMER = "consumer"
+_ACTOR = "actor"
+
+
+class _Reader:
+    """One attempt's SSE body, read by whichever task needs its deltas next.
+
+    The actor reads first, into the channel. A consumer that finds the channel empty while
+    the actor reads asks for the reading (``handoff``): the actor hands that read over and
+    stops. From then on a consumer waiting for a delta reads it in its own task (:meth:`pull`):
+    no hand-off and no task switch between the socket and the consumer. When the consumer
+    took its last delta and has not come back by the next turn of the loop, the actor reads
+    ahead again, up to the channel's bound. ``holder`` says who reads; two never do at once.
+    Each read runs inside a timeout scope of its own task, which the watchdog fires. The
+    body's end (``[DONE]``, the connection's end, an error, the watchdog) sets ``ended`` and
+    wakes the actor, which owns what follows: the outcome, a retry, a resume.
+    """
+
+    __slots__ = ("_actor", "_chunks", "_decoder", "_pending", "_position", "_scope",
+                 "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
+                 "holder", "leftover", "usage", "watchdog")
+
+    def __init__(self, actor: StreamActor, chunks: AsyncGenerator[bytes, None], clock: Clock,
+                 timeouts: Timeouts, cap: int) -> None:
+        self._actor = actor
+        self._chunks = chunks
+        self._decoder = SSEDecoder()
+        self._pending: list[SSEEvent] = []
+        self._position = 0
+        self._scope: asyncio.Timeout | None = None
+        self._wakeup: asyncio.Future[bool] | None = None
+        #: The actor should read ahead when it next waits.
+        self.ahead = False
+        #: The consumer waits for the actor's read in progress, and reads after it.
+        self.handoff = False
+        self.cap = cap
+        self.holder: str | None = None
+        self.ended = False
+        self.aborted = False
+        self.flowing = False
+        self.error: BaseException | None = None
+        self.usage: Usage | None = None
+        #: Deltas read and not handed over when a read-ahead was interrupted.
+        self.leftover: list[Delta] = []
+        self.watchdog = _Watchdog(clock, self._expired, idle=timeouts.read_idle,
+                                  total=timeouts.response)
+
+    async def read(self) -> list[Delta]:
+        """The deltas of the next network read (at most about ``cap`` at a time; the rest
+        wait here). Empty only once the body ended; an error ends it after the deltas parsed
+        before it, which are returned."""
+        actor = self._actor
+        assembler = actor._assembler
+        batch: list[Delta] = []
+        try:
+            while True:
+                events = self._pending
+                while self._position < len(events):
+                    event = events[self._position]
+                    self._position += 1
+                    self.usage = actor._feed(assembler, event, batch) or self.usage
+                    if len(batch) >= self.cap:
+                        break
+                if assembler.done:
+                    self._end(None)
+                    break
+                if batch:
+                    break
+                try:
+                    data = await anext(self._chunks)
+                except StopAsyncIteration:
+                    for event in self._decoder.close():
+                        self.usage = actor._feed(assembler, event, batch) or self.usage
+                    self._end(None)
+                    break
+                events = self._decoder.feed(data)
+                if events:
+                    self.watchdog.saw_event()
+                    self.flowing = True
+                self._pending = events
+                self._position = 0
+        except KimiError as exc:
+            self._end(exc)
+        return batch
+
+    async def pull(self) -> list[Delta]:
+        """:meth:`read`, in the consumer's task."""
+        self.holder = _CONSUMER
+        if self.watchdog.overdue:
+            self.watchdog.recheck()
+        batch: list[Delta] = []
+        try:
+            async with asyncio.timeout(None) as scope:
+                self._scope = scope
+                batch = await self.read()
+        except TimeoutError:
+            self._timed_out()
+        except asyncio.CancelledError:
+            # The consumer was cancelled mid-read: the body is broken, the actor resumes it.
+            self._end(IncompleteStreamError("the consumer's read was cancelled mid-stream"))
+            raise
+        finally:
+            self._scope = None
+            self.holder = None
+        if batch:
+            self._actor._call.first_chunk()
+        return batch
+
+    async def read_ahead(self) -> None:
+        """:meth:`read` in the actor's task, into the channel, until the consumer waits for
+        it (or the body ends)."""
+        self.holder = _ACTOR
+        if self.watchdog.overdue:
+            self.watchdog.recheck()
+        batch: list[Delta] = []
+        try:
+            async with asyncio.timeout(None) as scope:
+                self._scope = scope
+                while not self.ended:
+                    batch = await self.read()
+                    await self._actor._deliver(batch, self.watchdog)
+                    if self.handoff:
+                        self.handoff = False
+                        break
+        except TimeoutError:
+            self._timed_out()
+        finally:
+            self.leftover = batch
+            self._scope = None
+            self.holder = None
+
+    async def wait(self) -> bool:
+        """Until the body ended (False) or the consumer is away and the actor should read
+        ahead (True)."""
+        if self.ended:
+            return False
+        if self.ahead:
+            self.ahead = False
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._wakeup = future
+        try:
+            return await future
+        finally:
+            self._wakeup = None
+
+    def abort(self) -> None:
+        """The actor leaves (cancelled): a consumer inside a read leaves it too, quietly."""
+        self.aborted = True
+        self._end(None)
+        if self._scope is not None:
+            self._scope.reschedule(asyncio.get_running_loop().time())
+
+    async def aclose(self) -> None:
+        self.watchdog.cancel()
+        if self.holder is None:  # a consumer inside the generator leaves it on its own
+            await self._chunks.aclose()
+
+    def drained(self) -> None:
+        """The consumer took the channel's last delta. If it does not come back for more by
+        the next turn of the loop, the actor reads ahead."""
+        if self.holder is None and not self.ended:
+            asyncio.get_running_loop().call_soon(self._consumer_away)
+
+    def _consumer_away(self) -> None:
+        if self.holder is None and not self.ended:
+            wakeup = self._wakeup
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(True)
+            else:
+                self.ahead = True
+
+    def _end(self, error: BaseException | None) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.error = error
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(False)
+
+    def _expired(self, phase: str, final: bool) -> bool:
+        if self._scope is not None:
+            self._scope.reschedule(asyncio.get_running_loop().time())
+        elif final:
+            self._timed_out(phase)
+        else:
+            # Nobody is reading (the loop did not turn since the consumer left): no evidence
+            # of a stall yet. The actor reads ahead, and the next check decides.
+            self._consumer_away()
+            return False
+        return True
+
+    def _timed_out(self, phase: str | None = None) -> None:
+        if self.aborted:
+            return
+        phase = phase or self.watchdog.expired_phase
+        if phase is None:  # not the watchdog's: nothing here raises a bare TimeoutError
+            self._end(TimeoutError())
+            return
+        timeouts = self._actor._rt.transport.timeouts
+        limit = timeouts.read_idle if phase == "read_idle" else timeouts.response
+        what = "a complete stream event" if phase == "read_idle" else "the stream to end"
+        self._end(timeout_error(phase, f"timed out waiting for {what} after "
+                                f"{limit} s", timeout=limit))
 
 
 class _ResumeProbe:
@@ -438,56 +687,24 @@ class StreamActor:
                     if outcome.action is Action.SUCCESS:
                         usage = await self._deliver_completion(outcome.body)
                     return outcome, usage
-                decoder = SSEDecoder()
-                assembler = self._assembler
-                timeouts = rt.transport.timeouts
                 cap = self._channel.limit if self._channel is not None else 1 << 30
-                scope = asyncio.timeout(None)
-                watchdog: _Watchdog | None = None
+                reader = _Reader(self, response.chunks(), rt.clock, rt.transport.timeouts, cap)
                 try:
-                    async with scope:
-                        watchdog = _Watchdog(rt.clock, scope, idle=timeouts.read_idle,
-                                             total=timeouts.response)
-                        async with aclosing(response.chunks()) as chunks:
-                            async for data in chunks:
-                                events = decoder.feed(data)
-                                if events:
-                                    watchdog.saw_event()
-                                    flowing = True
-                                    for event in events:
-                                        usage = self._feed(assembler, event, batch) or usage
-                                        if len(batch) >= cap:
-                                            # A large read is parsed only as fast as the
-                                            # consumer takes it: memory stays at the buffer.
-                                            await self._deliver(batch, watchdog)
-                                if batch:
-                                    await self._deliver(batch, watchdog)
-                                    batch = []
-                                if assembler.done:
-                                    break
-                            else:
-                                for event in decoder.close():
-                                    usage = self._feed(assembler, event, batch) or usage
-                except TimeoutError:
-                    phase = watchdog.expired_phase if watchdog is not None else None
-                    if phase is None:
-                        raise
-                    limit = timeouts.read_idle if phase == "read_idle" else timeouts.response
-                    what = ("a complete stream event" if phase == "read_idle"
-                            else "the stream to end")
-                    raise timeout_error(
-                        phase, f"timed out waiting for {what} after {limit} s",
-                        timeout=limit) from None
+                    await self._read(reader)
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
+                    await reader.aclose()
+                    batch = reader.leftover
+                    flowing = reader.flowing
+                    usage = reader.usage
+                if reader.error is not None:
+                    raise reader.error
                 self._settle_probe(batch, at_end=True)
                 if batch:
                     await self._deliver(batch)
                     batch = []
-                if not assembler.done:
+                if not self._assembler.done:
                     raise IncompleteStreamError(
-                        f"the stream ended without data: [DONE] after {assembler.chunks} "
+                        f"the stream ended without data: [DONE] after {self._assembler.chunks} "
                         f"chunks")
                 return Outcome(action=Action.SUCCESS), usage
         except KimiError as exc:
@@ -500,6 +717,25 @@ class StreamActor:
             if exc.request_id is None:  # every error raised in here is this stream's
                 exc.request_id = self.request_id
             return classify_error(exc, mid_stream=flowing), usage
+
+    async def _read(self, reader: _Reader) -> None:
+        """Until the body ends: the consumer reads it when it waits, the actor when it is
+        away (or when nobody consumes the deltas)."""
+        channel = self._channel
+        if channel is None:
+            await reader.read_ahead()
+            return
+        channel.attach(reader)
+        try:
+            await reader.read_ahead()
+            while await reader.wait():
+                if reader.holder is None:  # the consumer may have come back meanwhile
+                    await reader.read_ahead()
+        except BaseException:
+            reader.abort()
+            raise
+        finally:
+            channel.attach(None)
 
     def _feed(self, assembler: ChunkAssembler, event: SSEEvent,
               batch: list[Delta]) -> Usage | None:
@@ -535,6 +771,8 @@ class StreamActor:
         """Hand the deltas of one network read over as one batch, emptying ``deltas`` (an
         interrupted hand-off leaves what was not handed over); waiting for the consumer does
         not count as a stall."""
+        if not deltas:
+            return
         self._call.first_chunk()
         channel = self._channel
         if channel is None:

@@ -149,6 +149,8 @@ class _ScriptedStream:
                 await self._transport.clock.sleep(event.seconds)
                 continue
             self._transport.events_read += 1
+            task = asyncio.current_task()
+            self._transport.readers.append(task.get_name() if task is not None else "")
             yield event
         if step.then is Then.DROP:
             raise ConnectionFailedError("the connection broke during the read idle (scripted)")
@@ -185,6 +187,8 @@ class ScriptedTransport:
         #: Stream events the readers have taken so far (one network read each): what a
         #: consumer that stopped reading let the actor pull.
         self.events_read = 0
+        #: The name of the task that took each of those events.
+        self.readers: list[str] = []
         self.closed = False
 
     def add(self, *steps: Respond | Fail) -> None:
