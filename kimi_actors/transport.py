@@ -179,7 +179,9 @@ class StreamResponse:
         self.content_type = response.content_type
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """Body bytes as they arrive; a gap longer than ``read_idle`` raises a timeout."""
+        """Body bytes as they arrive. Gaps are bounded by the reader's watchdog, not here: a
+        socket timer re-armed on every read would cost a timer per chunk."""
+        _set_read_timeout(self._response, None)
         content = self._response.content
         try:
             while True:
@@ -192,8 +194,10 @@ class StreamResponse:
         raise failure
 
     async def read(self, limit: int = ERROR_PAGE_READ_BYTES) -> bytes:
-        """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page."""
+        """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page; each read
+        may wait ``read_idle``."""
         try:
+            _set_read_timeout(self._response, self._timeouts.read_idle)
             return await _read_body(self._response.content, limit, truncate=True)
         except _TRANSPORT_ERRORS as exc:
             failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
@@ -401,14 +405,14 @@ class Transport:
                      on_sent: Callable[[], None] | None = None
                      ) -> AsyncIterator[StreamResponse]:
         """POST and hold the response open for streaming. Headers must come within
-        ``first_byte``; after that, each gap between socket reads may last ``read_idle`` (the
-        stream actor also bounds the gap between complete events, and the whole stream).
+        ``first_byte``; after that, ``read()`` waits ``read_idle`` at most per read, and
+        ``chunks()`` leaves the gaps to its reader (the stream actor bounds the gap between
+        complete events, and the whole stream).
         Leaving the block closes the connection unless the body was read to its end."""
         timeouts = self._timeouts
         response = await self._open("POST", path, body, headers=headers, on_sent=on_sent,
                                     first_byte=timeouts.first_byte, total=None)
         try:
-            _set_read_timeout(response, timeouts.read_idle)
             yield StreamResponse(response, timeouts)
         finally:
             _finish(response)
@@ -422,7 +426,7 @@ def _finish(response: aiohttp.ClientResponse) -> None:
         response.close()
 
 
-def _set_read_timeout(response: aiohttp.ClientResponse, seconds: float) -> None:
+def _set_read_timeout(response: aiohttp.ClientResponse, seconds: float | None) -> None:
     """From the headers on, a socket read may wait ``seconds`` (not the first-byte bound)."""
     connection = response.connection
     if connection is not None and connection.protocol is not None:
