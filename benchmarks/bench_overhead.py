@@ -14,7 +14,8 @@ spread of the per-round ratios is printed because other load on the machine move
 time spent in the garbage collector is shown apart. The runtime also does what the bare loop
 does not (governor admission, breaker, classification, assembling a typed result), which is
 exactly the overhead this measures. ``--map`` adds ``sup.map`` against the same bare loop;
-``--profile`` prints cProfile's top costs of the runtime phases instead. Target: ratio <= 1.3.
+``--profile`` prints cProfile's top costs of the runtime phases instead. Targets: ratio <=
+1.3 (chat, map), <= 1.2 (stream).
 
     python benchmarks/bench_overhead.py [--requests 2000] [--concurrency 50] [--rounds 5]
                                         [--max-tokens 50] [--map] [--profile]
@@ -40,7 +41,8 @@ from _common import FakeServer, fake_server, median, server_spec
 from kimi_actors import Limits, Supervisor
 
 MODEL = "kimi-k2.6"
-TARGET = 1.3
+#: Issue 15's targets, runtime CPU / bare CPU.
+TARGETS = {"chat": 1.3, "stream": 1.2, "map": 1.3}
 
 
 def make_bodies(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
@@ -236,9 +238,10 @@ async def compare(label: str, bare: Runner, runtime: Runner, server: FakeServer,
     runtime_us = med("runtime", lambda phase: phase.cpu_us_per_request)
     bare_us = med("bare", lambda phase: phase.cpu_us_per_request)
     ratio = runtime_us / bare_us
-    verdict = "ok" if ratio <= TARGET else "ABOVE TARGET"
+    target = TARGETS[label]
+    verdict = "ok" if ratio <= target else "ABOVE TARGET"
     print(f"overhead ({label}): runtime {runtime_us:.0f} µs/req, bare {bare_us:.0f} µs/req, "
-          f"ratio {ratio:.2f} (target <= {TARGET}) {verdict}", flush=True)
+          f"ratio {ratio:.2f} (target <= {target}) {verdict}", flush=True)
     print(f"  {label} detail: per-round ratios median {median(ratios):.2f}, range "
           f"{min(ratios):.2f}-{max(ratios):.2f}; in the garbage collector: runtime "
           f"{med('runtime', lambda phase: phase.gc_us_per_request):.0f} µs/req, bare "

@@ -26,6 +26,7 @@ trickles bytes or keep-alive comments without completing an event times out afte
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
@@ -271,6 +272,7 @@ class _Watchdog:
 
 _CONSUMER = "consumer"
 _ACTOR = "actor"
+_NO_CONTEXT = contextvars.Context()
 
 
 class _Reader:
@@ -358,19 +360,29 @@ class _Reader:
         return batch
 
     async def pull(self) -> list[Delta]:
-        """:meth:`read`, in the consumer's task."""
+        """:meth:`read`, in the consumer's task (what :meth:`_interruptible` does, inlined:
+        this runs once per delta the consumer waits for)."""
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
-        batch: list[Delta] = []
+        task = self._reading = asyncio.current_task()
         try:
-            batch = await self._interruptible(self.read(), [])
+            batch = await self.read()
         except asyncio.CancelledError:
-            # The consumer was cancelled mid-read: the body is broken, the actor resumes it.
-            self._end(IncompleteStreamError("the consumer's read was cancelled mid-stream"))
-            raise
+            if not self._interrupted or task is None or task.uncancel() > 0:
+                # The consumer was cancelled mid-read: the body is broken, the actor
+                # resumes it.
+                self._end(IncompleteStreamError("the consumer's read was cancelled "
+                                                "mid-stream"))
+                raise
+            self._interrupted = False
+            self._timed_out()
+            return []
         finally:
+            self._reading = None
             self.holder = None
+        if self._interrupted:
+            await self._absorb_interruption(task)
         if batch:
             self._actor._call.first_chunk()
         return batch
@@ -413,16 +425,20 @@ class _Reader:
             return interrupted
         finally:
             self._reading = None
-        if self._interrupted and task is not None:
-            # Interrupted as the work finished: take the cancellation here, not in the
-            # caller's next await.
-            self._interrupted = False
-            try:
-                await asyncio.sleep(0)
-            except asyncio.CancelledError:
-                task.uncancel()
-            self._timed_out()
+        if self._interrupted:
+            await self._absorb_interruption(task)
         return result
+
+    async def _absorb_interruption(self, task: asyncio.Task[Any] | None) -> None:
+        """Interrupted as the read finished: take the cancellation here, not in the caller's
+        next await, and end as the watchdog said."""
+        self._interrupted = False
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if task is not None:
+                task.uncancel()
+        self._timed_out()
 
     async def wait(self) -> bool:
         """Until the body ended (False) or the consumer is away and the actor should read
@@ -454,7 +470,8 @@ class _Reader:
         """The consumer took the channel's last delta. If it does not come back for more by
         the next turn of the loop, the actor reads ahead."""
         if self.holder is None and not self.ended:
-            asyncio.get_running_loop().call_soon(self._consumer_away)
+            # An explicit context: the call copies none (this runs once per pull).
+            asyncio.get_running_loop().call_soon(self._consumer_away, context=_NO_CONTEXT)
 
     def _consumer_away(self) -> None:
         if self.holder is None and not self.ended:
