@@ -443,4 +443,10 @@ async def _call_on_sent(session: aiohttp.ClientSession, context: SimpleNamespace
 def json_body(body: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON; non-string keys (e.g. ``logit_bias`` token ids) become strings,
     as ``json.dumps`` would make them. Raises TypeError for values JSON cannot hold."""
-    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    data = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    # orjson's output keeps its 4 KiB starting buffer: a 60-byte body held 4 KiB for as long
+    # as its request lived (queued, streaming). An exact copy of a small one costs 0.2 µs.
+    return bytes(memoryview(data)) if len(data) < _ORJSON_BUFFER else data
+
+
+_ORJSON_BUFFER = 4096

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import re
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -81,7 +80,9 @@ class DeltaChannel:
         if limit < 1:
             raise ValueError(f"a DeltaChannel's limit must be >= 1, got {limit}")
         self._limit = limit
-        self._batches: deque[list[Delta]] = deque()
+        # A list, not a deque: a deque's first block is 760 bytes, per open stream, and this
+        # holds one or two batches (a few hundred at most).
+        self._batches: list[list[Delta]] = []
         self._position = 0
         self._buffered = 0
         self._wanted = 0
@@ -147,7 +148,7 @@ class DeltaChannel:
         delta = head[self._position]
         self._position += 1
         if self._position == len(head):
-            batches.popleft()
+            del batches[0]
             self._position = 0
             if not batches and self._reader is not None:
                 self._reader.drained()
@@ -161,9 +162,10 @@ class DeltaChannel:
         batches = self._batches
         if not batches:
             return []
-        ready = batches.popleft()[self._position:]
-        while batches:
-            ready += batches.popleft()
+        ready = batches[0][self._position:]
+        for batch in batches[1:]:
+            ready += batch
+        batches.clear()
         self._position = 0
         self._buffered = 0
         if self._reader is not None:
