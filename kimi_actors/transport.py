@@ -33,6 +33,7 @@ __all__ = [
     "ERROR_PAGE_READ_BYTES",
     "MAX_BODY_BYTES",
     "MAX_SAME_ORIGIN_REDIRECTS",
+    "ChunkReader",
     "RawResponse",
     "StreamLike",
     "StreamResponse",
@@ -177,11 +178,21 @@ class StreamResponse:
         self.status = response.status
         self.headers: Mapping[str, str] = response.headers
         self.content_type = response.content_type
+        # The body's gaps are bounded by its reader's watchdog, not here: a socket timer
+        # re-armed on every read would cost a timer per chunk.
+        _set_read_timeout(response, None)
+
+    async def read_chunk(self) -> bytes:
+        """The next body bytes as they arrive, ``b""`` at the end. Cancelling it loses
+        nothing: the bytes stay buffered for the next call."""
+        try:
+            return await self._response.content.readany()
+        except _TRANSPORT_ERRORS as exc:
+            failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
+        raise failure
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        """Body bytes as they arrive. Gaps are bounded by the reader's watchdog, not here: a
-        socket timer re-armed on every read would cost a timer per chunk."""
-        _set_read_timeout(self._response, None)
+        """Body bytes as they arrive (:meth:`read_chunk` until the end)."""
         content = self._response.content
         try:
             while True:
@@ -217,6 +228,18 @@ class StreamLike(Protocol):
 
     async def read(self, limit: int = ...) -> bytes:
         """The rest of the body (an error page), up to ``limit`` bytes."""
+        ...
+
+
+@runtime_checkable
+class ChunkReader(Protocol):
+    """What a stream may offer besides :class:`StreamLike`: one read at a time, safe to
+    cancel. A consumer cancelled inside a read (a timeout around ``anext(stream)``) then
+    loses nothing and the stream goes on; through ``chunks()`` alone that read breaks the
+    attempt, which the actor then resumes. Both of this package's transports offer it."""
+
+    async def read_chunk(self) -> bytes:
+        """The next body bytes, ``b""`` at the end; transport failures as our errors."""
         ...
 
 

@@ -47,7 +47,7 @@ from ..protocol.classify import (
 from ..protocol.sse import SSEDecoder, SSEEvent
 from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
 from ..telemetry import CallTelemetry
-from ..transport import json_body
+from ..transport import ChunkReader, StreamLike, json_body
 from .request import CHAT_PATH
 from .runtime import Runtime
 
@@ -292,14 +292,17 @@ class _Reader:
     """
 
     __slots__ = ("_actor", "_chunks", "_decoder", "_interrupted", "_pending", "_position",
-                 "_reading",
+                 "_read_chunk", "_reading",
                  "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
                  "holder", "leftover", "usage", "watchdog")
 
-    def __init__(self, actor: StreamActor, chunks: AsyncGenerator[bytes, None], clock: Clock,
+    def __init__(self, actor: StreamActor, response: StreamLike, clock: Clock,
                  timeouts: Timeouts, cap: int) -> None:
         self._actor = actor
-        self._chunks = chunks
+        # One read at a time when the stream offers it (safe to cancel), else its generator.
+        self._read_chunk = response.read_chunk if isinstance(response, ChunkReader) else None
+        self._chunks: AsyncGenerator[bytes, None] | None = (
+            None if self._read_chunk is not None else response.chunks())
         self._decoder = SSEDecoder()
         self._pending: list[SSEEvent] = []
         self._position = 0
@@ -344,9 +347,8 @@ class _Reader:
                     break
                 if batch:
                     break
-                try:
-                    data = await anext(self._chunks)
-                except StopAsyncIteration:
+                data = await self._next_chunk()
+                if data is None:
                     for event in self._decoder.close():
                         self.usage = actor._feed(assembler, event, batch) or self.usage
                     self._end(None)
@@ -361,6 +363,13 @@ class _Reader:
             self._end(exc)
         return batch
 
+    async def _next_chunk(self) -> bytes | None:
+        """The next body bytes; ``None`` at the end."""
+        if self._read_chunk is not None:
+            return await self._read_chunk() or None
+        assert self._chunks is not None
+        return await anext(self._chunks, None)
+
     async def pull(self) -> list[Delta]:
         """:meth:`read`, in the consumer's task (what :meth:`_interruptible` does, inlined:
         this runs once per delta the consumer waits for)."""
@@ -372,10 +381,11 @@ class _Reader:
             batch = await self.read()
         except asyncio.CancelledError:
             if not self._interrupted or task is None or task.uncancel() > 0:
-                # The consumer was cancelled mid-read: the body is broken, the actor
-                # resumes it.
-                self._end(IncompleteStreamError("the consumer's read was cancelled "
-                                                "mid-stream"))
+                if self._read_chunk is None:
+                    # The consumer was cancelled inside the stream's generator, which that
+                    # ends: the actor resumes the body. A read_chunk() read loses nothing.
+                    self._end(IncompleteStreamError("the consumer's read was cancelled "
+                                                    "mid-stream"))
                 raise
             self._interrupted = False
             self._timed_out()
@@ -465,7 +475,8 @@ class _Reader:
 
     async def aclose(self) -> None:
         self.watchdog.cancel()
-        if self.holder is None:  # a consumer inside the generator leaves it on its own
+        # A consumer inside the generator leaves it on its own.
+        if self._chunks is not None and self.holder is None:
             await self._chunks.aclose()
 
     def drained(self) -> None:
@@ -739,7 +750,7 @@ class StreamActor:
                         usage = await self._deliver_completion(outcome.body)
                     return outcome, usage
                 cap = self._channel.limit if self._channel is not None else 1 << 30
-                reader = _Reader(self, response.chunks(), rt.clock, rt.transport.timeouts, cap)
+                reader = _Reader(self, response, rt.clock, rt.transport.timeouts, cap)
                 try:
                     await self._read(reader)
                 finally:

@@ -133,11 +133,14 @@ def _event(choice: Mapping[str, Any], model: str) -> bytes:
 
 
 class _ScriptedStream:
-    __slots__ = ("_step", "_transport", "content_type", "headers", "status")
+    __slots__ = ("_gap_ends", "_position", "_step", "_transport", "content_type", "headers",
+                 "status")
 
     def __init__(self, step: Respond, transport: ScriptedTransport) -> None:
         self._step = step
         self._transport = transport
+        self._position = 0
+        self._gap_ends: float | None = None
         self.status = step.status
         self.headers: Mapping[str, str] = dict(step.headers)
         self.content_type = step.content_type
@@ -148,14 +151,42 @@ class _ScriptedStream:
             if isinstance(event, Gap):
                 await self._transport.clock.sleep(event.seconds)
                 continue
-            self._transport.events_read += 1
-            task = asyncio.current_task()
-            self._transport.readers.append(task.get_name() if task is not None else "")
+            self._took()
             yield event
         if step.then is Then.DROP:
             raise ConnectionFailedError("the connection broke during the read idle (scripted)")
         if step.then is Then.STALL:
             await asyncio.get_running_loop().create_future()
+
+    async def read_chunk(self) -> bytes:
+        """The next event (``b""`` at the end). Cancelled, it loses nothing: a gap it was
+        waiting out ends when it would have."""
+        step = self._step
+        events = step.events or (step.body,)
+        clock = self._transport.clock
+        while self._position < len(events):
+            event = events[self._position]
+            if isinstance(event, Gap):
+                if self._gap_ends is None:
+                    self._gap_ends = clock.now() + event.seconds
+                await clock.sleep(max(0.0, self._gap_ends - clock.now()))
+                self._gap_ends = None
+                self._position += 1
+                continue
+            self._position += 1
+            self._took()
+            if event:  # an empty body is no read: b"" means the end
+                return event
+        if step.then is Then.DROP:
+            raise ConnectionFailedError("the connection broke during the read idle (scripted)")
+        if step.then is Then.STALL:
+            await asyncio.get_running_loop().create_future()
+        return b""
+
+    def _took(self) -> None:
+        self._transport.events_read += 1
+        task = asyncio.current_task()
+        self._transport.readers.append(task.get_name() if task is not None else "")
 
     async def read(self, limit: int = 1 << 20) -> bytes:
         step = self._step

@@ -4,10 +4,14 @@ its own task (no task switch per delta), and the actor again while the consumer 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any
 
 from test_actors_scripted import MODEL, QUESTION, autojump, supervisor
 
-from kimi_actors import RetryPolicy
+from kimi_actors import RetryPolicy, Supervisor
 from kimi_actors.testing import FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
 
 PIECES = [f"t{i} " for i in range(8)]
@@ -71,15 +75,24 @@ async def test_the_actor_reads_ahead_while_the_consumer_is_away() -> None:
     assert clock.now() == len(PIECES) + 1.0  # no read waited for the consumer's pause
 
 
-async def test_a_consumer_cancelled_mid_read_loses_and_repeats_nothing() -> None:
-    clock = FakeClock()
-    transport = ScriptedTransport(
-        spaced(PIECES),
-        Respond.stream(chunk_events(PIECES[3:], finish="stop", role=False)), clock=clock)
-    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup, \
-            sup.stream(model=MODEL, messages=QUESTION) as stream:
-        got: list[str] = []
+class GeneratorOnly(ScriptedTransport):
+    """Streams that offer only ``chunks()``, as a transport written before ``read_chunk``."""
 
+    @asynccontextmanager
+    async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+                     on_sent: Callable[[], None] | None = None) -> AsyncIterator[Any]:
+        async with super().stream(path, body, headers=headers, on_sent=on_sent) as inner:
+            yield SimpleNamespace(status=inner.status, headers=inner.headers,
+                                  content_type=inner.content_type, chunks=inner.chunks,
+                                  read=inner.read)
+
+
+async def cancel_mid_read(transport: ScriptedTransport, clock: FakeClock,
+                          sup: Supervisor) -> list[str]:
+    """Read three deltas, cancel the consumer while it waits inside the body's next read,
+    then read the rest in another task."""
+    got: list[str] = []
+    async with sup.stream(model=MODEL, messages=QUESTION) as stream:
         async def take(count: int) -> None:
             while len(got) < count:
                 got.append((await anext(stream)).content)
@@ -91,12 +104,34 @@ async def test_a_consumer_cancelled_mid_read_loses_and_repeats_nothing() -> None
             await turns()
         # The consumer came straight back for the next delta and reads the body itself:
         # cancel it while it waits on the network.
+        assert transport.readers[-1] == reading.get_name()
         reading.cancel()
         await asyncio.gather(reading, return_exceptions=True)
         assert reading.cancelled()
         assert len(got) == 3
-        # The read it broke is resumed; iterating again goes on exactly where it stopped.
         await autojump(clock, take(len(PIECES)))
+    return got
+
+
+async def test_a_consumer_cancelled_mid_read_loses_nothing_and_the_stream_goes_on() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(spaced(PIECES), clock=clock)
+    async with supervisor(transport, clock) as sup:
+        got = await cancel_mid_read(transport, clock, sup)
+        assert sup.statistics().resumes == 0
+    assert "".join(got) == "".join(PIECES)
+    assert len(transport.requests) == 1  # the read was only interrupted, not broken
+    # The gap the cancelled read waited in kept its end: piece i still came at i seconds.
+    assert clock.now() == len(PIECES) - 1.0
+
+
+async def test_through_a_generator_only_stream_the_broken_read_is_resumed() -> None:
+    clock = FakeClock()
+    transport = GeneratorOnly(
+        spaced(PIECES),
+        Respond.stream(chunk_events(PIECES[3:], finish="stop", role=False)), clock=clock)
+    async with supervisor(transport, clock, retry=RetryPolicy(base=0.001)) as sup:
+        got = await cancel_mid_read(transport, clock, sup)
         assert sup.statistics().resumes == 1
     assert "".join(got) == "".join(PIECES)
     assert transport.requests[1].body["messages"][-1] == {
