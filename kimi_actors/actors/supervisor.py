@@ -1,10 +1,13 @@
 """The supervisor: owns the TaskGroup, the shared governor and breaker, and every actor.
 
-``chat`` spawns a request actor, ``stream`` a stream actor, ``map`` fans a (possibly endless)
-iterable of bodies out through a bounded window of actors. An actor that fails, even on a bug,
-fails only its own call: its exception goes to its caller, never to the TaskGroup. Closing
-drains: no new work, queued and backing-off work fails at once with ``SupervisorClosedError``,
-in-flight work gets ``drain_timeout`` seconds to finish, and then nothing is left running.
+``chat`` runs a request actor in the caller's own task (a task per call would add a task
+switch and, through its reference cycles, most of a call's garbage-collector time), under the
+supervisor's watch all the same; ``stream`` spawns a stream actor, ``map`` fans a (possibly
+endless) iterable of bodies out through a bounded window of actors. An actor that fails, even
+on a bug, fails only its own call: its exception goes to its caller, never to the TaskGroup.
+Closing drains: no new work, queued and backing-off work fails at once with
+``SupervisorClosedError``, in-flight work gets ``drain_timeout`` seconds to finish, and then
+nothing is left running.
 """
 
 from __future__ import annotations
@@ -162,6 +165,34 @@ class MapFailure:
 #: One finished item of ``Supervisor.map``. ``if item.ok:`` narrows it for a type checker:
 #: ``item.result`` is then a :class:`ChatResult`, else ``item.error`` is the exception.
 MapResult: TypeAlias = MapSuccess | MapFailure
+
+
+class _InlineCall:
+    """A chat call running in its caller's task, as the supervisor sees it."""
+
+    __slots__ = ("_finished", "cancelling", "stopped", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.cancelling = task.cancelling()
+        self.stopped = False
+        self._finished: asyncio.Future[None] | None = None
+
+    def finished(self) -> asyncio.Future[None]:
+        """Done once the call has returned or raised (made on demand: only a drain waits)."""
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+        return self._finished
+
+    def finish(self) -> None:
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def stop(self) -> None:
+        """Past the drain: interrupt the call where it waits."""
+        if not self.stopped:
+            self.stopped = True
+            self.task.cancel()
 
 
 class Stream:
@@ -330,6 +361,8 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._actors: set[asyncio.Task[Any]] = set()
+        #: The chat calls running in their callers' tasks.
+        self._calls: set[_InlineCall] = set()
         self._closing = False
         self._closed = False
 
@@ -362,12 +395,18 @@ class Supervisor:
         telemetry.unregister(self)
         self._runtime.stop(SupervisorClosedError("the supervisor is closed"))
         actors = set(self._actors)
+        calls: dict[asyncio.Future[Any], _InlineCall] = {
+            call.finished(): call for call in self._calls}
         try:
-            if actors:
+            if actors or calls:
                 limit = self.drain_timeout if timeout is None else timeout
-                _, still_running = await asyncio.wait(actors, timeout=limit)
-                for task in still_running:
-                    task.cancel()
+                _, still_running = await asyncio.wait({*actors, *calls}, timeout=limit)
+                for waiting in still_running:
+                    call = calls.get(waiting)
+                    if call is not None:
+                        call.stop()
+                    else:
+                        waiting.cancel()
                 if still_running:
                     await asyncio.wait(still_running)
         finally:
@@ -462,30 +501,28 @@ class Supervisor:
         actor = RequestActor(self._runtime, self._body(body, extra_body), priority=priority,
                              deadline=self._deadline(timeout), headers=extra_headers,
                              tenant=tenant)
-        return await self._await_actor(self._spawn(self._result_of(actor.run(), timeout)))
+        return await self._inline(actor.run(), timeout)
 
-    async def _result_of(self, run: Awaitable[ChatResult],
-                         timeout: float | None) -> tuple[ChatResult | None, BaseException | None]:
+    async def _inline(self, run: Awaitable[ChatResult], timeout: float | None) -> ChatResult:
+        """Run an actor body in the caller's task, registered as one of the supervisor's
+        actors: closing waits for it, and past the drain it is interrupted with
+        ``SupervisorClosedError`` (as asyncio.timeout interrupts a task: cancel, then
+        uncancel)."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("sup.chat() must be awaited inside a task")
+        call = _InlineCall(task)
+        self._calls.add(call)
         try:
-            return await self._guarded(run, timeout), None
-        except Exception as exc:
-            return None, exc
-
-    async def _await_actor(
-            self, task: asyncio.Task[tuple[ChatResult | None, BaseException | None]]
-    ) -> ChatResult:
-        try:
-            result, error = await task
+            return await self._guarded(run, timeout)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or current.cancelling() == 0):
+            if call.stopped and task.uncancel() <= call.cancelling:
                 raise SupervisorClosedError(
                     "the supervisor closed before the request finished") from None
             raise
-        if error is not None:
-            raise error
-        assert result is not None
-        return result
+        finally:
+            self._calls.discard(call)
+            call.finish()
 
     def stream(self, *, timeout: float | None = None, priority: int = 0,
                tenant: str | None = None,
@@ -664,7 +701,7 @@ class Supervisor:
         return SupervisorStats(
             **{name: getattr(counters, name) for name in counters.__dataclass_fields__},
             in_flight=governor.in_flight, queued=governor.queued, waiting=rt.waiting,
-            actors=len(self._actors),
+            actors=len(self._actors) + len(self._calls),
             tokens_reserved=governor.tokens_reserved, tokens_settled=governor.tokens_settled,
             breaker_state=rt.breaker.state(rt.clock.now()).value,
             breaker_trips=rt.breaker.trips,
