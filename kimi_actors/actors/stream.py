@@ -219,7 +219,7 @@ class _Watchdog:
     def __init__(self, clock: Clock, expired: Callable[[str, bool], bool], *, idle: float,
                  total: float) -> None:
         self._clock = clock
-        self._expired = expired
+        self._expired: Callable[[str, bool], bool] | None = expired
         self._idle = idle
         now = clock.now()
         self._last = now
@@ -263,18 +263,22 @@ class _Watchdog:
                                              self._check)
 
     def _fire(self, phase: str, *, final: bool = False) -> bool:
-        if self._expired(phase, final):
+        if self._expired is not None and self._expired(phase, final):
             self.expired_phase = phase
             return True
         return False
 
     def cancel(self) -> None:
+        """Stop for good, and let go of the callback: its owner holds this watchdog, and the
+        cycle left each stream's whole object graph to the cyclic collector."""
         self._timer.cancel()
+        self._expired = None
 
 
 _CONSUMER = "consumer"
 _ACTOR = "actor"
 _NO_CONTEXT = contextvars.Context()
+_NO_EVENTS: list[SSEEvent] = []
 
 
 class _Reader:
@@ -347,6 +351,8 @@ class _Reader:
                     break
                 if batch:
                     break
+                # Parsed events are garbage now: not kept alive across the wait.
+                events = self._pending = _NO_EVENTS
                 data = await self._next_chunk()
                 if data is None:
                     for event in self._decoder.close():

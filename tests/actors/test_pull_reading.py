@@ -4,6 +4,8 @@ its own task (no task switch per delta), and the actor again while the consumer 
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -136,3 +138,24 @@ async def test_through_a_generator_only_stream_the_broken_read_is_resumed() -> N
     assert "".join(got) == "".join(PIECES)
     assert transport.requests[1].body["messages"][-1] == {
         "role": "assistant", "content": "".join(PIECES[:3]), "partial": True}
+
+
+async def test_a_finished_stream_is_freed_by_reference_counting_alone() -> None:
+    """No reference cycle holds a stream's objects (actor, reader, watchdog, response): once
+    the stream is done they go at once, not at the cyclic collector's next pass."""
+    clock = FakeClock()
+    transport = ScriptedTransport(spaced(PIECES), clock=clock)
+    async with supervisor(transport, clock) as sup:
+        gc.disable()
+        try:
+            async def consume() -> weakref.ref[Any]:
+                async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                    assert "".join([delta.content async for delta in stream]) == "".join(
+                        PIECES)
+                    return weakref.ref(stream._actor)
+
+            actor = await autojump(clock, consume())
+            await turns()
+            assert actor() is None
+        finally:
+            gc.enable()
