@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any
 
 from ..clock import Clock, TimerHandle
 from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
@@ -52,8 +52,6 @@ from .request import CHAT_PATH
 from .runtime import Runtime
 
 __all__ = ["DeltaChannel", "StreamActor"]
-
-T = TypeVar("T")
 
 _DONE_EVENT = SSEEvent(data="[DONE]")
 #: How many characters of a continuation must match the text already received before the
@@ -290,15 +288,15 @@ class _Reader:
     no hand-off and no task switch between the socket and the consumer. When the consumer
     took its last delta and has not come back by the next turn of the loop, the actor reads
     ahead again, up to the channel's bound. ``holder`` says who reads; two never do at once.
-    Each read runs inside a timeout scope of its own task, which the watchdog fires. The
-    body's end (``[DONE]``, the connection's end, an error, the watchdog) sets ``ended`` and
-    wakes the actor, which owns what follows: the outcome, a retry, a resume.
+    The watchdog interrupts whichever task reads (cancel, then uncancel, as asyncio.timeout
+    does, without a scope's cost on every read). The body's end (``[DONE]``, the
+    connection's end, an error, the watchdog) sets ``ended`` and wakes the actor, which owns
+    what follows: the outcome, a retry, a resume.
     """
 
     __slots__ = ("_actor", "_chunks", "_decoder", "_interrupted", "_pending", "_position",
-                 "_read_chunk", "_reading",
-                 "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
-                 "holder", "leftover", "usage", "watchdog")
+                 "_read_chunk", "_reading", "_wakeup", "aborted", "ahead", "cap", "ended",
+                 "error", "flowing", "handoff", "holder", "leftover", "usage", "watchdog")
 
     def __init__(self, actor: StreamActor, response: StreamLike, clock: Clock,
                  timeouts: Timeouts, cap: int) -> None:
@@ -379,8 +377,7 @@ class _Reader:
         return await anext(self._chunks, None)
 
     async def pull(self) -> list[Delta]:
-        """:meth:`read`, in the consumer's task (what :meth:`_interruptible` does, inlined:
-        this runs once per delta the consumer waits for)."""
+        """:meth:`read`, in the consumer's task."""
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
@@ -413,41 +410,26 @@ class _Reader:
         self.holder = _ACTOR
         if self.watchdog.overdue:
             self.watchdog.recheck()
+        task = self._reading = asyncio.current_task()
         batch: list[Delta] = []
-
-        async def run() -> None:
-            nonlocal batch
+        try:
             while not self.ended:
                 batch = await self.read()
                 await self._actor._deliver(batch, self.watchdog)
                 if self.handoff:
                     self.handoff = False
                     break
-
-        try:
-            await self._interruptible(run(), None)
-        finally:
-            self.leftover = batch
-            self.holder = None
-
-    async def _interruptible(self, work: Coroutine[Any, Any, T], interrupted: T) -> T:
-        """Await ``work`` so that :meth:`_interrupt` ends it: the watchdog's expiry becomes
-        this reader's timeout error, the actor's leaving a quiet end. What asyncio.timeout
-        does, without its scope's cost on every read. Returns ``interrupted`` when ended."""
-        task = self._reading = asyncio.current_task()
-        try:
-            result = await work
         except asyncio.CancelledError:
             if not self._interrupted or task is None or task.uncancel() > 0:
-                raise  # somebody else's cancellation
+                raise  # the actor itself is cancelled
             self._interrupted = False
             self._timed_out()
-            return interrupted
         finally:
+            self.leftover = batch
             self._reading = None
+            self.holder = None
         if self._interrupted:
             await self._absorb_interruption(task)
-        return result
 
     async def _absorb_interruption(self, task: asyncio.Task[Any] | None) -> None:
         """Interrupted as the read finished: take the cancellation here, not in the caller's
