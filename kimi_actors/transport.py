@@ -193,16 +193,8 @@ class StreamResponse:
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (:meth:`read_chunk` until the end)."""
-        content = self._response.content
-        try:
-            while True:
-                data = await content.readany()
-                if not data:
-                    return
-                yield data
-        except _TRANSPORT_ERRORS as exc:
-            failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
-        raise failure
+        while data := await self.read_chunk():
+            yield data
 
     async def read(self, limit: int = ERROR_PAGE_READ_BYTES) -> bytes:
         """Read (up to ``limit`` bytes of) the rest of the body, e.g. an error page; each read

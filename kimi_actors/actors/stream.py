@@ -101,11 +101,6 @@ class DeltaChannel:
     def would_block(self, count: int) -> bool:
         return self._buffered + count > self._limit
 
-    @property
-    def consumer_waiting(self) -> bool:
-        """The consumer waits for a delta (or has just been handed one it has not taken)."""
-        return self._getter is not None
-
     def attach(self, reader: _Reader | None) -> None:
         """Offer an open body to the consumer (``None`` withdraws it)."""
         self._reader = reader
@@ -385,14 +380,13 @@ class _Reader:
         try:
             batch = await self.read()
         except asyncio.CancelledError:
-            if not self._interrupted or task is None or task.uncancel() > 0:
+            if not self._claim_interruption(task):
                 if self._read_chunk is None:
                     # The consumer was cancelled inside the stream's generator, which that
                     # ends: the actor resumes the body. A read_chunk() read loses nothing.
                     self._end(IncompleteStreamError("the consumer's read was cancelled "
                                                     "mid-stream"))
                 raise
-            self._interrupted = False
             self._timed_out()
             return []
         finally:
@@ -420,9 +414,8 @@ class _Reader:
                     self.handoff = False
                     break
         except asyncio.CancelledError:
-            if not self._interrupted or task is None or task.uncancel() > 0:
+            if not self._claim_interruption(task):
                 raise  # the actor itself is cancelled
-            self._interrupted = False
             self._timed_out()
         finally:
             self.leftover = batch
@@ -430,6 +423,14 @@ class _Reader:
             self.holder = None
         if self._interrupted:
             await self._absorb_interruption(task)
+
+    def _claim_interruption(self, task: asyncio.Task[Any] | None) -> bool:
+        """A read ended in CancelledError: whether it was this reader's interruption (then
+        taken back from the task), not somebody else's cancellation."""
+        if not self._interrupted or task is None or task.uncancel() > 0:
+            return False
+        self._interrupted = False
+        return True
 
     async def _absorb_interruption(self, task: asyncio.Task[Any] | None) -> None:
         """Interrupted as the read finished: take the cancellation here, not in the caller's
@@ -504,15 +505,14 @@ class _Reader:
 
     def _expired(self, phase: str, final: bool) -> bool:
         if self._interrupt():
-            pass
-        elif final:
+            return True
+        if final:
             self._timed_out(phase)
-        else:
-            # Nobody is reading (the loop did not turn since the consumer left): no evidence
-            # of a stall yet. The actor reads ahead, and the next check decides.
-            self._consumer_away()
-            return False
-        return True
+            return True
+        # Nobody is reading (the loop did not turn since the consumer left): no evidence of a
+        # stall yet. The actor reads ahead, and the next check decides.
+        self._consumer_away()
+        return False
 
     def _timed_out(self, phase: str | None = None) -> None:
         """End with the timeout the watchdog fired (none: the actor left, a quiet end)."""

@@ -146,17 +146,9 @@ class _ScriptedStream:
         self.content_type = step.content_type
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
-        step = self._step
-        for event in step.events or (step.body,):
-            if isinstance(event, Gap):
-                await self._transport.clock.sleep(event.seconds)
-                continue
-            self._took()
-            yield event
-        if step.then is Then.DROP:
-            raise ConnectionFailedError("the connection broke during the read idle (scripted)")
-        if step.then is Then.STALL:
-            await asyncio.get_running_loop().create_future()
+        """The events as a generator (:meth:`read_chunk` until the end)."""
+        while data := await self.read_chunk():
+            yield data
 
     async def read_chunk(self) -> bytes:
         """The next event (``b""`` at the end). Cancelled, it loses nothing: a gap it was
