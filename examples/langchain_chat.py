@@ -28,7 +28,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from kimi_actors import Limits, RetryPolicy, Supervisor
+from kimi_actors import Limits, ResumePolicy, RetryPolicy, Supervisor
 from kimi_actors.testing import FakeKimi, Faults, expected_reply
 
 FAKE_LIMITS = Limits(concurrency=8, rpm=60, tpm=400_000, minute=1.0)
@@ -40,8 +40,10 @@ async def endpoint(use_fake: bool) -> AsyncIterator[dict[str, Any]]:
     if use_fake:
         async with FakeKimi(limits=FAKE_LIMITS, faults=FAKE_FAULTS, seed=9) as fake:
             yield {"api_key": fake.api_key, "base_url": fake.base_url, "limits": FAKE_LIMITS,
-                   # a third of all connections drop: enough attempts for every call
-                   "retry": RetryPolicy(base=0.05, cap=2.0, max_attempts=12)}
+                   # a third of all connections drop: enough attempts and stream
+                   # recoveries for every call
+                   "retry": RetryPolicy(base=0.05, cap=2.0, max_attempts=12),
+                   "resume": ResumePolicy(max_resumes=12)}
     else:
         yield {"limits": Limits.tier(1)}
 
