@@ -350,8 +350,7 @@ class Supervisor:
             assert key is not None
             _warn_cleartext(base)
             transport = Transport(base_url=base, api_key=key, timeouts=self.timeouts,
-                                  pool_size=self.limits.concurrency, headers=headers,
-                                  report_sent=True)
+                                  pool_size=self.limits.concurrency, headers=headers)
         self._runtime = Runtime(
             transport=transport, governor=governor, clock=self._clock,
             rng=rng or random.Random(), retry=retry or RetryPolicy(),

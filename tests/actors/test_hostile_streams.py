@@ -36,6 +36,7 @@ from kimi_actors import (
     estimate_prompt_tokens,
 )
 from kimi_actors.testing import FakeKimi, Faults, count_prompt_tokens, expected_reply
+from kimi_actors.transport import Transport
 
 KEY = "sk-test-hostile-streams"
 ONCE = RetryPolicy(max_attempts=1)
@@ -110,6 +111,60 @@ async def test_a_non_stream_call_has_a_first_byte_bound_of_its_own() -> None:
     assert info.value.phase == "first_byte"
     assert type(info.value) is FirstByteTimeoutError
     assert info.value.timeout == 0.2
+
+
+async def test_a_non_stream_body_that_stops_halfway_times_out_as_read_idle() -> None:
+    async def halting(request: web.Request) -> web.StreamResponse:
+        body = json.dumps(completion("never finished")).encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        await asyncio.sleep(10)  # the scenario: an answer that stops halfway
+        return response
+
+    async with serve(halting) as base_url, \
+            Supervisor(api_key=KEY, base_url=base_url, retry=ONCE,
+                       timeouts=Timeouts(read_idle=0.2)) as sup:
+        with pytest.raises(RequestTimeoutError) as info:
+            await sup.chat(model=MODEL, messages=QUESTION)
+    assert type(info.value) is ReadIdleTimeoutError
+    assert info.value.timeout == 0.2
+
+
+async def test_the_transport_reports_each_request_sent_before_it_arrives() -> None:
+    """``on_sent`` (the moment the rate windows count from) comes once per request sent, on a
+    new connection and on a reused one, before the server has the request; a same-origin
+    redirect followed is a second request."""
+    events: list[str] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        events.append(f"arrived {request.path}")
+        if request.path.endswith("/moved"):
+            raise web.HTTPPermanentRedirect("/v1/chat/completions")
+        if (await request.json()).get("stream"):
+            response = await start_stream(request)
+            await response.write(chunk("hi", role="assistant", finish="stop") + DONE)
+            return response
+        return web.json_response(completion("hi"))
+
+    routes = {("POST", "/v1/moved"): answer}
+    async with serve(answer, routes=routes) as base_url:
+        transport = Transport(base_url=base_url, api_key=KEY, timeouts=Timeouts())
+        try:
+            for _ in range(2):
+                await transport.post("chat/completions", b"{}",
+                                     on_sent=lambda: events.append("sent"))
+            async with transport.stream("chat/completions", b'{"stream": true}',
+                                        on_sent=lambda: events.append("sent")) as response:
+                while await response.read_chunk():
+                    pass
+            await transport.post("moved", b"{}", on_sent=lambda: events.append("sent"))
+        finally:
+            await transport.close()
+    chat = "arrived /v1/chat/completions"
+    assert events == ["sent", chat, "sent", chat, "sent", chat,
+                      "sent", "arrived /v1/moved", "sent", chat]
 
 
 async def test_a_slow_consumer_does_not_count_against_read_idle() -> None:

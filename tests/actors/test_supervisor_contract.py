@@ -90,10 +90,6 @@ def test_the_settings_given_are_the_settings_kept() -> None:
                       headers={"X-Team": "blue"})
     assert real._runtime.transport._pool_size == 9  # type: ignore[attr-defined]
     assert real._runtime.transport._headers["X-Team"] == "blue"  # type: ignore[attr-defined]
-    assert real._runtime.transport._report_sent is True  # type: ignore[attr-defined]
-    # Without a rate limit too: a 429 that names nothing is learned from the sends' times.
-    unlimited = Supervisor(api_key=KEY, limits=Limits(concurrency=3))
-    assert unlimited._runtime.transport._report_sent is True  # type: ignore[attr-defined]
 
 
 async def test_a_supervisor_is_entered_once_and_names_its_gate_task() -> None:
