@@ -37,6 +37,8 @@ from .results import (
     ToolCall,
     Usage,
     combine_choice_usages,
+    parsed_chat_result,
+    parsed_choice,
     parsed_delta,
 )
 
@@ -421,13 +423,13 @@ def _parse_tool_call(position: int, raw: Any, where: str) -> ToolCall:
 
 def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
     where = f"choices[{position}]"
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise ProtocolError(f"{where} must be an object, got {type(raw).__name__}")
     index = raw.get("index", position)
     if type(index) is not int or index < 0:
         raise ProtocolError(f"{where}.index must be an int >= 0, got {index!r}")
     message = raw.get("message")
-    if not isinstance(message, Mapping):
+    if type(message) is not dict and not isinstance(message, Mapping):
         raise ProtocolError(f"{where}.message must be an object, got {type(message).__name__}")
     role = _text_field(message, "role", f"{where}.message") or "assistant"
     content = _text_field(message, "content", f"{where}.message")
@@ -444,9 +446,9 @@ def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
     if finish_reason is not None and not isinstance(finish_reason, str):
         raise ProtocolError(f"{where}.finish_reason must be a string, got "
                             f"{type(finish_reason).__name__}")
-    choice = Choice(index=index, role=role, content=content, reasoning_content=reasoning,
-                    tool_calls=tool_calls, finish_reason=finish_reason)
-    return choice, Usage.from_dict(raw.get("usage"))
+    choice = parsed_choice(index, role, content, reasoning, tool_calls, finish_reason)
+    usage = raw.get("usage")
+    return choice, None if usage is None else Usage.from_dict(usage)
 
 
 def parse_completion(body: Mapping[str, Any], *, request_id: str | None = None) -> ChatResult:
@@ -455,7 +457,7 @@ def parse_completion(body: Mapping[str, Any], *, request_id: str | None = None) 
     A malformed body raises :class:`ProtocolError` naming the field, never ``KeyError``; an
     ``error`` object raises the typed API error it names.
     """
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         raise ProtocolError(f"a chat completion must be a JSON object, got "
                             f"{type(body).__name__}")
     if body.get("error"):
@@ -466,18 +468,22 @@ def parse_completion(body: Mapping[str, Any], *, request_id: str | None = None) 
                             f"{type(raw_choices).__name__}")
     if not raw_choices:
         raise ProtocolError("a chat completion has an empty 'choices' list")
-    parsed = [_parse_choice(position, raw) for position, raw in enumerate(raw_choices)]
-    choices = sorted((choice for choice, _ in parsed), key=lambda choice: choice.index)
-    if len({choice.index for choice in choices}) != len(choices):
-        raise ProtocolError("a chat completion repeats a choice index: "
-                            f"{[choice.index for choice in choices]}")
+    if len(raw_choices) == 1:
+        parsed = [_parse_choice(0, raw_choices[0])]
+        choices = [parsed[0][0]]
+    else:
+        parsed = [_parse_choice(position, raw) for position, raw in enumerate(raw_choices)]
+        choices = sorted((choice for choice, _ in parsed), key=lambda choice: choice.index)
+        if len({choice.index for choice in choices}) != len(choices):
+            raise ProtocolError("a chat completion repeats a choice index: "
+                                f"{[choice.index for choice in choices]}")
     usage = Usage.from_dict(body.get("usage"))
     if usage is None:
         usage = combine_choice_usages([u for _, u in parsed if u is not None])
     body_id = body.get("id")
     model = body.get("model")
     created = body.get("created")
-    return ChatResult(id=body_id if isinstance(body_id, str) else None,
-                      model=model if isinstance(model, str) else None,
-                      created=created if type(created) is int else None,
-                      choices=tuple(choices), usage=usage, request_id=request_id, raw=body)
+    return parsed_chat_result(body_id if isinstance(body_id, str) else None,
+                              model if isinstance(model, str) else None,
+                              created if type(created) is int else None,
+                              tuple(choices), usage, request_id, body)

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from ..errors import (
     NOT_NOW_STATUSES,
     APIError,
@@ -203,7 +205,7 @@ class Outcome:
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive lookup that works for plain dicts and for multidict proxies alike."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or isinstance(headers, CIMultiDictProxy | CIMultiDict):
         return value
     wanted = name.lower()
     for key, candidate in headers.items():
@@ -484,7 +486,7 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
             return Outcome(action=Action.RETRY, error=ProtocolError(
                 f"{_describe_body(status, text)} ({problem}; a chat answer must be JSON)",
                 request_id=request_id))
-        if not (isinstance(parsed, Mapping) and parsed.get("error")):
+        if not ((type(parsed) is dict or isinstance(parsed, Mapping)) and parsed.get("error")):
             return Outcome(action=Action.SUCCESS, body=parsed)
         payload: Mapping[str, Any] = parsed
     else:

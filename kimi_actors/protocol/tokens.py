@@ -100,7 +100,7 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     ``kimi_actors/testing/tokenizer.py``: an oracle shares no code with what it checks.)"""
     total = REPLY_PRIMING
     for message in body.get("messages") or ():
-        if not isinstance(message, Mapping):
+        if type(message) is not dict and not isinstance(message, Mapping):
             total += MESSAGE_OVERHEAD + estimate_text_tokens(str(message))
             continue
         total += MESSAGE_OVERHEAD + _content_tokens(message.get("content"))
@@ -121,7 +121,9 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
 
 def _budget_value(body: Mapping[str, Any], key: str) -> int | None:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if type(value) is int:  # the common case, checked first: every call reads it three times
+        return value if value >= 0 else None
+    if value is None or isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
 
@@ -143,6 +145,8 @@ def completion_budget(body: Mapping[str, Any]) -> int | None:
 
 def _choices(body: Mapping[str, Any]) -> int:
     n = body.get("n")
+    if n is None:
+        return 1
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
@@ -150,8 +154,12 @@ def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOK
     """The completion budget Kimi reserves: ``max_completion_tokens`` or ``max_tokens`` (the
     larger when both are sent: either may be the one honoured) times the number of choices, or
     ``default`` when none is sent."""
-    values = [value for key in BUDGET_KEYS if (value := _budget_value(body, key)) is not None]
-    return (max(values) if values else default) * _choices(body)
+    budget: int | None = None
+    for key in BUDGET_KEYS:
+        value = _budget_value(body, key)
+        if value is not None and (budget is None or value > budget):
+            budget = value
+    return (default if budget is None else budget) * _choices(body)
 
 
 def prompt_token_ceiling(body: Mapping[str, Any], payload_size: int) -> int:
@@ -165,7 +173,8 @@ def prompt_token_ceiling(body: Mapping[str, Any], payload_size: int) -> int:
     if isinstance(messages, list | tuple):
         count = len(messages)
         for message in messages:
-            content = message.get("content") if isinstance(message, Mapping) else None
+            content = message.get("content") if type(message) is dict \
+                or isinstance(message, Mapping) else None
             if isinstance(content, list):
                 media += sum(1 for part in content
                              if isinstance(part, Mapping) and part.get("type") in _MEDIA_TYPES)
