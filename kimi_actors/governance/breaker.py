@@ -206,6 +206,11 @@ class CircuitBreaker:
         """When the current opening ends, or None when the breaker is not open."""
         return self._open_until if self._state is BreakerState.OPEN else None
 
+    @property
+    def transitions_pending(self) -> bool:
+        """Whether :meth:`pop_transitions` has any to return."""
+        return bool(self._pending)
+
     def pop_transitions(self) -> list[Transition]:
         """Transitions that were not returned by a ``record_*`` call (OPEN -> HALF_OPEN, found
         by ``state()``, ``allow()`` or any ``record_*``), oldest first, for logging."""

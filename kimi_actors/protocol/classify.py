@@ -450,6 +450,25 @@ def error_from_payload(status: int, payload: Mapping[str, Any], *, request_id: s
                         retry_after=retry_after, body=body)
 
 
+_OUTCOME_SETTERS = tuple(Outcome.__dict__[name].__set__ for name in (
+    "action", "error", "retry_after", "dimension", "limit", "trips_breaker", "body"))
+
+
+def _success(body: Any) -> Outcome:
+    """``Outcome(action=Action.SUCCESS, body=body)``, built through its slots: the frozen
+    constructor and its checks cost 2.8 µs on every answer."""
+    outcome = object.__new__(Outcome)
+    s_action, s_error, s_retry_after, s_dimension, s_limit, s_trips, s_body = _OUTCOME_SETTERS
+    s_action(outcome, Action.SUCCESS)
+    s_error(outcome, None)
+    s_retry_after(outcome, None)
+    s_dimension(outcome, None)
+    s_limit(outcome, None)
+    s_trips(outcome, False)
+    s_body(outcome, body)
+    return outcome
+
+
 def _outcome_for(error: KimiError, *, mid_stream: bool = False) -> Outcome:
     """The decision an error stands for, read from its flags (see errors.py)."""
     action = (Action.FATAL_RUN if error.fatal_for_run
@@ -487,7 +506,7 @@ def classify_response(status: int, headers: Mapping[str, str], body: bytes, *,
                 f"{_describe_body(status, text)} ({problem}; a chat answer must be JSON)",
                 request_id=request_id))
         if not ((type(parsed) is dict or isinstance(parsed, Mapping)) and parsed.get("error")):
-            return Outcome(action=Action.SUCCESS, body=parsed)
+            return _success(parsed)
         payload: Mapping[str, Any] = parsed
     else:
         text = body.decode("utf-8", errors="replace")
