@@ -24,6 +24,8 @@ __all__ = ["Level", "Reservation", "RollingWindow"]
 
 
 def _check_amount(amount: int, what: str = "amount") -> None:
+    if type(amount) is int and amount >= 0:  # the common case first: bool is not int's type
+        return
     if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
         raise ValueError(f"{what} must be an int >= 0, got {amount!r}")
 
@@ -199,6 +201,16 @@ class RollingWindow:
         """Count the reservation's live units from ``now`` instead of from its admission (the
         request only reached the wire now). Later is conservative: never more than exact."""
         self._check_owner(reservation)
+        parts = reservation._parts
+        slots = self._slots
+        if len(parts) == 1 and parts[0][1] > 0 and slots \
+                and parts[0][0] == self._head_id + len(slots) - 1:
+            newest = slots[-1]
+            if now - newest.opened <= self._granularity:
+                # Sent within its admission's slot (nearly always): what refund and charge
+                # would do comes down to the slot's stamp.
+                newest.stamp = max(newest.stamp, now)
+                return
         before = self._total
         self.refund(reservation)
         moved = before - self._total

@@ -554,6 +554,35 @@ def test_level_release_more_than_held_raises() -> None:
         level.try_acquire(-1)
 
 
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 5), st.floats(0.0, 0.3), st.floats(0.0, 0.05),
+                          st.booleans()), min_size=1, max_size=40))
+def test_restamp_counts_exactly_as_a_refund_and_a_charge_would(
+        steps: list[tuple[int, float, float, bool]]) -> None:
+    """restamp's shortcut (a request sent within its admission's slot) against the long way
+    round through the public refund and charge: the same count at every moment after."""
+    fast, slow = RollingWindow(50, 1.0, slots=8), RollingWindow(50, 1.0, slots=8)
+    now = 0.0
+    for amount, gap, lag, partly_refunded in steps:
+        now += gap
+        pair = fast.reserve(amount, now), slow.reserve(amount, now)
+        if pair[0] is None or pair[1] is None:
+            assert pair[0] is pair[1]
+            continue
+        if partly_refunded and amount > 1:
+            fast.refund(pair[0], 1)
+            slow.refund(pair[1], 1)
+        fast.restamp(pair[0], now + lag)
+        before = slow.used(now + lag)
+        slow.refund(pair[1])
+        moved = before - slow.used(now + lag)
+        if moved:
+            slow.charge(pair[1], moved, now + lag)
+        now += lag
+        for later in (0.0, 0.2, 0.5, 0.9, 0.99, 1.0, 1.01, 1.2):
+            assert fast.used(now + later) == slow.used(now + later)
+
+
 def test_restamp_moves_live_units_to_now_and_never_revives_expired_ones() -> None:
     window = RollingWindow(10, 5.0)
     reservation = window.reserve(4, 0.0)
