@@ -145,6 +145,15 @@ class RollingWindow:
             ready = slot.stamp + self._window
         return _after(now, max(ready, self._paused_until))
 
+    def fits(self, amount: int, now: float) -> bool:
+        """Whether ``amount`` fits now: ``delay(amount, now) == 0``, without working out
+        the wait."""
+        self._check_fits(amount)
+        if now < self._paused_until:
+            return False
+        self._expire(now)
+        return self._total + amount <= self._limit
+
     def reserve(self, amount: int, now: float) -> Reservation | None:
         """Admit ``amount`` now if it fits in the window (and no pause is on), else ``None``."""
         self._check_fits(amount)

@@ -351,7 +351,7 @@ class Governor:
         if now < self._concurrency_paused_until or not self._slot_free():
             return None
         for dimension, window in self._windows.items():
-            if window.delay(1 if dimension is Dimension.RPM else tokens, now) > 0:
+            if not window.fits(1 if dimension is Dimension.RPM else tokens, now):
                 return None
         reservations: dict[Dimension, Reservation] = {}
         for dimension, window in self._windows.items():

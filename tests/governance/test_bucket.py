@@ -387,6 +387,21 @@ def test_waiting_delay_then_reserving_never_exceeds_the_limit(
     assert _violations(admitted, limit, 10.0) == []
 
 
+@settings(max_examples=200, deadline=None)
+@given(limit=limits, slots=slot_counts, plan=steps, pause=st.floats(0.0, 30.0))
+def test_fits_says_exactly_when_the_delay_is_zero(
+    limit: int, slots: int, plan: list[tuple[float, int]], pause: float
+) -> None:
+    window = RollingWindow(limit, 10.0, slots=slots)
+    window.pause_until(pause)
+    now = 0.0
+    for step, amount in plan:
+        now += step
+        amount = min(amount, limit)
+        assert window.fits(amount, now) is (window.delay(amount, now) == 0)
+        window.reserve(amount, now)
+
+
 refund_plans = st.lists(
     st.tuples(
         st.floats(min_value=0.0, max_value=30.0, allow_nan=False),
