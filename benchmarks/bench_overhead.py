@@ -13,12 +13,14 @@ Rounds alternate the order of the two phases; the figures are medians over round
 spread of the per-round ratios is printed because other load on the machine moves them. The
 time spent in the garbage collector is shown apart. The runtime also does what the bare loop
 does not (governor admission, breaker, classification, assembling a typed result), which is
-exactly the overhead this measures. ``--map`` adds ``sup.map`` against the same bare loop;
+exactly the overhead this measures. ``--tier N`` adds ``sup.chat`` governed by tier N's
+limits (with a 1 s "minute", so every window is counted and none makes anyone wait) against
+the same bare loop. ``--map`` adds ``sup.map`` against the same bare loop;
 ``--profile`` prints cProfile's top costs of the runtime phases instead. Targets: ratio <=
 1.3 (chat, map), <= 1.2 (stream).
 
     python benchmarks/bench_overhead.py [--requests 2000] [--concurrency 50] [--rounds 5]
-                                        [--max-tokens 50] [--map] [--profile]
+                                        [--max-tokens 50] [--tier N] [--map] [--profile]
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from kimi_actors import Limits, Supervisor
 
 MODEL = "kimi-k2.6"
 #: Issue 15's targets, runtime CPU / bare CPU.
-TARGETS = {"chat": 1.3, "stream": 1.2, "map": 1.3}
+TARGETS = {"chat": 1.3, "stream": 1.2, "map": 1.3, "chat-tier": 1.3}
 
 
 def make_bodies(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
@@ -153,8 +155,9 @@ async def bare_stream(server: FakeServer, bodies: list[dict[str, Any]], concurre
         return await _workers(concurrency, bodies, one)
 
 
-def _supervisor(server: FakeServer) -> Supervisor:
-    return Supervisor(api_key=server.api_key, base_url=server.base_url, limits=Limits())
+def _supervisor(server: FakeServer, limits: Limits | None = None) -> Supervisor:
+    return Supervisor(api_key=server.api_key, base_url=server.base_url,
+                      limits=limits or Limits())
 
 
 async def runtime_chat(server: FakeServer, bodies: list[dict[str, Any]],
@@ -165,6 +168,21 @@ async def runtime_chat(server: FakeServer, bodies: list[dict[str, Any]],
             return len(result.content)
 
         return await _workers(concurrency, bodies, one)
+
+
+def tier_chat(tier: int) -> Runner:
+    """``sup.chat`` under tier ``tier``'s limits, on a 1 s minute: governed, never waiting."""
+    limits = Limits.tier(tier, minute=1.0)
+
+    async def run(server: FakeServer, bodies: list[dict[str, Any]], concurrency: int) -> int:
+        async with _supervisor(server, limits) as sup:
+            async def one(body: dict[str, Any]) -> int:
+                result = await sup.chat(**body)
+                return len(result.content)
+
+            return await _workers(concurrency, bodies, one)
+
+    return run
 
 
 async def runtime_stream(server: FakeServer, bodies: list[dict[str, Any]],
@@ -273,6 +291,8 @@ async def main_async(server: FakeServer, args: argparse.Namespace) -> None:
         return
     await compare("chat", bare_chat, runtime_chat, server, args)
     await compare("stream", bare_stream, runtime_stream, server, args)
+    if args.tier is not None:
+        await compare("chat-tier", bare_chat, tier_chat(args.tier), server, args)
     if args.map:
         await compare("map", bare_chat, runtime_map, server, args)
 
@@ -284,6 +304,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=50,
                         help="caps each reply (one stream event per token)")
+    parser.add_argument("--tier", type=int, choices=range(6), default=None,
+                        help="also compare sup.chat under this tier's limits (1 s minute)")
     parser.add_argument("--map", action="store_true",
                         help="also compare sup.map (window = concurrency) with the bare loop")
     parser.add_argument("--profile", action="store_true",

@@ -1,6 +1,7 @@
 """Issue 15's figures in one run: the runtime against a hand-written aiohttp loop.
 
-* chat and stream CPU per call: bench_overhead.py's phases (``--quick`` skips them);
+* chat and stream CPU per call: bench_overhead.py's phases, chat also under tier 5's limits
+  (``--quick`` skips them);
 * at ``--streams`` concurrent streams, this process's CPU per delta, and the delay from the
   server's send to the consumer's delta (medians over ``--rounds`` alternating rounds; other
   load on the machine moves single rounds by a third). A stamping SSE server (this file run
@@ -233,7 +234,7 @@ def main(args: argparse.Namespace) -> None:
         print("== CPU per request (bench_overhead.py, its own process)", flush=True)
         overhead = subprocess.run(
             [sys.executable, os.path.join(os.path.dirname(HERE), "bench_overhead.py"),
-             "--requests", "1000", "--rounds", "3"], capture_output=True, text=True,
+             "--tier", "5"], capture_output=True, text=True,
             check=True)
         for line in overhead.stdout.splitlines():
             if line.startswith("overhead"):
