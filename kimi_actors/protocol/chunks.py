@@ -104,12 +104,13 @@ def _delta_field_error(position: int, name: str, value: Any) -> ProtocolError:
                          f"{type(value).__name__}")
 
 
-def _text_field(owner: Mapping[str, Any], name: str, where: str) -> str:
-    value = owner.get(name)
+def _text_field(message: Mapping[str, Any], name: str, position: int) -> str:
+    value = message.get(name)
     if value is None:
         return ""
-    if not isinstance(value, str):
-        raise ProtocolError(f"{where}.{name} must be a string, got {type(value).__name__}")
+    if type(value) is not str and not isinstance(value, str):
+        raise ProtocolError(f"choices[{position}].message.{name} must be a string, got "
+                            f"{type(value).__name__}")
     return value
 
 
@@ -422,29 +423,31 @@ def _parse_tool_call(position: int, raw: Any, where: str) -> ToolCall:
 
 
 def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
-    where = f"choices[{position}]"
     if type(raw) is not dict and not isinstance(raw, Mapping):
-        raise ProtocolError(f"{where} must be an object, got {type(raw).__name__}")
+        raise ProtocolError(f"choices[{position}] must be an object, got {type(raw).__name__}")
     index = raw.get("index", position)
     if type(index) is not int or index < 0:
-        raise ProtocolError(f"{where}.index must be an int >= 0, got {index!r}")
+        raise ProtocolError(f"choices[{position}].index must be an int >= 0, got {index!r}")
     message = raw.get("message")
     if type(message) is not dict and not isinstance(message, Mapping):
-        raise ProtocolError(f"{where}.message must be an object, got {type(message).__name__}")
-    role = _text_field(message, "role", f"{where}.message") or "assistant"
-    content = _text_field(message, "content", f"{where}.message")
-    reasoning = _text_field(message, "reasoning_content", f"{where}.message")
+        raise ProtocolError(f"choices[{position}].message must be an object, got "
+                            f"{type(message).__name__}")
+    role = _text_field(message, "role", position) or "assistant"
+    content = _text_field(message, "content", position)
+    reasoning = _text_field(message, "reasoning_content", position)
     raw_tools = message.get("tool_calls")
-    if raw_tools is None:
-        raw_tools = []
-    if not isinstance(raw_tools, list):
-        raise ProtocolError(f"{where}.message.tool_calls must be a list, got "
-                            f"{type(raw_tools).__name__}")
-    tool_calls = tuple(_parse_tool_call(i, tool, f"{where}.message.tool_calls[{i}]")
-                       for i, tool in enumerate(raw_tools))
+    tool_calls: tuple[ToolCall, ...] = ()
+    if raw_tools is not None:
+        if not isinstance(raw_tools, list):
+            raise ProtocolError(f"choices[{position}].message.tool_calls must be a list, got "
+                                f"{type(raw_tools).__name__}")
+        tool_calls = tuple(
+            _parse_tool_call(i, tool, f"choices[{position}].message.tool_calls[{i}]")
+            for i, tool in enumerate(raw_tools))
     finish_reason = raw.get("finish_reason")
-    if finish_reason is not None and not isinstance(finish_reason, str):
-        raise ProtocolError(f"{where}.finish_reason must be a string, got "
+    if finish_reason is not None and type(finish_reason) is not str \
+            and not isinstance(finish_reason, str):
+        raise ProtocolError(f"choices[{position}].finish_reason must be a string, got "
                             f"{type(finish_reason).__name__}")
     choice = parsed_choice(index, role, content, reasoning, tool_calls, finish_reason)
     usage = raw.get("usage")

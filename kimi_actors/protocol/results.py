@@ -20,7 +20,9 @@ _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 def _token_count(value: Any) -> int | None:
     """A token count from JSON, or None when the value is not a non-negative whole number."""
-    if isinstance(value, bool):
+    if type(value) is int:  # the common case first: bool is not int's type
+        return value if value >= 0 else None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value if value >= 0 else None
