@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_WINDOW_MARGIN", "DimensionStats", "Governor", "GovernorStats
 DEFAULT_WINDOW_MARGIN = 0.015
 
 _RATE_DIMENSIONS: Final = (Dimension.RPM, Dimension.TPM, Dimension.TPD)
+_TOKEN_DIMENSIONS: Final = (Dimension.TPM, Dimension.TPD)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +141,7 @@ class Governor:
         self._slots = Level(limits.concurrency)
         self._concurrency_paused_until = -math.inf
         self._windows = rate_windows(limits, window_margin)
+        self._token_windows = self._windows_of(_TOKEN_DIMENSIONS)
         self._queue: list[tuple[int, int, _Waiter]] = []
         self._seq = itertools.count()
         self._bell = Doorbell(clock)
@@ -155,11 +157,17 @@ class Governor:
 
     # -- admission ---------------------------------------------------------------------------
 
+    def _windows_of(self, dimensions: tuple[Dimension, ...]
+                    ) -> tuple[tuple[Dimension, RollingWindow], ...]:
+        """The windows of ``dimensions`` that are governed (kept so that the hot paths do
+        not hash an enum member per lookup)."""
+        return tuple((dimension, self._windows[dimension]) for dimension in dimensions
+                     if dimension in self._windows)
+
     def check(self, tokens: int) -> None:
         """Raise :class:`LimitExceededError` when ``tokens`` can never fit a window."""
-        for dimension in (Dimension.TPM, Dimension.TPD):
-            window = self._windows.get(dimension)
-            if window is not None and tokens > window.limit:
+        for dimension, window in self._token_windows:
+            if tokens > window.limit:
                 raise LimitExceededError(
                     f"the request needs {tokens} tokens at admission (prompt estimate + "
                     f"max_tokens) but the {dimension.value.upper()} limit is {window.limit}; "
@@ -193,7 +201,7 @@ class Governor:
         if permit.holds_slot:
             permit.holds_slot = False
             self._slots.release()
-            self._bell.ring()
+            self._wake()
 
     def cancel(self, permit: Permit) -> None:
         """Undo an admission whose request was never sent: every unit goes back."""
@@ -202,7 +210,7 @@ class Governor:
             self._windows[dimension].refund(reservation)
         self._tokens_reserved -= permit.tokens
         permit.reservations = {}
-        self._bell.ring()
+        self._wake()
 
     def restamp(self, permit: Permit) -> None:
         """The request has just been written to the connection: count its rate units from now.
@@ -239,16 +247,17 @@ class Governor:
         if difference == 0:
             return
         now = self._clock.now()
-        for dimension in (Dimension.TPM, Dimension.TPD):
-            reservation = permit.reservations.get(dimension)
+        reservations = permit.reservations
+        for dimension, window in self._token_windows:
+            reservation = reservations.get(dimension)
             if reservation is None:
                 continue
             if difference < 0:
-                self._windows[dimension].refund(reservation, -difference)
+                window.refund(reservation, -difference)
             else:
-                self._windows[dimension].charge(reservation, difference, now)
+                window.charge(reservation, difference, now)
         if difference < 0:
-            self._bell.ring()
+            self._wake()
 
     def on_rate_limited(self, dimension: Dimension | None, *, retry_after: float | None,
                         limit: int | None) -> int | None:
@@ -272,6 +281,7 @@ class Governor:
             if window is None and server_limit is not None:
                 span = self._limits.window(dimension)
                 window = self._windows[dimension] = RollingWindow(server_limit, span)
+                self._token_windows = self._windows_of(_TOKEN_DIMENSIONS)
                 adopted = server_limit
             if window is not None:
                 if retry_after:
@@ -303,6 +313,12 @@ class Governor:
         return self._closed
 
     # -- the dispatcher ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Ring the dispatcher when someone is queued: with nobody queued, what changed
+        matters to the next arrival, which tries for itself (no task switch per release)."""
+        if self._queue:
+            self._bell.ring()
 
     async def run(self) -> None:
         """Serve queued waiters in order. Runs until cancelled (the supervisor owns it)."""
