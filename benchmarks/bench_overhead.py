@@ -13,14 +13,21 @@ Rounds alternate the order of the two phases; the figures are medians over round
 spread of the per-round ratios is printed because other load on the machine moves them. The
 time spent in the garbage collector is shown apart. The runtime also does what the bare loop
 does not (governor admission, breaker, classification, assembling a typed result), which is
-exactly the overhead this measures. ``--tier N`` adds ``sup.chat`` governed by tier N's
-limits (with a 1 s "minute", so every window is counted and none makes anyone wait) against
-the same bare loop. ``--map`` adds ``sup.map`` against the same bare loop;
+exactly the overhead this measures. Optional phases, each against the same bare loop:
+
+* ``--tier N``: ``sup.chat`` governed by tier N's concurrency and its RPM and TPM raised
+  sixty-fold, on a real minute (every window counts, with production's slot granularity,
+  and none makes anyone wait);
+* ``--transport``: the runtime's ``Transport.post`` alone (no admission, classification or
+  parsing), what the HTTP edge costs;
+* ``--map``: ``sup.map``.
+
 ``--profile`` prints cProfile's top costs of the runtime phases instead. Targets: ratio <=
 1.3 (chat, map), <= 1.2 (stream).
 
     python benchmarks/bench_overhead.py [--requests 2000] [--concurrency 50] [--rounds 5]
-                                        [--max-tokens 50] [--tier N] [--map] [--profile]
+                                        [--max-tokens 50] [--tier N] [--transport] [--map]
+                                        [--profile]
 """
 
 from __future__ import annotations
@@ -34,17 +41,18 @@ import json
 import pstats
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
 from _common import FakeServer, fake_server, median, server_spec
 
-from kimi_actors import Limits, Supervisor
+from kimi_actors import Limits, Supervisor, Timeouts
+from kimi_actors.transport import Transport, json_body
 
 MODEL = "kimi-k2.6"
 #: Issue 15's targets, runtime CPU / bare CPU.
-TARGETS = {"chat": 1.3, "stream": 1.2, "map": 1.3, "chat-tier": 1.3}
+TARGETS = {"chat": 1.3, "stream": 1.2, "map": 1.3, "chat-tier": 1.3, "transport": 1.3}
 
 
 def make_bodies(count: int, max_tokens: int, tag: str) -> list[dict[str, Any]]:
@@ -171,8 +179,13 @@ async def runtime_chat(server: FakeServer, bodies: list[dict[str, Any]],
 
 
 def tier_chat(tier: int) -> Runner:
-    """``sup.chat`` under tier ``tier``'s limits, on a 1 s minute: governed, never waiting."""
-    limits = Limits.tier(tier, minute=1.0)
+    """``sup.chat`` under tier ``tier``'s concurrency and sixty times its rates: governed on
+    a real minute, never waiting. (A 1 s minute would not wait either, but would open and
+    expire a window slot every millisecond instead of every 59.)"""
+    preset = Limits.tier(tier)
+    limits = replace(preset, rpm=None if preset.rpm is None else preset.rpm * 60,
+                     tpm=None if preset.tpm is None else preset.tpm * 60,
+                     tpd=None if preset.tpd is None else preset.tpd * 60)
 
     async def run(server: FakeServer, bodies: list[dict[str, Any]], concurrency: int) -> int:
         async with _supervisor(server, limits) as sup:
@@ -183,6 +196,33 @@ def tier_chat(tier: int) -> Runner:
             return await _workers(concurrency, bodies, one)
 
     return run
+
+
+async def transport_chat(server: FakeServer, bodies: list[dict[str, Any]],
+                         concurrency: int) -> int:
+    """The runtime's HTTP edge alone: ``Transport.post`` (with a send report) and a JSON
+    parse, as the bare loop does."""
+    transport = Transport(base_url=server.base_url, api_key=server.api_key,
+                          timeouts=Timeouts())
+    sent = 0
+
+    def on_sent() -> None:
+        nonlocal sent
+        sent += 1
+
+    try:
+        async def one(body: dict[str, Any]) -> int:
+            raw = await transport.post("chat/completions", json_body(body), on_sent=on_sent)
+            if raw.status != 200:
+                raise RuntimeError(f"transport request failed: {raw.status} {raw.body[:200]!r}")
+            content: str = json.loads(raw.body)["choices"][0]["message"]["content"]
+            return len(content)
+
+        return await _workers(concurrency, bodies, one)
+    finally:
+        await transport.close()
+        if sent != len(bodies):
+            raise RuntimeError(f"{sent} sends reported for {len(bodies)} requests")
 
 
 async def runtime_stream(server: FakeServer, bodies: list[dict[str, Any]],
@@ -291,6 +331,8 @@ async def main_async(server: FakeServer, args: argparse.Namespace) -> None:
         return
     await compare("chat", bare_chat, runtime_chat, server, args)
     await compare("stream", bare_stream, runtime_stream, server, args)
+    if args.transport:
+        await compare("transport", bare_chat, transport_chat, server, args)
     if args.tier is not None:
         await compare("chat-tier", bare_chat, tier_chat(args.tier), server, args)
     if args.map:
@@ -305,7 +347,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=50,
                         help="caps each reply (one stream event per token)")
     parser.add_argument("--tier", type=int, choices=range(6), default=None,
-                        help="also compare sup.chat under this tier's limits (1 s minute)")
+                        help="also compare sup.chat under this tier's limits (rates x60)")
+    parser.add_argument("--transport", action="store_true",
+                        help="also compare the runtime's Transport.post alone with the bare loop")
     parser.add_argument("--map", action="store_true",
                         help="also compare sup.map (window = concurrency) with the bare loop")
     parser.add_argument("--profile", action="store_true",

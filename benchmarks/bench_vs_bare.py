@@ -1,6 +1,7 @@
 """Issue 15's figures in one run: the runtime against a hand-written aiohttp loop.
 
-* chat and stream CPU per call: bench_overhead.py's phases, chat also under tier 5's limits
+* chat and stream CPU per call: bench_overhead.py's phases, chat also under tier 5's limits and
+  the transport alone
   (``--quick`` skips them);
 * at ``--streams`` concurrent streams, this process's CPU per delta, and the delay from the
   server's send to the consumer's delta (medians over ``--rounds`` alternating rounds; other
@@ -234,7 +235,7 @@ def main(args: argparse.Namespace) -> None:
         print("== CPU per request (bench_overhead.py, its own process)", flush=True)
         overhead = subprocess.run(
             [sys.executable, os.path.join(os.path.dirname(HERE), "bench_overhead.py"),
-             "--tier", "5"], capture_output=True, text=True,
+             "--tier", "5", "--transport"], capture_output=True, text=True,
             check=True)
         for line in overhead.stdout.splitlines():
             if line.startswith("overhead"):
