@@ -1,8 +1,7 @@
 """Issue 15's figures in one run: the runtime against a hand-written aiohttp loop.
 
-* chat and stream CPU per call: bench_overhead.py's phases, chat also under tier 5's limits and
-  the transport alone
-  (``--quick`` skips them);
+* chat and stream CPU per call: bench_overhead.py's phases, with chat under tier 5's limits
+  and the transport alone (``--quick`` skips them);
 * at ``--streams`` concurrent streams, this process's CPU per delta, and the delay from the
   server's send to the consumer's delta (medians over ``--rounds`` alternating rounds; other
   load on the machine moves single rounds by a third). A stamping SSE server (this file run
