@@ -108,7 +108,7 @@ def _text_field(message: Mapping[str, Any], name: str, position: int) -> str:
     value = message.get(name)
     if value is None:
         return ""
-    if type(value) is not str and not isinstance(value, str):
+    if not isinstance(value, str):
         raise ProtocolError(f"choices[{position}].message.{name} must be a string, got "
                             f"{type(value).__name__}")
     return value
@@ -445,8 +445,7 @@ def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
             _parse_tool_call(i, tool, f"choices[{position}].message.tool_calls[{i}]")
             for i, tool in enumerate(raw_tools))
     finish_reason = raw.get("finish_reason")
-    if finish_reason is not None and type(finish_reason) is not str \
-            and not isinstance(finish_reason, str):
+    if finish_reason is not None and not isinstance(finish_reason, str):
         raise ProtocolError(f"choices[{position}].finish_reason must be a string, got "
                             f"{type(finish_reason).__name__}")
     choice = parsed_choice(index, role, content, reasoning, tool_calls, finish_reason)

@@ -70,6 +70,7 @@ from ..errors import (
 from ..limits import Dimension
 from ..redaction import redact_url
 from . import jsontext
+from .results import checked_instance, slot_setters
 
 __all__ = [
     "KEPT_ERROR_BODY_BYTES",
@@ -450,23 +451,15 @@ def error_from_payload(status: int, payload: Mapping[str, Any], *, request_id: s
                         retry_after=retry_after, body=body)
 
 
-_OUTCOME_SETTERS = tuple(Outcome.__dict__[name].__set__ for name in (
-    "action", "error", "retry_after", "dimension", "limit", "trips_breaker", "body"))
+_OUTCOME_SETTERS = slot_setters(Outcome, "action", "error", "retry_after", "dimension", "limit",
+                                "trips_breaker", "body")
 
 
 def _success(body: Any) -> Outcome:
-    """``Outcome(action=Action.SUCCESS, body=body)``, built through its slots: the frozen
-    constructor and its checks cost 2.8 µs on every answer."""
-    outcome = object.__new__(Outcome)
-    s_action, s_error, s_retry_after, s_dimension, s_limit, s_trips, s_body = _OUTCOME_SETTERS
-    s_action(outcome, Action.SUCCESS)
-    s_error(outcome, None)
-    s_retry_after(outcome, None)
-    s_dimension(outcome, None)
-    s_limit(outcome, None)
-    s_trips(outcome, False)
-    s_body(outcome, body)
-    return outcome
+    """``Outcome(action=Action.SUCCESS, body=body)`` without the constructor's checks (2.8 µs
+    on every answer)."""
+    return checked_instance(Outcome, _OUTCOME_SETTERS, Action.SUCCESS, None, None, None, None,
+                            False, body)
 
 
 def _outcome_for(error: KimiError, *, mid_stream: bool = False) -> Outcome:

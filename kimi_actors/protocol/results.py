@@ -8,12 +8,15 @@ its events apart from its parser.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["ChatResult", "Choice", "Delta", "Function", "Message", "ToolCall", "Usage",
-           "combine_choice_usages", "parsed_chat_result", "parsed_choice", "parsed_delta"]
+           "checked_instance", "combine_choice_usages", "parsed_chat_result", "parsed_choice",
+           "parsed_delta", "slot_setters"]
+
+_T = TypeVar("_T")
 
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -81,8 +84,8 @@ class Usage:
             return cls(prompt_tokens=prompt, completion_tokens=completion,
                        total_tokens=prompt + completion if total is None else total,
                        cached_tokens=cached, raw=data)
-        return _parsed_usage(prompt, completion, prompt + completion if total is None else total,
-                             cached, data)
+        return checked_instance(Usage, _USAGE_SETTERS, prompt, completion,
+                                prompt + completion if total is None else total, cached, data)
 
     def to_dict(self) -> dict[str, Any]:
         """The usage object as the API sends it (the server's own dict when there is one)."""
@@ -314,51 +317,40 @@ def parsed_delta(index: int, role: str | None, content: str, reasoning_content: 
 
 # What a parser has already checked is built through the slots, as parsed_delta does: the
 # frozen constructor and its validation cost 2-3 µs per object, on every answer.
-_USAGE_SETTERS = tuple(Usage.__dict__[name].__set__ for name in (
-    "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "raw"))
-_CHOICE_SETTERS = tuple(Choice.__dict__[name].__set__ for name in (
-    "index", "role", "content", "reasoning_content", "tool_calls", "finish_reason"))
-_RESULT_SETTERS = tuple(ChatResult.__dict__[name].__set__ for name in (
-    "id", "model", "created", "choices", "usage", "request_id", "raw"))
+def slot_setters(cls: type, *names: str) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot setters of ``names`` in the frozen slots dataclass ``cls``, for
+    :func:`checked_instance`."""
+    return tuple(cls.__dict__[name].__set__ for name in names)
 
 
-def _parsed_usage(prompt: int, completion: int, total: int, cached: int | None,
-                  raw: Mapping[str, Any]) -> Usage:
-    usage = _new_object(Usage)
-    s_prompt, s_completion, s_total, s_cached, s_raw = _USAGE_SETTERS
-    s_prompt(usage, prompt)
-    s_completion(usage, completion)
-    s_total(usage, total)
-    s_cached(usage, cached)
-    s_raw(usage, raw)
-    return usage
+def checked_instance(cls: type[_T], setters: tuple[Callable[[Any, Any], None], ...],
+                     *values: Any) -> _T:
+    """An instance of ``cls`` whose field values (in ``setters``' order) were checked where
+    they were parsed: the same frozen object its constructor makes, without the checks."""
+    instance = _new_object(cls)
+    for setter, value in zip(setters, values, strict=True):
+        setter(instance, value)
+    return instance
+
+
+_USAGE_SETTERS = slot_setters(Usage, "prompt_tokens", "completion_tokens", "total_tokens",
+                              "cached_tokens", "raw")
+_CHOICE_SETTERS = slot_setters(Choice, "index", "role", "content", "reasoning_content",
+                               "tool_calls", "finish_reason")
+_RESULT_SETTERS = slot_setters(ChatResult, "id", "model", "created", "choices", "usage",
+                               "request_id", "raw")
 
 
 def parsed_choice(index: int, role: str, content: str, reasoning_content: str,
                   tool_calls: tuple[ToolCall, ...], finish_reason: str | None) -> Choice:
     """A :class:`Choice` of fields a parser has checked (``index`` an int >= 0)."""
-    choice = _new_object(Choice)
-    s_index, s_role, s_content, s_reasoning, s_tools, s_finish = _CHOICE_SETTERS
-    s_index(choice, index)
-    s_role(choice, role)
-    s_content(choice, content)
-    s_reasoning(choice, reasoning_content)
-    s_tools(choice, tool_calls)
-    s_finish(choice, finish_reason)
-    return choice
+    return checked_instance(Choice, _CHOICE_SETTERS, index, role, content, reasoning_content,
+                            tool_calls, finish_reason)
 
 
 def parsed_chat_result(body_id: str | None, model: str | None, created: int | None,
                        choices: tuple[Choice, ...], usage: Usage | None,
                        request_id: str | None, raw: Any) -> ChatResult:
     """A :class:`ChatResult` whose choices a parser has sorted by distinct index."""
-    result = _new_object(ChatResult)
-    s_id, s_model, s_created, s_choices, s_usage, s_request_id, s_raw = _RESULT_SETTERS
-    s_id(result, body_id)
-    s_model(result, model)
-    s_created(result, created)
-    s_choices(result, choices)
-    s_usage(result, usage)
-    s_request_id(result, request_id)
-    s_raw(result, raw)
-    return result
+    return checked_instance(ChatResult, _RESULT_SETTERS, body_id, model, created, choices,
+                            usage, request_id, raw)
