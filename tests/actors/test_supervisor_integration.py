@@ -63,9 +63,13 @@ async def test_thousand_requests_through_faults_arrive_exactly_once() -> None:
     # count): with 6 attempts one of the 500 gave up in about 2% of runs (0.18**6 * 500), and
     # which request draws the faults depends on arrival order. 10 attempts make that 2e-5.
     retry = RetryPolicy(base=0.02, cap=0.5, max_attempts=10, budget_ratio=0.5)
+    # A stream attempt fails with probability about 0.23 (a drop, an overload or a 500): with
+    # the default 5 recoveries one of the 500 streams gave up in about 7% of runs
+    # (0.23**6 * 500; seen once here). 12 recoveries make that 3e-6.
+    resume = ResumePolicy(max_resumes=12)
     async with FakeKimi(limits=limits, faults=faults, seed=7) as fake, \
             Supervisor(api_key=fake.api_key, base_url=fake.base_url, limits=limits,
-                       retry=retry, window_margin=0.1) as sup:
+                       retry=retry, resume=resume, window_margin=0.1) as sup:
         mismatches: list[int] = []
         restarts_seen = 0
 
