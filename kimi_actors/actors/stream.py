@@ -51,13 +51,38 @@ from ..transport import StreamLike, json_body
 from .request import CHAT_PATH
 from .runtime import Runtime
 
-__all__ = ["DeltaChannel", "StreamActor"]
+__all__ = ["AwayCheck", "DeltaChannel", "StreamActor"]
 
 _DONE_EVENT = SSEEvent(data="[DONE]")
 #: How many characters of a continuation must match the text already received before the
 #: continuation is taken for a restart from scratch.
 PROBE_CHARS = 16
 _PARTIAL_REFUSED = re.compile(r"\bpartial\b", re.IGNORECASE)
+_NO_CONTEXT = contextvars.Context()
+
+
+class AwayCheck:
+    """Asks, on the loop's next turn, each reader whose consumer took its last delta during
+    this one whether the consumer came back for more: one loop callback per turn, however
+    many streams drained in it (one per delta cost a Handle and a bound method each). The
+    check runs after the consumer's task step, as a callback of its own would."""
+
+    __slots__ = ("_readers",)
+
+    def __init__(self) -> None:
+        self._readers: list[_Reader] = []
+
+    def add(self, reader: _Reader) -> None:
+        readers = self._readers
+        readers.append(reader)
+        if len(readers) == 1:
+            # An explicit context: the call copies none.
+            asyncio.get_running_loop().call_soon(self._check, context=_NO_CONTEXT)
+
+    def _check(self) -> None:
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.consumer_away()
 
 
 class DeltaChannel:
@@ -71,13 +96,15 @@ class DeltaChannel:
     the end.
     """
 
-    __slots__ = ("_batches", "_buffered", "_closed", "_getter", "_limit", "_position",
-                 "_putter", "_reader", "_wanted")
+    __slots__ = ("_away", "_batches", "_buffered", "_closed", "_getter", "_limit",
+                 "_position", "_putter", "_reader", "_wanted")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, away: AwayCheck | None = None) -> None:
         if limit < 1:
             raise ValueError(f"a DeltaChannel's limit must be >= 1, got {limit}")
         self._limit = limit
+        #: Shared by a supervisor's streams (see AwayCheck).
+        self._away = away or AwayCheck()
         # A list, not a deque: a deque's first block is 760 bytes, per open stream, and this
         # holds one or two batches (a few hundred at most).
         self._batches: list[list[Delta]] = []
@@ -143,8 +170,8 @@ class DeltaChannel:
         if self._position == len(head):
             del batches[0]
             self._position = 0
-            if not batches and self._reader is not None:
-                self._reader.drained()
+            if not batches:
+                self._drained()
         self._buffered -= 1
         if self._putter is not None and self._buffered + self._wanted <= self._limit:
             _wake(self._putter)
@@ -161,34 +188,48 @@ class DeltaChannel:
         batches.clear()
         self._position = 0
         self._buffered = 0
-        if self._reader is not None:
-            self._reader.drained()
+        self._drained()
         if self._putter is not None:
             _wake(self._putter)
         return ready
 
+    def _drained(self) -> None:
+        """The consumer took the last delta. If it does not come back for more by the next
+        turn of the loop, the actor reads ahead."""
+        reader = self._reader
+        if reader is not None and reader.holder is None and not reader.ended:
+            self._away.add(reader)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def get(self) -> Delta | None:
-        """The next delta; ``None`` once the channel is closed and empty. With nothing waiting
-        and nobody reading the open body, the consumer reads it itself."""
-        while not self._batches:
+        """The next delta; ``None`` once the channel is closed and empty."""
+        while (delta := self.get_nowait()) is None:
             if self._closed:
                 return None
-            reader = self._reader
-            if reader is not None and not reader.ended:
-                if reader.holder is None:
-                    batch = await reader.pull()
-                    if batch:
-                        self._batches.append(batch)
-                        self._buffered += len(batch)
-                    continue
-                # The actor is reading: it hands this read over, and the next to the consumer.
-                reader.handoff = True
-            self._getter = future = asyncio.get_running_loop().create_future()
-            try:
-                await future
-            finally:
-                self._getter = None
-        return self.get_nowait()
+            await self.refill()
+        return delta
+
+    def refill(self) -> Awaitable[None]:
+        """What a consumer that found nothing waiting awaits before it looks again: its own
+        read of the open body when nobody reads it (the deltas land here, with no hand-off),
+        else the actor's next hand-off. ``Stream.__anext__`` awaits it itself: a frame less
+        per delta than awaiting :meth:`get`."""
+        reader = self._reader
+        if reader is not None and not reader.ended:
+            if reader.holder is None:
+                return reader.pull()
+            # The actor is reading: it hands this read over, and the next to the consumer.
+            reader.handoff = True
+        self._getter = future = asyncio.get_running_loop().create_future()
+        return future
+
+    def accept(self, batch: list[Delta]) -> None:
+        """Deltas the consumer read itself (nobody to wake, no bound: it asked for them)."""
+        self._batches.append(batch)
+        self._buffered += len(batch)
 
 
 def _wake(future: asyncio.Future[None] | None) -> None:
@@ -270,7 +311,6 @@ class _Watchdog:
 
 _CONSUMER = "consumer"
 _ACTOR = "actor"
-_NO_CONTEXT = contextvars.Context()
 _NO_EVENTS: list[SSEEvent] = []
 
 
@@ -325,60 +365,73 @@ class _Reader:
         self.watchdog = _Watchdog(clock, self._expired, idle=timeouts.read_idle,
                                   total=timeouts.response)
 
+    def _parse(self, batch: list[Delta]) -> bool:
+        """Parse the events already decoded into ``batch`` (about ``cap`` at most; the rest
+        wait here); whether the read is over: deltas to return, or the body ended."""
+        actor = self._actor
+        assembler = actor._assembler
+        events = self._pending
+        while self._position < len(events):
+            event = events[self._position]
+            self._position += 1
+            self.usage = actor._feed(assembler, event, batch) or self.usage
+            if len(batch) >= self.cap:
+                break
+        if assembler.done:
+            self._end(None)
+            return True
+        if batch or self.ended:
+            return True
+        # Parsed events are garbage now: not kept alive across the wait.
+        self._pending = _NO_EVENTS
+        return False
+
+    def _next_chunk(self) -> Awaitable[bytes]:
+        """The next body bytes, ``b""`` at the end (an awaitable, awaited by the reader
+        itself: no frame of its own)."""
+        if self._read_chunk is not None:
+            return self._read_chunk()
+        assert self._chunks is not None
+        return anext(self._chunks, b"")
+
+    def _received(self, data: bytes, batch: list[Delta]) -> None:
+        if not data:
+            for event in self._decoder.close():
+                self.usage = self._actor._feed(self._actor._assembler, event, batch) or self.usage
+            self._end(None)
+            return
+        events = self._decoder.feed(data)
+        if events:
+            self.watchdog.saw_event()
+            self.flowing = True
+        self._pending = events
+        self._position = 0
+
     async def read(self) -> list[Delta]:
         """The deltas of the next network read (at most about ``cap`` at a time; the rest
         wait here). Empty only once the body ended; an error ends it after the deltas parsed
         before it, which are returned."""
-        actor = self._actor
-        assembler = actor._assembler
         batch: list[Delta] = []
         try:
-            while True:
-                events = self._pending
-                while self._position < len(events):
-                    event = events[self._position]
-                    self._position += 1
-                    self.usage = actor._feed(assembler, event, batch) or self.usage
-                    if len(batch) >= self.cap:
-                        break
-                if assembler.done:
-                    self._end(None)
-                    break
-                if batch:
-                    break
-                # Parsed events are garbage now: not kept alive across the wait.
-                events = self._pending = _NO_EVENTS
-                data = await self._next_chunk()
-                if data is None:
-                    for event in self._decoder.close():
-                        self.usage = actor._feed(assembler, event, batch) or self.usage
-                    self._end(None)
-                    break
-                events = self._decoder.feed(data)
-                if events:
-                    self.watchdog.saw_event()
-                    self.flowing = True
-                self._pending = events
-                self._position = 0
+            while not self._parse(batch):
+                self._received(await self._next_chunk(), batch)
         except KimiError as exc:
             self._end(exc)
         return batch
 
-    async def _next_chunk(self) -> bytes | None:
-        """The next body bytes; ``None`` at the end."""
-        if self._read_chunk is not None:
-            return await self._read_chunk() or None
-        assert self._chunks is not None
-        return await anext(self._chunks, None)
-
-    async def pull(self) -> list[Delta]:
-        """:meth:`read`, in the consumer's task."""
+    async def pull(self) -> None:
+        """:meth:`read`, in the consumer's task, into the channel."""
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
         task = self._reading = asyncio.current_task()
+        batch: list[Delta] = []
         try:
-            batch = await self.read()
+            # read()'s loop, inline: a frame less on the consumer's path.
+            while not self._parse(batch):
+                self._received(await self._next_chunk(), batch)
+        except KimiError as exc:
+            self._end(exc)
         except asyncio.CancelledError:
             if not self._claim_interruption(task):
                 if self._read_chunk is None:
@@ -388,7 +441,7 @@ class _Reader:
                                                     "mid-stream"))
                 raise
             self._timed_out()
-            return []
+            return
         finally:
             self._reading = None
             self.holder = None
@@ -396,7 +449,9 @@ class _Reader:
             await self._absorb_interruption(task)
         if batch:
             self._actor._call.first_chunk()
-        return batch
+            channel = self._actor._channel
+            assert channel is not None  # a consumer pulls from a channel
+            channel.accept(batch)
 
     async def read_ahead(self) -> None:
         """:meth:`read` in the actor's task, into the channel, until the consumer waits for
@@ -470,14 +525,7 @@ class _Reader:
         if self._chunks is not None and self.holder is None:
             await self._chunks.aclose()
 
-    def drained(self) -> None:
-        """The consumer took the channel's last delta. If it does not come back for more by
-        the next turn of the loop, the actor reads ahead."""
-        if self.holder is None and not self.ended:
-            # An explicit context: the call copies none (this runs once per pull).
-            asyncio.get_running_loop().call_soon(self._consumer_away, context=_NO_CONTEXT)
-
-    def _consumer_away(self) -> None:
+    def consumer_away(self) -> None:
         if self.holder is None and not self.ended:
             wakeup = self._wakeup
             if wakeup is not None and not wakeup.done():
@@ -511,7 +559,7 @@ class _Reader:
             return True
         # Nobody is reading (the loop did not turn since the consumer left): no evidence of a
         # stall yet. The actor reads ahead, and the next check decides.
-        self._consumer_away()
+        self.consumer_away()
         return False
 
     def _timed_out(self, phase: str | None = None) -> None:

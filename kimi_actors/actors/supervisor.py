@@ -60,7 +60,7 @@ from ..redaction import redact_url, register_secret
 from ..transport import RawResponse, Transport, TransportProtocol, cleartext_host, json_body
 from .request import RequestActor
 from .runtime import Runtime
-from .stream import DeltaChannel, StreamActor
+from .stream import AwayCheck, DeltaChannel, StreamActor
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -205,7 +205,7 @@ class Stream:
                  timeout: float | None, priority: int,
                  headers: Mapping[str, str] | None, tenant: str | None = None) -> None:
         self._supervisor = supervisor
-        self._channel = DeltaChannel(buffer)
+        self._channel = DeltaChannel(buffer, supervisor._away)
         self._actor = StreamActor(supervisor._runtime, body, self._channel, priority=priority,
                                   deadline=supervisor._deadline(timeout), headers=headers,
                                   tenant=tenant)
@@ -247,13 +247,12 @@ class Stream:
         if self._task is None:
             raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
         channel = self._channel
-        delta = channel.get_nowait()
-        if delta is None:
-            delta = await channel.get()
-            if delta is None:
+        while (delta := channel.get_nowait()) is None:
+            if channel.closed:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
+            await channel.refill()
         return delta
 
     def ready(self) -> list[Delta]:
@@ -362,6 +361,7 @@ class Supervisor:
         self._actors: set[asyncio.Task[Any]] = set()
         #: The chat calls running in their callers' tasks.
         self._calls: set[_InlineCall] = set()
+        self._away = AwayCheck()
         self._closing = False
         self._closed = False
 

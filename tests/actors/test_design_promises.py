@@ -65,7 +65,7 @@ from kimi_actors import (
     Timeouts,
     admission_tokens,
 )
-from kimi_actors.actors.stream import DeltaChannel
+from kimi_actors.actors.stream import AwayCheck, DeltaChannel
 from kimi_actors.protocol.classify import Action
 from kimi_actors.protocol.tokens import requested_max_tokens
 from kimi_actors.testing import Fail, FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
@@ -1559,6 +1559,27 @@ async def test_the_delta_channel_blocks_only_above_its_limit_and_keeps_order() -
     assert batch == []
     channel.close()
     assert await channel.get() is None
+
+
+async def test_the_away_check_asks_every_drained_reader_once_on_the_next_turn() -> None:
+    asked: list[str] = []
+
+    class Reader:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def consumer_away(self) -> None:
+            asked.append(self.name)
+
+    check = AwayCheck()
+    for name in ("a", "b", "a"):
+        check.add(Reader(name))  # type: ignore[arg-type]
+    assert asked == []  # not during the consumer's own step
+    await asyncio.sleep(0)
+    assert asked == ["a", "b", "a"]
+    check.add(Reader("c"))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    assert asked == ["a", "b", "a", "c"]  # a later turn schedules its own check
 
 
 async def test_the_delta_channel_wakes_a_putter_only_when_its_piece_fits() -> None:
