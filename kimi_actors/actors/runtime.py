@@ -47,9 +47,9 @@ from ..protocol.chunks import Usage
 from ..protocol.classify import Action, Outcome
 from ..protocol.tokens import (
     MAX_CONTEXT_TOKENS,
-    completion_budget,
     prompt_token_ceiling,
     requested_max_tokens,
+    sent_max_tokens,
 )
 from ..telemetry import CallTelemetry, attempt_outcome, attempt_span
 from ..transport import TransportProtocol
@@ -472,19 +472,19 @@ class Runtime:
         cannot stall the windows (an anomaly is logged and counted instead)."""
         settled: int | None = None
         if usage is not None:
-            prompt, completion = self._plausible(usage, body, payload_size)
+            sent = sent_max_tokens(body)
+            prompt, completion = self._plausible(usage, body, payload_size, sent)
             self.counters.prompt_tokens += prompt
             self.counters.completion_tokens += completion
-            settled = settled_tokens(prompt, body, self.default_max_tokens)
+            settled = settled_tokens(prompt, body, self.default_max_tokens, sent)
         self.gate.settle(attempt.permit, settled)
 
-    def _plausible(self, usage: Usage, body: Mapping[str, Any],
-                   payload_size: int) -> tuple[int, int]:
+    def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int,
+                   sent: int | None) -> tuple[int, int]:
         """The prompt and completion tokens to count: what the server reported, each capped
-        at what the request could have cost."""
+        at what the request could have cost (``sent``: the completion budget it sent)."""
         prompt_cap = prompt_token_ceiling(body, payload_size)
-        budget = completion_budget(body)
-        completion_cap = MAX_CONTEXT_TOKENS if budget is None else requested_max_tokens(body)
+        completion_cap = MAX_CONTEXT_TOKENS if sent is None else sent
         if usage.prompt_tokens <= prompt_cap and usage.completion_tokens <= completion_cap:
             return usage.prompt_tokens, usage.completion_tokens
         self.counters.usage_anomalies += 1
@@ -550,10 +550,13 @@ class Runtime:
         self.counters.failures_by_type[name] = self.counters.failures_by_type.get(name, 0) + 1
 
 
-def settled_tokens(prompt_tokens: int, body: Mapping[str, Any],
-                   default_max_tokens: int) -> int | None:
+def settled_tokens(prompt_tokens: int, body: Mapping[str, Any], default_max_tokens: int,
+                   sent: int | None) -> int | None:
     """What Kimi counted at admission, now that the real prompt count is known (``None``
-    keeps the estimate: a reported prompt of no tokens is no count)."""
+    keeps the estimate: a reported prompt of no tokens is no count); ``sent`` is
+    ``sent_max_tokens(body)``, worked out once per settlement."""
     if prompt_tokens <= 0:
         return None
-    return prompt_tokens + requested_max_tokens(body, default_max_tokens)
+    if sent is None:
+        return prompt_tokens + requested_max_tokens(body, default_max_tokens)
+    return prompt_tokens + sent

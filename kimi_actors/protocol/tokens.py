@@ -26,6 +26,7 @@ __all__ = [
     "estimate_text_tokens",
     "prompt_token_ceiling",
     "requested_max_tokens",
+    "sent_max_tokens",
 ]
 
 #: What Kimi reserves for the completion when a request names no ``max_tokens``.
@@ -150,16 +151,23 @@ def _choices(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
-def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
-    """The completion budget Kimi reserves: ``max_completion_tokens`` or ``max_tokens`` (the
-    larger when both are sent: either may be the one honoured) times the number of choices, or
-    ``default`` when none is sent."""
+def sent_max_tokens(body: Mapping[str, Any]) -> int | None:
+    """The completion budget ``body`` sends: ``max_completion_tokens`` or ``max_tokens`` (the
+    larger when both are sent: either may be the one honoured) times the number of choices;
+    ``None`` when it sends neither."""
     budget: int | None = None
     for key in BUDGET_KEYS:
         value = _budget_value(body, key)
         if value is not None and (budget is None or value > budget):
             budget = value
-    return (default if budget is None else budget) * _choices(body)
+    return None if budget is None else budget * _choices(body)
+
+
+def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
+    """The completion budget Kimi reserves: :func:`sent_max_tokens`, or ``default`` per choice
+    when none is sent."""
+    sent = sent_max_tokens(body)
+    return default * _choices(body) if sent is None else sent
 
 
 def prompt_token_ceiling(body: Mapping[str, Any], payload_size: int) -> int:
