@@ -23,10 +23,12 @@ from .runtime import Runtime
 __all__ = ["CHAT_PATH", "RequestActor"]
 
 CHAT_PATH = "chat/completions"
+_STREAM_KEYS = ("stream", "stream_options")
 
 
 class RequestActor:
-    """Sends one chat body until it succeeds or retrying cannot help, then returns the result."""
+    """Sends one chat body until it succeeds or retrying cannot help, then returns the result.
+    ``body`` becomes the actor's: the caller passes one it does not change."""
 
     __slots__ = ("_body", "_deadline", "_headers", "_priority", "_rt", "_tenant")
 
@@ -35,8 +37,10 @@ class RequestActor:
                  tenant: str | None = None) -> None:
         self._rt = rt
         self._tenant = tenant
-        self._body = {key: value for key, value in body.items()
-                      if key not in ("stream", "stream_options")}
+        # The body is the actor's from now on (the supervisor hands over its own copy): it
+        # is copied only to drop the stream keys.
+        self._body = ({key: value for key, value in body.items() if key not in _STREAM_KEYS}
+                      if "stream" in body or "stream_options" in body else body)
         self._priority = priority
         self._deadline = deadline
         self._headers = headers
