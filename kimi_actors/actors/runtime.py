@@ -476,7 +476,8 @@ class Runtime:
             prompt, completion = self._plausible(usage, body, payload_size, sent)
             self.counters.prompt_tokens += prompt
             self.counters.completion_tokens += completion
-            settled = settled_tokens(prompt, body, self.default_max_tokens, sent)
+            settled = settled_tokens(prompt, requested_max_tokens(body, self.default_max_tokens)
+                                     if sent is None else sent)
         self.gate.settle(attempt.permit, settled)
 
     def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int,
@@ -550,13 +551,10 @@ class Runtime:
         self.counters.failures_by_type[name] = self.counters.failures_by_type.get(name, 0) + 1
 
 
-def settled_tokens(prompt_tokens: int, body: Mapping[str, Any], default_max_tokens: int,
-                   sent: int | None) -> int | None:
-    """What Kimi counted at admission, now that the real prompt count is known (``None``
-    keeps the estimate: a reported prompt of no tokens is no count); ``sent`` is
-    ``sent_max_tokens(body)``, worked out once per settlement."""
+def settled_tokens(prompt_tokens: int, requested: int) -> int | None:
+    """What Kimi counted at admission, now that the real prompt count is known: the prompt
+    and the ``requested`` completion budget (``None`` keeps the estimate: a reported prompt of
+    no tokens is no count)."""
     if prompt_tokens <= 0:
         return None
-    if sent is None:
-        return prompt_tokens + requested_max_tokens(body, default_max_tokens)
-    return prompt_tokens + sent
+    return prompt_tokens + requested
