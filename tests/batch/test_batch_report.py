@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import sys
 from pathlib import Path
 
 from browser import browser, chromium, open_page, screenshot
+from test_batch_e2e import child_env, command
 
 from kimi_actors import Limits
 from kimi_actors.batch.progress import ProgressSnapshot, RunSummary
@@ -119,10 +118,10 @@ async def _run_with_report(tmp_path: Path, count: int = 120) -> tuple[Path, str]
     async with FakeKimi(faults=Faults(overload=0.05, drop=0.1),
                         latency=Latency(first_token=0.1)) as fake:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kimi_actors", "run", str(source), "--output", str(output),
-            "--base-url", fake.base_url, "--api-key-env", "KIMI_TEST_KEY", "--rpm", "1000",
-            "--concurrency", "8", "--stream", "--report", str(report),
-            env={**os.environ, "KIMI_TEST_KEY": fake.api_key},
+            *command(source, "--output", output, "--base-url", fake.base_url,
+                     "--api-key-env", "KIMI_TEST_KEY", "--rpm", "1000", "--concurrency", "8",
+                     "--stream", "--report", report),
+            env=child_env(KIMI_TEST_KEY=fake.api_key),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         async with asyncio.timeout(120):
             stdout, stderr = await process.communicate()
