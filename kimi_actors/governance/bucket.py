@@ -148,20 +148,24 @@ class RollingWindow:
     def fits(self, amount: int, now: float) -> bool:
         """Whether ``amount`` fits now: ``delay(amount, now) == 0``, without working out
         the wait."""
-        self._check_fits(amount)
+        if type(amount) is not int or not 0 <= amount <= self._limit:
+            self._check_fits(amount)  # raises: the check is inline for the common case
         if now < self._paused_until:
             return False
-        self._expire(now)
+        slots = self._slots
+        if slots and slots[0].stamp + self._window <= now:
+            self._expire(now)
         return self._total + amount <= self._limit
 
     def reserve(self, amount: int, now: float) -> Reservation | None:
         """Admit ``amount`` now if it fits in the window (and no pause is on), else ``None``."""
-        self._check_fits(amount)
-        if now < self._paused_until:
+        if not self.fits(amount, now):
             return None
-        self._expire(now)
-        if self._total + amount > self._limit:
-            return None
+        return Reservation(self, self._add(amount, now), amount)
+
+    def _admit(self, amount: int, now: float) -> Reservation:
+        """``reserve`` right after ``fits(amount, now)`` said yes: the governor asks every
+        window whether it fits before it reserves in any of them."""
         return Reservation(self, self._add(amount, now), amount)
 
     def refund(self, reservation: Reservation, amount: int | None = None) -> None:
@@ -209,7 +213,8 @@ class RollingWindow:
     def restamp(self, reservation: Reservation, now: float) -> None:
         """Count the reservation's live units from ``now`` instead of from its admission (the
         request only reached the wire now). Later is conservative: never more than exact."""
-        self._check_owner(reservation)
+        if reservation._owner is not self:
+            self._check_owner(reservation)
         parts = reservation._parts
         slots = self._slots
         if len(parts) == 1 and parts[0][1] > 0 and slots \
@@ -300,14 +305,16 @@ class Level:
 
     def try_acquire(self, amount: int = 1) -> bool:
         """Hold ``amount`` more units if the cap allows; True when they were taken."""
-        _check_amount(amount)
+        if type(amount) is not int or amount < 0:
+            _check_amount(amount)
         if self._limit is not None and self._held + amount > self._limit:
             return False
         self._held += amount
         return True
 
     def release(self, amount: int = 1) -> None:
-        _check_amount(amount)
+        if type(amount) is not int or amount < 0:
+            _check_amount(amount)
         if amount > self._held:
             raise ValueError(f"cannot release {amount}: only {self._held} held")
         self._held -= amount

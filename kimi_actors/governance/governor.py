@@ -369,12 +369,8 @@ class Governor:
         for dimension, window in self._windows.items():
             if not window.fits(1 if dimension is Dimension.RPM else tokens, now):
                 return None
-        reservations: dict[Dimension, Reservation] = {}
-        for dimension, window in self._windows.items():
-            reservation = window.reserve(1 if dimension is Dimension.RPM else tokens, now)
-            if reservation is None:  # pragma: no cover - delay() said it fits
-                raise AssertionError(f"{dimension} refused an admission its delay allowed")
-            reservations[dimension] = reservation
+        reservations = {dimension: window._admit(1 if dimension is Dimension.RPM else tokens, now)
+                        for dimension, window in self._windows.items()}
         acquired = self._slots.try_acquire()
         assert acquired
         self._admitted += 1
