@@ -68,14 +68,15 @@ class Reservation:
 
     def __init__(self, owner: RollingWindow, slot_id: int, units: int) -> None:
         self._owner = owner
-        # [slot id, units] pairs, oldest first: a charge lands in a later slot than the admission.
-        self._parts: list[list[int]] = [[slot_id, units]]
+        # Slot id, units, slot id, units ..., oldest first (flat: one list per reservation):
+        # a charge lands in a later slot than the admission.
+        self._parts: list[int] = [slot_id, units]
 
     @property
     def amount(self) -> int:
         """Units this reservation has reserved or been charged, minus refunds (expired units
         included: they are no longer counted by the window but were admitted)."""
-        return sum(units for _, units in self._parts)
+        return sum(self._parts[1::2])
 
     def __repr__(self) -> str:
         return f"Reservation(amount={self.amount})"
@@ -174,15 +175,15 @@ class RollingWindow:
         self._check_owner(reservation)
         remaining = reservation.amount if amount is None else amount
         _check_amount(remaining)
-        for part in reversed(reservation._parts):
+        parts = reservation._parts
+        for at in range(len(parts) - 2, -1, -2):
             if remaining == 0:
                 break
-            slot_id, units = part
-            index = slot_id - self._head_id
+            index = parts[at] - self._head_id
             if index < 0:
                 break  # this part and every older one have expired
-            taken = min(units, remaining)
-            part[1] -= taken
+            taken = min(parts[at + 1], remaining)
+            parts[at + 1] -= taken
             self._slots[index].units -= taken
             self._total -= taken
             remaining -= taken
@@ -197,11 +198,11 @@ class RollingWindow:
             return
         self._expire(now)
         slot_id = self._add(amount, now)
-        last = reservation._parts[-1]
-        if last[0] == slot_id:
-            last[1] += amount
+        parts = reservation._parts
+        if parts[-2] == slot_id:
+            parts[-1] += amount
         else:
-            reservation._parts.append([slot_id, amount])
+            parts += (slot_id, amount)
 
     def count(self, amount: int, at: float) -> None:
         """Count ``amount`` units admitted elsewhere at ``at`` (history for a window made
@@ -217,13 +218,14 @@ class RollingWindow:
             self._check_owner(reservation)
         parts = reservation._parts
         slots = self._slots
-        if len(parts) == 1 and parts[0][1] > 0 and slots \
-                and parts[0][0] == self._head_id + len(slots) - 1:
+        if len(parts) == 2 and parts[1] > 0 and slots \
+                and parts[0] == self._head_id + len(slots) - 1:
             newest = slots[-1]
             if now - newest.opened <= self._granularity:
                 # Sent within its admission's slot (nearly always): what refund and charge
                 # would do comes down to the slot's stamp.
-                newest.stamp = max(newest.stamp, now)
+                if now > newest.stamp:
+                    newest.stamp = now
                 return
         before = self._total
         self.refund(reservation)
@@ -268,7 +270,8 @@ class RollingWindow:
         # An earlier ``now`` (callers reading the clock at slightly different moments) also
         # joins the newest slot: counting it later is conservative and keeps stamps ordered.
         if newest is not None and now - newest.opened <= self._granularity:
-            newest.stamp = max(newest.stamp, now)
+            if now > newest.stamp:
+                newest.stamp = now
             newest.units += amount
         else:
             slots.append(_Slot(now, amount))

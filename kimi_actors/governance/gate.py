@@ -93,8 +93,8 @@ class _Entry:
 class _Tenant:
     """One tenant's queue, its place in the fair queue and its sub-limits."""
 
-    __slots__ = ("admitted", "finish", "heap", "level", "name", "queued_at", "tokens",
-                 "weight", "windows")
+    __slots__ = ("admitted", "finish", "heap", "level", "name", "queued_at", "token_windows",
+                 "tokens", "weight", "windows")
 
     def __init__(self, name: str | None, policy: TenantPolicy, margin: float) -> None:
         self.name = name
@@ -106,6 +106,9 @@ class _Tenant:
         limits = policy.limits or Limits.unlimited()
         self.level = Level(limits.concurrency)
         self.windows = rate_windows(limits, margin)
+        self.token_windows = tuple((dimension, self.windows[dimension])
+                                   for dimension in (Dimension.TPM, Dimension.TPD)
+                                   if dimension in self.windows)
         #: Queued requests and tokens by priority, for the deadline's lower bound.
         self.queued_at: dict[int, list[int]] = {}
 
@@ -148,9 +151,8 @@ class _Tenant:
         return requests, tokens
 
     def check(self, tokens: int) -> None:
-        for dimension in (Dimension.TPM, Dimension.TPD):
-            window = self.windows.get(dimension)
-            if window is not None and tokens > window.limit:
+        for dimension, window in self.token_windows:
+            if tokens > window.limit:
                 raise LimitExceededError(
                     f"the request needs {tokens} tokens at admission but tenant "
                     f"{self.name!r} has a {dimension.value.upper()} limit of {window.limit}",
@@ -372,10 +374,9 @@ class Gate:
             return  # the tenant counts no tokens of its own: the governor has settled
         difference = actual_tokens - ticket.tokens
         now = self._clock.now()
-        token_windows = [windows[dimension] for dimension in (Dimension.TPM, Dimension.TPD)
-                         if dimension in windows]
+        token_windows = ticket.tenant.token_windows
         for window, reservation in ticket.reservations:
-            if any(window is counted for counted in token_windows):
+            if any(window is counted for _, counted in token_windows):
                 if difference < 0:
                     window.refund(reservation, -difference)
                 else:
