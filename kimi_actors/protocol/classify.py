@@ -70,7 +70,7 @@ from ..errors import (
 from ..limits import Dimension
 from ..redaction import redact_url
 from . import jsontext
-from .results import checked_instance, slot_setters
+from .results import slot_builder
 
 __all__ = [
     "KEPT_ERROR_BODY_BYTES",
@@ -451,15 +451,13 @@ def error_from_payload(status: int, payload: Mapping[str, Any], *, request_id: s
                         retry_after=retry_after, body=body)
 
 
-_OUTCOME_SETTERS = slot_setters(Outcome, "action", "error", "retry_after", "dimension", "limit",
-                                "trips_breaker", "body")
+_build_outcome = slot_builder(Outcome)
 
 
 def _success(body: Any) -> Outcome:
     """``Outcome(action=Action.SUCCESS, body=body)`` without the constructor's checks (2.8 µs
     on every answer)."""
-    return checked_instance(Outcome, _OUTCOME_SETTERS, Action.SUCCESS, None, None, None, None,
-                            False, body)
+    return _build_outcome(Action.SUCCESS, None, None, None, None, False, body)
 
 
 def _outcome_for(error: KimiError, *, mid_stream: bool = False) -> Outcome:

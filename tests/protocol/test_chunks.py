@@ -788,3 +788,40 @@ def test_the_assemblers_fast_delta_is_the_dataclass_itself(
     assert replace(fast, content="z").content == "z"
     with pytest.raises(FrozenInstanceError):
         fast.content = "changed"  # type: ignore[misc]
+
+
+@given(prompt=st.integers(0, 10**9), completion=st.integers(0, 10**9),
+       cached=st.none() | st.integers(0, 10**9), text=st.text(max_size=20),
+       index=st.integers(0, 8), finish=st.none() | st.sampled_from(["stop", "length"]))
+def test_slot_builders_make_what_the_constructors_make(
+        prompt: int, completion: int, cached: int | None, text: str, index: int,
+        finish: str | None) -> None:
+    from dataclasses import FrozenInstanceError, fields, replace
+
+    from kimi_actors.protocol.classify import Action, Outcome, _success
+    from kimi_actors.protocol.results import parsed_chat_result, parsed_choice, slot_builder
+
+    raw = {"prompt_tokens": prompt}
+    usage = Usage.from_dict({"prompt_tokens": prompt, "completion_tokens": completion,
+                             "cached_tokens": cached})
+    assert usage is not None
+    built = [
+        (usage, Usage(prompt_tokens=prompt, completion_tokens=completion,
+                      total_tokens=prompt + completion, cached_tokens=cached, raw=raw)),
+        (parsed_choice(index, "assistant", text, "", (), finish),
+         Choice(index=index, role="assistant", content=text, finish_reason=finish)),
+        (parsed_chat_result("id", "kimi-k2", 1, (), usage, None, raw),
+         ChatResult(id="id", model="kimi-k2", created=1, choices=(), usage=usage, raw=raw)),
+        (_success(raw), Outcome(action=Action.SUCCESS, body=raw)),
+    ]
+    for fast, slow in built:
+        assert type(fast) is type(slow)
+        assert fast == slow
+        assert repr(fast) == repr(slow)
+        assert replace(fast) == slow
+        with pytest.raises(FrozenInstanceError):
+            setattr(fast, fields(fast)[0].name, None)
+    with pytest.raises(TypeError, match="no field"):
+        slot_builder(Usage, nonsense=1)
+    with pytest.raises(TypeError):
+        slot_builder(Usage)(1, 2)  # every field is given, or none is left unset
