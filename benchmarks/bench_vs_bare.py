@@ -8,7 +8,10 @@
   as ``--serve``, in its own process) puts ``time.monotonic()`` in every chunk (``"t"``,
   which the client ignores), and both clients subtract it from their own
   ``time.monotonic()`` when the delta reaches the consumer. Both processes read the same
-  CLOCK_MONOTONIC;
+  CLOCK_MONOTONIC. Each stream starts at a random phase of the token period, so the streams
+  do not tick in lockstep, and the runtime has no slow start, so both clients carry the same
+  load. Each round prints how busy the client was (CPU over wall time): near 100%, delays
+  are queueing;
 * memory per idle open stream, and per request queued behind a full concurrency limit,
   from ``tracemalloc`` around opening them, for the runtime and for the bare loop;
 * import time of ``kimi_actors`` against ``aiohttp`` alone, and ``kimi-actors --help``
@@ -29,6 +32,7 @@ import asyncio
 import gc
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -41,7 +45,7 @@ import aiohttp
 from _common import median, percentile
 from aiohttp import web
 
-from kimi_actors import Limits, Supervisor
+from kimi_actors import AdaptPolicy, Limits, Supervisor
 
 MODEL = "kimi-k2.6"
 KEY = "sk-bench-vs-bare-0000000000"
@@ -60,11 +64,18 @@ def _chunk(number: int, content: str, *, finish: str | None = None) -> bytes:
 
 
 async def _serve(tokens: int, per_token: float) -> None:
+    phases = random.Random(15)
+
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         idle = body.get("user") == "idle"
+        if not idle:
+            # Streams opened together would otherwise tick in lockstep: every stream's token
+            # in the same millisecond, a burst the client drains in a queue. Real traffic is
+            # spread; a random phase spreads it the same way for both clients.
+            await asyncio.sleep(phases.random() * per_token)
         for number in range(tokens):
             await response.write(_chunk(number, "tok "))
             if idle:
@@ -153,10 +164,16 @@ async def runtime_stream(sup: Supervisor, delays: list[float],
                     await asyncio.sleep(3600)
 
 
+def _supervisor(url: str) -> Supervisor:
+    """No limits, and no slow start: the runtime opens every stream at once, as the bare loop
+    does (the default ramp, 32 streams doubling every 0.5 s, would measure another load)."""
+    return Supervisor(api_key=KEY, base_url=url, limits=Limits(), adapt=AdaptPolicy(start=None))
+
+
 async def delays_of(streams: int, url: str, runtime: bool) -> list[float]:
     delays: list[float] = []
     if runtime:
-        async with Supervisor(api_key=KEY, base_url=url, limits=Limits()) as sup:
+        async with _supervisor(url) as sup:
             await asyncio.gather(*(runtime_stream(sup, delays) for _ in range(streams)))
     else:
         async with _session() as session:
@@ -181,7 +198,7 @@ async def _memory(count: int, open_all: Callable[[], Awaitable[list[asyncio.Task
 async def idle_memory(count: int, url: str, runtime: bool) -> float:
     delays: list[float] = []
     if runtime:
-        async with Supervisor(api_key=KEY, base_url=url, limits=Limits()) as sup:
+        async with _supervisor(url) as sup:
             async def open_runtime() -> list[asyncio.Task[Any]]:
                 events = [asyncio.Event() for _ in range(count)]
                 tasks = [asyncio.ensure_future(runtime_stream(sup, delays, event))
@@ -259,15 +276,17 @@ async def streams_and_memory(args: argparse.Namespace) -> None:
             for runtime in (False, True) if number % 2 == 0 else (True, False):
                 name = "runtime" if runtime else "bare"
                 gc.collect()
-                cpu = time.process_time()
+                cpu, wall = time.process_time(), time.perf_counter()
                 delays = await delays_of(args.streams, url, runtime)
-                cpu = time.process_time() - cpu
+                cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
                 per_delta = cpu / len(delays) * 1e6
                 p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
                 figures.setdefault(name, []).append((per_delta, p50, p99))
+                # Near 100% busy the client cannot keep up and delays are queueing.
                 print(f"  round {number + 1} {name}: CPU {per_delta:.1f} µs/delta, p50 "
                       f"{p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(delays):,} "
-                      f"deltas", flush=True)
+                      f"deltas, {len(delays) / wall:,.0f} deltas/s, {cpu / wall:.0%} busy",
+                      flush=True)
 
         def med(name: str, field: int) -> float:
             return median([round_[field] for round_ in figures[name]])
