@@ -11,7 +11,9 @@
   CLOCK_MONOTONIC. Each stream starts at a random phase of the token period, so the streams
   do not tick in lockstep, and the runtime has no slow start, so both clients carry the same
   load. Each round prints how busy the client was (CPU over wall time): near 100%, delays
-  are queueing;
+  are queueing. The default, a token every 50 ms (20,000 deltas a second), is a load both
+  clients carry on a 2-core machine; at 20 ms (50,000 a second) neither does, and the
+  delays only grow with the round;
 * memory per idle open stream, and per request queued behind a full concurrency limit,
   from ``tracemalloc`` around opening them, for the runtime and for the bare loop;
 * import time of ``kimi_actors`` against ``aiohttp`` alone, and ``kimi-actors --help``
@@ -21,7 +23,7 @@ Ratios are runtime / bare. Targets (issue 15): chat <= 1.3, stream <= 1.2 (at 1,
 p99 delay <= 1.5. bench_overhead's stream phase (50-token streams with no latency, read in one
 or two network reads) measures the per-call costs of a stream instead.
 
-    python benchmarks/bench_vs_bare.py [--streams 1000] [--tokens 100] [--per-token 0.02]
+    python benchmarks/bench_vs_bare.py [--streams 1000] [--tokens 100] [--per-token 0.05]
                                        [--idle 500] [--rounds 4] [--quick]
 """
 
@@ -316,7 +318,8 @@ if __name__ == "__main__":
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=100)
-    parser.add_argument("--per-token", type=float, default=0.02)
+    parser.add_argument("--per-token", type=float, default=0.05,
+                        help="seconds between tokens; at 0.02 neither client keeps up on 2 cores")
     parser.add_argument("--idle", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=4,
                         help="alternating bare and runtime rounds of the streams phase")
