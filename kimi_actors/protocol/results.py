@@ -303,8 +303,10 @@ def slot_builder(cls: type[_T], **constants: Any) -> Callable[..., _T]:
     half of a loop over the slot setters (0.8 against 1.4 µs for a Usage)."""
     names = tuple(item.name for item in fields(cls))  # type: ignore[arg-type]
     unknown = set(constants) - set(names)
-    if unknown or "_instance" in names:
-        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)} or one named _instance")
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(sorted(unknown))}")
+    if "_instance" in names:
+        raise TypeError(f"{cls.__name__} has a field named _instance, the builder's own local")
     namespace: dict[str, Any] = {"_new": _new_object, "_cls": cls}
     parameters = [name for name in names if name not in constants]
     lines = [f"def build({', '.join(parameters)}):", "    _instance = _new(_cls)"]
