@@ -5,9 +5,9 @@
 * at ``--streams`` concurrent streams, this process's CPU per delta, and the delay from the
   server's send to the consumer's delta (medians over ``--rounds`` alternating rounds; other
   load on the machine moves single rounds by a third). A stamping SSE server (this file run
-  as ``--serve``, in its own process) puts ``time.monotonic()`` in every chunk (``"t"``,
-  which the client ignores), and both clients subtract it from their own
-  ``time.monotonic()`` when the delta reaches the consumer. Both processes read the same
+  as ``--serve``, in its own process) sends ``time.monotonic()`` as every token's content,
+  and both clients subtract it from their own ``time.monotonic()`` when the delta reaches
+  the consumer. Both processes read the same
   CLOCK_MONOTONIC. Each stream starts at a random phase of the token period, so the streams
   do not tick in lockstep, and the runtime has no slow start, so both clients carry the same
   load. Each round prints how busy the client was (CPU over wall time): near 100%, delays
@@ -58,7 +58,6 @@ HERE = os.path.abspath(__file__)
 
 def _chunk(number: int, content: str, *, finish: str | None = None) -> bytes:
     body = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
-            "t": time.monotonic(),
             "choices": [{"index": 0, "delta": {"content": content} if number else
                          {"role": "assistant", "content": content},
                          "finish_reason": finish}]}
@@ -79,7 +78,7 @@ async def _serve(tokens: int, per_token: float) -> None:
             # spread; a random phase spreads it the same way for both clients.
             await asyncio.sleep(phases.random() * per_token)
         for number in range(tokens):
-            await response.write(_chunk(number, "tok "))
+            await response.write(_chunk(number, repr(time.monotonic())))
             if idle:
                 await asyncio.sleep(3600)  # held open until the client leaves
             await asyncio.sleep(per_token)
@@ -146,9 +145,10 @@ async def bare_stream(session: aiohttp.ClientSession, url: str, delays: list[flo
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":
                     continue
                 chunk = json.loads(event[6:])
-                if not chunk["choices"][0]["delta"].get("content"):
+                content = chunk["choices"][0]["delta"].get("content")
+                if not content:
                     continue  # the finish chunk: the runtime's consumer skips it too
-                delays.append(time.monotonic() - chunk["t"])
+                delays.append(time.monotonic() - float(content))
                 if opened is not None:
                     opened.set()
                     await asyncio.sleep(3600)
@@ -158,9 +158,8 @@ async def runtime_stream(sup: Supervisor, delays: list[float],
                          opened: asyncio.Event | None = None) -> None:
     async with sup.stream(**_body(opened is not None)) as stream:
         async for delta in stream:
-            raw = delta.raw
-            if raw is not None and "t" in raw and delta.content:
-                delays.append(time.monotonic() - raw["t"])
+            if delta.content:
+                delays.append(time.monotonic() - float(delta.content))
                 if opened is not None:
                     opened.set()
                     await asyncio.sleep(3600)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import IncompleteStreamError, ProtocolError
@@ -149,7 +148,8 @@ class ChunkAssembler:
         self._top_usage: Usage | None = None
         #: Sum of the usages of the segments before the current one.
         self._prior_usage: Usage | None = None
-        self._last_chunk: Mapping[str, Any] | None = None
+        #: The last chunk, or its JSON text.
+        self._last_chunk: Mapping[str, Any] | str | None = None
 
     @property
     def done(self) -> bool:
@@ -175,18 +175,22 @@ class ChunkAssembler:
         if not isinstance(chunk, dict):
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")
-        return self.feed(chunk)
+        # The deltas and the answer keep the text, not the parsed chunk (see Delta.raw).
+        return self._feed(chunk, event.data)
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         """The deltas one parsed chunk carries, after adding them to the assembled answer."""
         if type(chunk) is not dict and not isinstance(chunk, Mapping):
             raise ProtocolError(f"a stream chunk must be a JSON object, got "
                                 f"{type(chunk).__name__}")
+        return self._feed(chunk, chunk)
+
+    def _feed(self, chunk: Mapping[str, Any], source: Mapping[str, Any] | str) -> list[Delta]:
         if chunk.get("error"):
             raise error_from_payload(200, chunk)
         if self._done:
             raise ProtocolError("a chunk arrived after data: [DONE]")
-        self._last_chunk = chunk
+        self._last_chunk = source
         if self._identity_missing:
             self._read_identity(chunk)
         raw_usage = chunk.get("usage")
@@ -201,7 +205,7 @@ class ChunkAssembler:
                 raise ProtocolError(f"chunk 'choices' must be a list, got "
                                     f"{type(choices).__name__}")
             for position, entry in enumerate(choices):
-                delta, has_text = self._feed_choice(chunk, position, entry)
+                delta, has_text = self._feed_choice(source, position, entry)
                 carried_text = carried_text or has_text
                 if delta is not None:
                     deltas.append(delta)
@@ -209,9 +213,12 @@ class ChunkAssembler:
             self._chunks += 1
         if top_usage is not None and all(delta.usage is None for delta in deltas):
             if deltas:
-                deltas[0] = replace(deltas[0], usage=top_usage)
+                first = deltas[0]
+                deltas[0] = parsed_delta(first.index, first.role, first.content,
+                                         first.reasoning_content, first.tool_calls,
+                                         first.finish_reason, top_usage, source)
             else:
-                deltas.append(Delta(index=0, usage=top_usage, raw=chunk))
+                deltas.append(parsed_delta(0, None, "", "", (), None, top_usage, source))
         return deltas
 
     def _read_identity(self, chunk: Mapping[str, Any]) -> None:
@@ -224,7 +231,7 @@ class ChunkAssembler:
             self._created = created
         self._identity_missing = None in (self._id, self._model, self._created)
 
-    def _feed_choice(self, chunk: Mapping[str, Any], position: int,
+    def _feed_choice(self, source: Mapping[str, Any] | str, position: int,
                      entry: Any) -> tuple[Delta | None, bool]:
         if type(entry) is not dict and not isinstance(entry, Mapping):
             raise ProtocolError(f"choices[{position}] must be an object, got "
@@ -278,7 +285,7 @@ class ChunkAssembler:
         if not (has_text or role is not None or finish_reason is not None or usage is not None):
             return None, False
         return parsed_delta(index, role, content, reasoning, fragments, finish_reason, usage,
-                            chunk), has_text
+                            source), has_text
 
     @staticmethod
     def _merge_tool_fragments(state: _ChoiceState, raw_tools: Any,
@@ -387,10 +394,12 @@ class ChunkAssembler:
     def snapshot(self, *, request_id: str | None = None) -> ChatResult:
         """What has been assembled so far, complete or not."""
         choices = self._choices
+        last = self._last_chunk
+        if type(last) is str:
+            last = self._last_chunk = jsontext.loads(last)
         return ChatResult(id=self._id, model=self._model, created=self._created,
                           choices=tuple(choices[i].build(i) for i in sorted(choices)),
-                          usage=self._total_usage(), request_id=request_id,
-                          raw=self._last_chunk)
+                          usage=self._total_usage(), request_id=request_id, raw=last)
 
 
 def _implicit_tool_index(state: _ChoiceState, tool_id: Any) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .results import Delta, Usage
+from .results import Delta, Usage, delta_source
 
 __all__ = ["DONE_EVENT", "ChunkRenderer", "RestartAfterOutput"]
 
@@ -57,19 +57,20 @@ class ChunkRenderer:
         :class:`RestartAfterOutput` for a restart once something was rendered."""
         out: list[bytes] = []
         group: list[Delta] = []
-        source: Mapping[str, Any] | None = None
+        source: object = None
         for delta in deltas:
             if delta.restart:
                 if self._written or out or group:
                     raise RestartAfterOutput
                 continue
-            if group and delta.raw is not source:
-                out.append(self._event(group, source))
+            # The deltas of one chunk share its source; only a group's first parses it.
+            if group and delta_source(delta) is not source:
+                out.append(self._event(group, group[0].raw))
                 group = []
             group.append(delta)
-            source = delta.raw
+            source = delta_source(delta)
         if group:
-            out.append(self._event(group, source))
+            out.append(self._event(group, group[0].raw))
         if out:
             self._written = True
         return b"".join(out)

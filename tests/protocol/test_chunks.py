@@ -444,6 +444,33 @@ def test_deltas_carry_the_chunk_as_raw() -> None:
     assert delta.raw is body
 
 
+def test_deltas_of_an_event_hold_its_text_until_raw_is_read() -> None:
+    import gc
+
+    from kimi_actors.protocol.results import delta_source
+
+    body = chunk(choice(content="x", index=0), choice(content="y", index=1), t=1.5,
+                 extra={"nested": [1, {"deep": True}]})
+    first, second = ChunkAssembler().feed_event(event(body))
+    # Nothing the collector tracks stays alive with a delta: the chunk is kept as text.
+    held = [item for item in gc.get_referents(first) if item is not Delta]
+    assert [item for item in held if gc.is_tracked(item)] == []
+    assert delta_source(first) is delta_source(second)
+    assert first.raw == body == second.raw
+    assert first.raw is first.raw  # parsed once
+    assert first.raw["t"] == 1.5
+    with pytest.raises(TypeError, match="mapping or None"):
+        Delta(content="x", raw='{"id": "x"}')  # type: ignore[arg-type]
+
+
+def test_a_stream_result_keeps_the_last_event_as_a_parsed_chunk() -> None:
+    assembler = ChunkAssembler()
+    last = chunk(choice(content="y", finish_reason="stop"), id="c9")
+    feed_all(assembler, chunk(choice(content="x")), last)
+    assert assembler.result().raw == last
+    assert type(assembler.result().raw) is dict
+
+
 def test_chunk_with_nothing_gives_no_delta() -> None:
     assembler = ChunkAssembler()
     assert assembler.feed(chunk(choice())) == []

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from kimi_actors.protocol.chunks import ChunkAssembler, Delta
 from kimi_actors.protocol.render import DONE_EVENT, ChunkRenderer, RestartAfterOutput
+from kimi_actors.protocol.sse import SSEEvent
 
 
 def server_chunk(chunk_id: str, *choices: dict[str, Any], usage: Any = None,
@@ -53,14 +54,21 @@ def events(data: bytes) -> list[Any]:
 
 
 def render_segments(segments: list[list[dict[str, Any]]]) -> list[Any]:
-    """Feed server segments (a resume between each) through the assembler and renderer."""
-    assembler, renderer, out = ChunkAssembler(), ChunkRenderer(), b""
-    for number, segment in enumerate(segments):
-        if number:
-            assembler.begin_continuation()
-        for raw in segment:
-            out += renderer.render(assembler.feed(raw))
-    return events(out + DONE_EVENT)
+    """Feed server segments (a resume between each) through the assembler and renderer, as
+    parsed chunks and as SSE events (whose deltas keep the text); both render the same."""
+    rendered = []
+    for as_events in (False, True):
+        assembler, renderer, out = ChunkAssembler(), ChunkRenderer(), b""
+        for number, segment in enumerate(segments):
+            if number:
+                assembler.begin_continuation()
+            for raw in segment:
+                deltas = (assembler.feed_event(SSEEvent(data=json.dumps(raw))) if as_events
+                          else assembler.feed(raw))
+                out += renderer.render(deltas)
+        rendered.append(events(out + DONE_EVENT))
+    assert rendered[0] == rendered[1]
+    return rendered[0]
 
 
 USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
