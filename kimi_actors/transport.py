@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -273,8 +273,17 @@ class StreamResponse:
         try:
             return await self._response.content.readany()
         except _TRANSPORT_ERRORS as exc:
-            failure = _map_error(exc, phase="read_idle", timeouts=self._timeouts)
+            failure = self.read_failure(exc)
         raise failure
+
+    def direct_read(self) -> tuple[Callable[[], Awaitable[bytes]], tuple[type[Exception], ...]]:
+        """:meth:`read_chunk` taken apart, for a reader that calls it for every delta: the
+        read itself (a coroutine less per read) and the errors it raises, which
+        :meth:`read_failure` maps as ``read_chunk`` does."""
+        return self._response.content.readany, _TRANSPORT_ERRORS
+
+    def read_failure(self, exc: BaseException) -> KimiError:
+        return _map_error(exc, phase="read_idle", timeouts=self._timeouts)
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive (:meth:`read_chunk` until the end)."""

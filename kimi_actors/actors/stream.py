@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
@@ -44,16 +45,15 @@ from ..protocol.classify import (
     classify_error,
     classify_response,
 )
-from ..protocol.sse import SSEDecoder, SSEEvent
+from ..protocol.sse import DONE, SSEDecoder
 from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
 from ..telemetry import CallTelemetry
-from ..transport import StreamLike, json_body
+from ..transport import StreamLike, StreamResponse, json_body
 from .request import CHAT_PATH
 from .runtime import Runtime
 
 __all__ = ["AwayCheck", "DeltaChannel", "StreamActor"]
 
-_DONE_EVENT = SSEEvent(data="[DONE]")
 #: How many characters of a continuation must match the text already received before the
 #: continuation is taken for a restart from scratch.
 PROBE_CHARS = 16
@@ -112,7 +112,7 @@ class DeltaChannel:
         self._buffered = 0
         self._wanted = 0
         self._closed = False
-        self._getter: asyncio.Future[None] | None = None
+        self._getter: asyncio.Future[Delta | None] | None = None
         self._putter: asyncio.Future[None] | None = None
         self._reader: _Reader | None = None
 
@@ -209,14 +209,16 @@ class DeltaChannel:
         while (delta := self.get_nowait()) is None:
             if self._closed:
                 return None
-            await self.refill()
+            if (delta := await self.refill()) is not None:
+                break
         return delta
 
-    def refill(self) -> Awaitable[None]:
+    def refill(self) -> Awaitable[Delta | None]:
         """What a consumer that found nothing waiting awaits before it looks again: its own
-        read of the open body when nobody reads it (the deltas land here, with no hand-off),
-        else the actor's next hand-off. ``Stream.__anext__`` awaits it itself: a frame less
-        per delta than awaiting :meth:`get`."""
+        read of the open body when nobody reads it (which gives it the first delta read, the
+        rest landing here, with no hand-off), else the actor's next hand-off (``None``: look
+        again). ``Stream.__anext__`` awaits it itself: a frame less per delta than awaiting
+        :meth:`get`."""
         reader = self._reader
         if reader is not None and not reader.ended:
             if reader.holder is None:
@@ -226,13 +228,25 @@ class DeltaChannel:
         self._getter = future = asyncio.get_running_loop().create_future()
         return future
 
-    def accept(self, batch: list[Delta]) -> None:
-        """Deltas the consumer read itself (nobody to wake, no bound: it asked for them)."""
-        self._batches.append(batch)
-        self._buffered += len(batch)
+    def take_first(self, batch: list[Delta]) -> Delta:
+        """The first of the deltas the consumer read itself, keeping the rest (nobody to
+        wake, no bound: it asked for them)."""
+        if self._batches:  # the consumer reads only when it found none: defensive, in order
+            self._batches.append(batch)
+            self._buffered += len(batch)
+            delta = self.get_nowait()
+            assert delta is not None
+            return delta
+        if len(batch) == 1:
+            self._drained()
+        else:
+            self._batches.append(batch)
+            self._position = 1
+            self._buffered += len(batch) - 1
+        return batch[0]
 
 
-def _wake(future: asyncio.Future[None] | None) -> None:
+def _wake(future: asyncio.Future[Any] | None) -> None:
     if future is not None and not future.done():
         future.set_result(None)
 
@@ -311,7 +325,7 @@ class _Watchdog:
 
 _CONSUMER = "consumer"
 _ACTOR = "actor"
-_NO_EVENTS: list[SSEEvent] = []
+_NO_EVENTS: list[str] = []
 
 
 class _Reader:
@@ -329,25 +343,40 @@ class _Reader:
     what follows: the outcome, a retry, a resume.
     """
 
-    __slots__ = ("_actor", "_chunks", "_decoder", "_interrupted", "_pending", "_position",
-                 "_read_chunk", "_reading", "_wakeup", "aborted", "ahead", "cap", "ended",
-                 "error", "flowing", "handoff", "holder", "leftover", "usage", "watchdog")
+    __slots__ = ("_actor", "_chunks", "_decoder", "_failure", "_interrupted", "_next",
+                 "_pending", "_position", "_pulled", "_raw_errors", "_reading", "_wakeup",
+                 "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff", "holder",
+                 "leftover", "watchdog")
 
     def __init__(self, actor: StreamActor, response: StreamLike, clock: Clock,
                  timeouts: Timeouts, cap: int) -> None:
         self._actor = actor
-        # One read at a time when the stream offers it (safe to cancel), else its generator.
-        # (getattr, not isinstance: a runtime-checkable protocol's check costs ~10 µs.)
-        self._read_chunk: Callable[[], Awaitable[bytes]] | None = getattr(
-            response, "read_chunk", None)
-        self._chunks: AsyncGenerator[bytes, None] | None = (
-            None if self._read_chunk is not None else response.chunks())
+        # One read at a time when the stream offers it (safe to cancel), else its generator;
+        # our own transport's read without its wrapper. (getattr, not isinstance against the
+        # runtime-checkable protocol: that check costs ~10 µs.)
+        read_chunk: Callable[[], Awaitable[bytes]] | None = getattr(response, "read_chunk", None)
+        self._chunks: AsyncGenerator[bytes, None] | None = None
+        #: The errors ``_next`` raises that ``_failure`` maps (our transport's own read).
+        self._raw_errors: tuple[type[Exception], ...] = ()
+        self._failure: Callable[[BaseException], KimiError] | None = None
+        self._next: Callable[[], Awaitable[bytes]]
+        if read_chunk is None:
+            self._chunks = response.chunks()
+            self._next = functools.partial(anext, self._chunks, b"")
+        elif isinstance(response, StreamResponse):
+            self._next, self._raw_errors = response.direct_read()
+            self._failure = response.read_failure
+        else:
+            self._next = read_chunk
         self._decoder = SSEDecoder()
-        self._pending: list[SSEEvent] = []
+        #: The data of the events decoded and not yet parsed.
+        self._pending: list[str] = []
         self._position = 0
         #: The task inside a read, and whether the watchdog (or the actor leaving) cancelled it.
         self._reading: asyncio.Task[Any] | None = None
         self._interrupted = False
+        #: The consumer read a delta: the stream's first chunk is told.
+        self._pulled = False
         self._wakeup: asyncio.Future[bool] | None = None
         #: The actor should read ahead when it next waits.
         self.ahead = False
@@ -359,7 +388,6 @@ class _Reader:
         self.aborted = False
         self.flowing = False
         self.error: BaseException | None = None
-        self.usage: Usage | None = None
         #: Deltas read and not handed over when a read-ahead was interrupted.
         self.leftover: list[Delta] = []
         self.watchdog = _Watchdog(clock, self._expired, idle=timeouts.read_idle,
@@ -371,41 +399,46 @@ class _Reader:
         actor = self._actor
         assembler = actor._assembler
         events = self._pending
-        while self._position < len(events):
-            event = events[self._position]
-            self._position += 1
-            self.usage = actor._feed(assembler, event, batch) or self.usage
-            if len(batch) >= self.cap:
+        position = self._position
+        cap = self.cap
+        while position < len(events):
+            data = events[position]
+            position += 1
+            self._position = position
+            actor._feed(assembler, data, batch)
+            if len(batch) >= cap:
                 break
+        else:
+            # All parsed: the list is not kept alive across the wait.
+            self._pending = _NO_EVENTS
+            self._position = 0
         if assembler.done:
             self._end(None)
             return True
-        if batch or self.ended:
+        return bool(batch) or self.ended
+
+    def _must_read(self, batch: list[Delta]) -> bool:
+        """Whether the read needs more bytes: nothing decoded is left to parse (the common
+        case, told without calling :meth:`_parse`), or what is left gave no deltas."""
+        if self._position == len(self._pending) and not self.ended:
             return True
-        # Parsed events are garbage now: not kept alive across the wait.
-        self._pending = _NO_EVENTS
-        return False
+        return not self._parse(batch)
 
-    def _next_chunk(self) -> Awaitable[bytes]:
-        """The next body bytes, ``b""`` at the end (an awaitable, awaited by the reader
-        itself: no frame of its own)."""
-        if self._read_chunk is not None:
-            return self._read_chunk()
-        assert self._chunks is not None
-        return anext(self._chunks, b"")
-
-    def _received(self, data: bytes, batch: list[Delta]) -> None:
+    def _received(self, data: bytes, batch: list[Delta]) -> bool:
+        """Decode and parse the next body bytes; whether the read is over (as :meth:`_parse`)."""
         if not data:
             for event in self._decoder.close():
-                self.usage = self._actor._feed(self._actor._assembler, event, batch) or self.usage
+                self._actor._feed(self._actor._assembler, event.data, batch)
             self._end(None)
-            return
-        events = self._decoder.feed(data)
-        if events:
-            self.watchdog.saw_event()
-            self.flowing = True
+            return True
+        events = self._decoder.feed_data(data)
+        if not events:
+            return False
+        self.watchdog.saw_event()
+        self.flowing = True
         self._pending = events
         self._position = 0
+        return self._parse(batch)
 
     async def read(self) -> list[Delta]:
         """The deltas of the next network read (at most about ``cap`` at a time; the rest
@@ -413,14 +446,18 @@ class _Reader:
         before it, which are returned."""
         batch: list[Delta] = []
         try:
-            while not self._parse(batch):
-                self._received(await self._next_chunk(), batch)
+            if self._must_read(batch):
+                while not self._received(await self._next(), batch):
+                    pass
         except KimiError as exc:
             self._end(exc)
+        except self._raw_errors as exc:
+            self._end(self._mapped(exc))
         return batch
 
-    async def pull(self) -> None:
-        """:meth:`read`, in the consumer's task, into the channel."""
+    async def pull(self) -> Delta | None:
+        """:meth:`read`, in the consumer's task: the first delta read (the rest go into the
+        channel), ``None`` when the read gave none."""
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
@@ -428,30 +465,36 @@ class _Reader:
         batch: list[Delta] = []
         try:
             # read()'s loop, inline: a frame less on the consumer's path.
-            while not self._parse(batch):
-                self._received(await self._next_chunk(), batch)
+            if self._must_read(batch):
+                while not self._received(await self._next(), batch):
+                    pass
         except KimiError as exc:
             self._end(exc)
+        except self._raw_errors as exc:
+            self._end(self._mapped(exc))
         except asyncio.CancelledError:
             if not self._claim_interruption(task):
-                if self._read_chunk is None:
+                if self._chunks is not None:
                     # The consumer was cancelled inside the stream's generator, which that
                     # ends: the actor resumes the body. A read_chunk() read loses nothing.
                     self._end(IncompleteStreamError("the consumer's read was cancelled "
                                                     "mid-stream"))
                 raise
             self._timed_out()
-            return
+            return None
         finally:
             self._reading = None
             self.holder = None
         if self._interrupted:
             await self._absorb_interruption(task)
-        if batch:
+        if not batch:
+            return None
+        if not self._pulled:
+            self._pulled = True
             self._actor._call.first_chunk()
-            channel = self._actor._channel
-            assert channel is not None  # a consumer pulls from a channel
-            channel.accept(batch)
+        channel = self._actor._channel
+        assert channel is not None  # a consumer pulls from a channel
+        return channel.take_first(batch)
 
     async def read_ahead(self) -> None:
         """:meth:`read` in the actor's task, into the channel, until the consumer waits for
@@ -478,6 +521,10 @@ class _Reader:
             self.holder = None
         if self._interrupted:
             await self._absorb_interruption(task)
+
+    def _mapped(self, exc: Exception) -> KimiError:
+        assert self._failure is not None  # only _failure's errors are caught raw
+        return self._failure(exc)
 
     def _claim_interruption(self, task: asyncio.Task[Any] | None) -> bool:
         """A read ended in CancelledError: whether it was this reader's interruption (then
@@ -755,7 +802,7 @@ class StreamActor:
     async def _finish_locally(self, finish_reason: str) -> None:
         chunk = {"choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]}
         await self._deliver(self._assembler.feed(chunk))
-        self._assembler.feed_event(_DONE_EVENT)
+        self._assembler.feed_data(DONE)
 
     def _continue_body(self) -> dict[str, Any]:
         partial = {"role": "assistant", "content": self._prefix + self._assembler.content(0),
@@ -795,7 +842,8 @@ class StreamActor:
                     await reader.aclose()
                     batch = reader.leftover
                     flowing = reader.flowing
-                    usage = reader.usage
+                    # Each attempt is a segment of the assembler's (see begin_continuation).
+                    usage = self._assembler.segment_usage()
                 if reader.error is not None:
                     raise reader.error
                 self._settle_probe(batch, at_end=True)
@@ -837,22 +885,17 @@ class StreamActor:
         finally:
             channel.attach(None)
 
-    def _feed(self, assembler: ChunkAssembler, event: SSEEvent,
-              batch: list[Delta]) -> Usage | None:
+    def _feed(self, assembler: ChunkAssembler, data: str, batch: list[Delta]) -> None:
         if assembler.done:
-            return None
-        usage = None
+            return  # what follows [DONE] in the same read
         probe = self._probe
-        for delta in assembler.feed_event(event):
-            if delta.usage is not None:
-                usage = delta.usage
-            if probe is None:
-                batch.append(delta)
-            else:
-                probe.add(delta)
-        if probe is not None and probe.decided:
+        if probe is None:
+            batch += assembler.feed_data(data)
+            return
+        for delta in assembler.feed_data(data):
+            probe.add(delta)
+        if probe.decided:
             self._settle_probe(batch, at_end=False)
-        return usage
 
     def _settle_probe(self, batch: list[Delta], *, at_end: bool) -> None:
         """Release the held-back start of a continuation into ``batch``, or raise when it
@@ -902,7 +945,7 @@ class StreamActor:
                 deltas.append(delta)
             else:
                 probe.add(delta)
-        self._assembler.feed_event(_DONE_EVENT)
+        self._assembler.feed_data(DONE)
         self._settle_probe(deltas, at_end=True)
         await self._deliver(deltas)
         return result.usage

@@ -252,7 +252,8 @@ class Stream:
                 if self._error is not None:
                     raise self._error
                 raise StopAsyncIteration
-            await channel.refill()
+            if (delta := await channel.refill()) is not None:
+                break
         return delta
 
     def ready(self) -> list[Delta]:

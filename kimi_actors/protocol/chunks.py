@@ -40,6 +40,7 @@ from .results import (
     parsed_choice,
     parsed_delta,
 )
+from .sse import DONE
 
 if TYPE_CHECKING:
     from .sse import SSEEvent
@@ -126,11 +127,12 @@ def _arguments_text(value: Any, where: str) -> str:
 class ChunkAssembler:
     """Joins the chunks of one stream (and of its Partial-Mode continuations) into one answer.
 
-    Feed it SSE events with :meth:`feed_event` (or parsed chunks with :meth:`feed`); each call
-    returns the :class:`Delta` objects to publish. :meth:`result` returns the answer once
-    ``[DONE]`` arrived; :meth:`snapshot` returns what was received so far, e.g. to build the
-    prefix of a resume request. Malformed input raises :class:`ProtocolError`; an ``error``
-    object inside the stream raises the typed :class:`~kimi_actors.errors.APIError` it names.
+    Feed it SSE events with :meth:`feed_event` (their data with :meth:`feed_data`, or parsed
+    chunks with :meth:`feed`); each call returns the :class:`Delta` objects to publish.
+    :meth:`result` returns the answer once ``[DONE]`` arrived; :meth:`snapshot` returns what
+    was received so far, e.g. to build the prefix of a resume request. Malformed input raises
+    :class:`ProtocolError`; an ``error`` object inside the stream raises the typed
+    :class:`~kimi_actors.errors.APIError` it names.
     """
 
     __slots__ = ("_choices", "_chunks", "_created", "_done", "_id", "_identity_missing",
@@ -163,20 +165,24 @@ class ChunkAssembler:
 
     def feed_event(self, event: SSEEvent) -> list[Delta]:
         """The deltas one SSE event carries; ``[DONE]`` marks the stream complete."""
-        if event.is_done:
+        return self.feed_data(event.data)
+
+    def feed_data(self, data: str) -> list[Delta]:
+        """The deltas one SSE event's data carries (see :meth:`SSEDecoder.feed_data`)."""
+        if data.strip() == DONE:
             self._done = True
             return []
         try:
-            chunk = jsontext.loads(event.data)
+            chunk = jsontext.loads(data)
         except ValueError as exc:
-            shown = event.data if len(event.data) <= 200 else event.data[:200] + "..."
+            shown = data if len(data) <= 200 else data[:200] + "..."
             raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") \
                 from None
         if not isinstance(chunk, dict):
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")
         # The deltas and the answer keep the text, not the parsed chunk (see Delta.raw).
-        return self._feed(chunk, event.data)
+        return self._feed(chunk, data)
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         """The deltas one parsed chunk carries, after adding them to the assembled answer."""
@@ -353,7 +359,7 @@ class ChunkAssembler:
         can say how the answer ends; this segment's usage is set aside to be summed with the
         next one's, because each segment is billed.
         """
-        segment = self._segment_usage()
+        segment = self.segment_usage()
         if segment is not None:
             prior = self._prior_usage
             self._prior_usage = segment if prior is None else prior + segment
@@ -363,7 +369,9 @@ class ChunkAssembler:
             state.finish_reason = None
         self._done = False
 
-    def _segment_usage(self) -> Usage | None:
+    def segment_usage(self) -> Usage | None:
+        """The usage carried by the chunks of this segment: those since the last
+        :meth:`begin_continuation`, or since the start."""
         if self._top_usage is not None:
             return self._top_usage
         choices = self._choices
@@ -371,7 +379,7 @@ class ChunkAssembler:
             [usage for i in sorted(choices) if (usage := choices[i].usage) is not None])
 
     def _total_usage(self) -> Usage | None:
-        segment = self._segment_usage()
+        segment = self.segment_usage()
         prior = self._prior_usage
         if prior is None:
             return segment

@@ -19,7 +19,9 @@ Speed: the decoder touches every byte of thousands of concurrent streams, so it 
 over bytes in Python. Each :meth:`SSEDecoder.feed` looks for line ends only in the new bytes
 (the held partial line is known to contain none), decodes all complete lines with one
 ``bytes.decode`` call (a multi-byte character split across feeds is therefore never cut) and
-splits the text once; the per-line loop checks the ``data: `` prefix first.
+splits the text once; the per-line loop checks the ``data: `` prefix first. Bytes that
+hold only whole one-line ``data:`` events, fed at an event boundary (what a chat stream
+sends), are split into events at once, with no per-line loop.
 """
 
 from __future__ import annotations
@@ -139,11 +141,53 @@ class SSEDecoder:
         """
         if self._closed:
             raise ProtocolError("SSE decoder fed after close() or after a protocol error")
+        texts = self._data_events(data)
+        if texts is not None:
+            last_id = self._last_id
+            return [_new_event(text, "message", last_id, None) for text in texts]
         try:
             return self._feed(data)
         except ProtocolError:
             self._closed = True
             raise
+
+    def feed_data(self, data: bytes | bytearray) -> list[str]:
+        """The data of the events ``data`` completes: :meth:`feed` for a reader that needs
+        only their data (a stream of chat chunks does), without an event object each."""
+        if self._closed:
+            raise ProtocolError("SSE decoder fed after close() or after a protocol error")
+        texts = self._data_events(data)
+        if texts is not None:
+            return texts
+        try:
+            return [event.data for event in self._feed(data)]
+        except ProtocolError:
+            self._closed = True
+            raise
+
+    def _data_events(self, data: bytes | bytearray) -> list[str] | None:
+        """The common case at a third of the full algorithm's cost: whole events of one
+        ``data: `` line each, LF-ended, fed at an event boundary (nothing held, no field
+        pending, no cap in reach). ``None`` for anything else, which :meth:`_feed` decodes
+        (and names the offset of a bad byte)."""
+        if (self._buf or self._data or self._at_start or self._skip_lf or self._event_type
+                or self._retry is not None or not data.startswith(b"data: ")
+                or not data.endswith(b"\n\n") or b"\r" in data
+                or len(data) > self._max_line_bytes or len(data) > self._max_event_bytes):
+            return None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        texts = text.split("\n\n")
+        texts.pop()
+        for position, event in enumerate(texts):
+            # A line end inside is a second line; an empty part, an extra blank line.
+            if not event.startswith(_DATA_PREFIX) or "\n" in event:
+                return None
+            texts[position] = event[6:]
+        self._offset += len(data)
+        return texts
 
     def _feed(self, data: bytes | bytearray) -> list[SSEEvent]:
         if not data:

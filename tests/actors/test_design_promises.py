@@ -2393,6 +2393,31 @@ async def test_the_usage_of_a_segment_that_broke_is_not_counted() -> None:
     assert stats.prompt_tokens == 7
 
 
+async def test_a_stream_of_two_choices_settles_the_usage_its_result_reports() -> None:
+    def event(*choices: dict[str, Any]) -> bytes:
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL,
+                 "choices": list(choices)}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    def usage(completion: int) -> dict[str, int]:
+        return {"prompt_tokens": 10, "completion_tokens": completion,
+                "total_tokens": 10 + completion}
+
+    transport = ScriptedTransport(Respond.stream([
+        event({"index": 0, "delta": {"role": "assistant", "content": "a"}},
+              {"index": 1, "delta": {"role": "assistant", "content": "b"}}),
+        event({"index": 0, "delta": {}, "finish_reason": "stop", "usage": usage(3)}),
+        event({"index": 1, "delta": {}, "finish_reason": "stop", "usage": usage(5)}),
+        b"data: [DONE]\n\n"]))
+    async with supervisor(transport, FakeClock()) as sup:
+        async with sup.stream(model=MODEL, messages=QUESTION, n=2) as stream:
+            result = await autojump(sup._clock, stream.collect())  # type: ignore[arg-type]
+        stats = sup.statistics()
+    assert result.usage is not None
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (10, 8)
+    assert (stats.prompt_tokens, stats.completion_tokens) == (10, 8)
+
+
 async def test_a_probe_cancelled_while_queued_lets_the_next_call_probe() -> None:
     clock = FakeClock()
     transport = ScriptedTransport(AUTH, completion("back"))

@@ -582,3 +582,67 @@ def test_serialize_then_decode_round_trips(
     stream = serialize(events, eol)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=12))
     assert feed_pieces(split_at(stream, cuts)) == expected_events(events)
+
+
+@st.composite
+def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """What a chat stream sends: one-line ``data:`` events, now and then an ``id:``, an
+    ``event:`` or a comment between them, cut mostly at event boundaries (where whole events
+    take the decoder's short way) and sometimes anywhere."""
+    blocks: list[bytes] = []
+    for _ in range(draw(st.integers(0, 8))):
+        extra = draw(st.sampled_from([b"", b"", b"", b"id: 7\n", b"event: x\n", b": ping\n"]))
+        line = draw(st.text(st.characters(blacklist_categories=("Cs",),
+                                          blacklist_characters="\r\n"), max_size=12))
+        blocks.append(extra + b"data: " + line.encode() + b"\n\n")
+    stream = b"".join(blocks)
+    bounds = list(itertools.accumulate(len(block) for block in blocks))
+    cuts = draw(st.lists(st.sampled_from(bounds) if bounds else st.just(0), max_size=6))
+    cuts += draw(st.lists(st.integers(0, len(stream)), max_size=2))
+    return stream, cuts
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=chat_streams(), max_event_bytes=st.sampled_from([16, 8 << 20]))
+def test_whole_data_events_decode_as_the_full_algorithm_does(
+    case: tuple[bytes, list[int]], max_event_bytes: int
+) -> None:
+    stream, cuts = case
+    pieces = split_at(stream, cuts)
+    try:
+        slow = feed_pieces(bytewise(stream), max_event_bytes=max_event_bytes)
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            feed_pieces(pieces, max_event_bytes=max_event_bytes)
+        return
+    assert feed_pieces(pieces, max_event_bytes=max_event_bytes) == slow
+    decoder = SSEDecoder(max_event_bytes=max_event_bytes)
+    texts: list[str] = []
+    for piece in pieces:
+        texts += decoder.feed_data(piece)
+    assert texts + datas(decoder.close()) == datas(slow)
+
+
+def test_whole_data_events_keep_the_last_event_id() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 7\ndata: a\n\n") == [SSEEvent(data="a", id="7")]
+    assert decoder.feed(b'data: {"b": 1}\n\ndata: c\n\n') == [
+        SSEEvent(data='{"b": 1}', id="7"), SSEEvent(data="c", id="7")]
+    assert decoder.last_event_id == "7"
+
+
+def test_whole_data_events_over_the_event_cap_still_raise() -> None:
+    decoder = SSEDecoder(max_event_bytes=8)
+    assert decoder.feed_data(b"data: 1\n\n") == ["1"]
+    with pytest.raises(ProtocolError, match="over 8 bytes"):
+        decoder.feed_data(b"data: 123456789\n\n")
+    with pytest.raises(ProtocolError, match="after close"):
+        decoder.feed_data(b"data: 1\n\n")
+
+
+def test_an_invalid_byte_after_whole_data_events_is_named_at_its_stream_offset() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b": hello\n\n")
+    decoder.feed_data(b"data: a\n\ndata: b\n\n")
+    with pytest.raises(ProtocolError, match="byte offset 33"):
+        decoder.feed_data(b"data: \xff\n\n")
