@@ -30,7 +30,7 @@ import contextvars
 import functools
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from ..clock import Clock, TimerHandle
 from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
@@ -212,6 +212,15 @@ class DeltaChannel:
             if (delta := await self.refill()) is not None:
                 break
         return delta
+
+    def puller(self) -> _Reader | None:
+        """The open body's reader when no delta waits and nobody reads: the consumer may read
+        the next deltas itself."""
+        reader = self._reader
+        if reader is not None and not self._batches and reader.holder is None \
+                and not reader.ended:
+            return reader
+        return None
 
     def refill(self) -> Awaitable[Delta | None]:
         """What a consumer that found nothing waiting awaits before it looks again: its own
@@ -455,9 +464,17 @@ class _Reader:
             self._end(self._mapped(exc))
         return batch
 
-    async def pull(self) -> Delta | None:
+    @overload
+    async def pull(self) -> Delta | None: ...
+
+    @overload
+    async def pull(self, otherwise: Callable[[], Awaitable[Delta]]) -> Delta: ...
+
+    async def pull(self, otherwise: Callable[[], Awaitable[Delta]] | None = None,
+                   ) -> Delta | None:
         """:meth:`read`, in the consumer's task: the first delta read (the rest go into the
-        channel), ``None`` when the read gave none."""
+        channel); when the read gave none, what ``otherwise`` gives (``None`` without it).
+        ``Stream.__anext__`` returns this coroutine itself: one coroutine per delta."""
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
@@ -481,14 +498,14 @@ class _Reader:
                                                     "mid-stream"))
                 raise
             self._timed_out()
-            return None
+            batch = []
         finally:
             self._reading = None
             self.holder = None
         if self._interrupted:
             await self._absorb_interruption(task)
         if not batch:
-            return None
+            return None if otherwise is None else await otherwise()
         if not self._pulled:
             self._pulled = True
             self._actor._call.first_chunk()

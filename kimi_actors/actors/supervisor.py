@@ -243,7 +243,15 @@ class Stream:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Delta:
+    def __anext__(self) -> Awaitable[Delta]:
+        # Nothing waiting and nobody reading the body: the consumer's own read is the
+        # awaitable, one coroutine per delta instead of two.
+        reader = self._channel.puller()
+        if reader is not None and self._task is not None:
+            return reader.pull(self._next)
+        return self._next()
+
+    async def _next(self) -> Delta:
         if self._task is None:
             raise RuntimeError("use the stream as `async with sup.stream(...) as stream:`")
         channel = self._channel
