@@ -29,6 +29,8 @@ import asyncio
 import contextvars
 import functools
 import re
+import sys
+import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, overload
 
@@ -332,6 +334,16 @@ class _Watchdog:
         self._expired = None
 
 
+def _current_task_of(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Task[Any] | None]:
+    """``asyncio.current_task`` for ``loop``, as a C call: before 3.12 it is Python code, a
+    frame on every read of every stream; its table can be read directly."""
+    if sys.version_info < (3, 12) and type(asyncio.current_task) is types.FunctionType:
+        tasks = getattr(asyncio.tasks, "_current_tasks", None)
+        if isinstance(tasks, dict):
+            return functools.partial(tasks.get, loop)
+    return asyncio.current_task
+
+
 _CONSUMER = "consumer"
 _ACTOR = "actor"
 _NO_EVENTS: list[str] = []
@@ -352,10 +364,10 @@ class _Reader:
     what follows: the outcome, a retry, a resume.
     """
 
-    __slots__ = ("_actor", "_chunks", "_decoder", "_failure", "_interrupted", "_next",
-                 "_pending", "_position", "_pulled", "_raw_errors", "_reading", "_wakeup",
-                 "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff", "holder",
-                 "leftover", "watchdog")
+    __slots__ = ("_actor", "_chunks", "_current_task", "_decoder", "_failure", "_interrupted",
+                 "_next", "_pending", "_position", "_pulled", "_raw_errors", "_reading",
+                 "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
+                 "holder", "leftover", "watchdog")
 
     def __init__(self, actor: StreamActor, response: StreamLike, clock: Clock,
                  timeouts: Timeouts, cap: int) -> None:
@@ -377,6 +389,7 @@ class _Reader:
             self._failure = response.read_failure
         else:
             self._next = read_chunk
+        self._current_task = _current_task_of(asyncio.get_running_loop())
         self._decoder = SSEDecoder()
         #: The data of the events decoded and not yet parsed.
         self._pending: list[str] = []
@@ -414,8 +427,11 @@ class _Reader:
             data = events[position]
             position += 1
             self._position = position
-            actor._feed(assembler, data, batch)
-            if len(batch) >= cap:
+            if actor._probe is None:
+                batch += assembler.feed_data(data)  # StreamActor._feed's common case
+            else:
+                actor._feed(assembler, data, batch)
+            if len(batch) >= cap or assembler.done:  # what follows [DONE] is ignored
                 break
         else:
             # All parsed: the list is not kept alive across the wait.
@@ -478,11 +494,12 @@ class _Reader:
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
-        task = self._reading = asyncio.current_task()
+        task = self._reading = self._current_task()
         batch: list[Delta] = []
         try:
-            # read()'s loop, inline: a frame less on the consumer's path.
-            if self._must_read(batch):
+            # read()'s loop and _must_read, inline: the consumer's path, once per delta.
+            if (self._position == len(self._pending) and not self.ended) \
+                    or not self._parse(batch):
                 while not self._received(await self._next(), batch):
                     pass
         except KimiError as exc:
@@ -519,7 +536,7 @@ class _Reader:
         self.holder = _ACTOR
         if self.watchdog.overdue:
             self.watchdog.recheck()
-        task = self._reading = asyncio.current_task()
+        task = self._reading = self._current_task()
         batch: list[Delta] = []
         try:
             while not self.ended:

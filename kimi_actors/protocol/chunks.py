@@ -211,10 +211,8 @@ class ChunkAssembler:
                 raise ProtocolError(f"chunk 'choices' must be a list, got "
                                     f"{type(choices).__name__}")
             for position, entry in enumerate(choices):
-                delta, has_text = self._feed_choice(source, position, entry)
-                carried_text = carried_text or has_text
-                if delta is not None:
-                    deltas.append(delta)
+                if self._feed_choice(source, position, entry, deltas):
+                    carried_text = True
         if carried_text:
             self._chunks += 1
         if top_usage is not None and all(delta.usage is None for delta in deltas):
@@ -237,8 +235,10 @@ class ChunkAssembler:
             self._created = created
         self._identity_missing = None in (self._id, self._model, self._created)
 
-    def _feed_choice(self, source: Mapping[str, Any] | str, position: int,
-                     entry: Any) -> tuple[Delta | None, bool]:
+    def _feed_choice(self, source: Mapping[str, Any] | str, position: int, entry: Any,
+                     deltas: list[Delta]) -> bool:
+        """Add the choice's delta, if it carries anything, to ``deltas``; whether it carried
+        text (content, reasoning or tool-call fragments)."""
         if type(entry) is not dict and not isinstance(entry, Mapping):
             raise ProtocolError(f"choices[{position}] must be an object, got "
                                 f"{type(entry).__name__}")
@@ -288,10 +288,10 @@ class ChunkAssembler:
         if usage is not None:
             state.usage = usage
         has_text = bool(content or reasoning or fragments)
-        if not (has_text or role is not None or finish_reason is not None or usage is not None):
-            return None, False
-        return parsed_delta(index, role, content, reasoning, fragments, finish_reason, usage,
-                            source), has_text
+        if has_text or role is not None or finish_reason is not None or usage is not None:
+            deltas.append(parsed_delta(index, role, content, reasoning, fragments,
+                                       finish_reason, usage, source))
+        return has_text
 
     @staticmethod
     def _merge_tool_fragments(state: _ChoiceState, raw_tools: Any,

@@ -77,10 +77,12 @@ class SSEDecoder:
     __slots__ = (
         "_at_start",
         "_buf",
+        "_clean",
         "_closed",
         "_data",
         "_data_bytes",
         "_event_type",
+        "_fast_limit",
         "_last_id",
         "_max_event_bytes",
         "_max_line_bytes",
@@ -97,6 +99,10 @@ class SSEDecoder:
             raise ValueError(f"max_event_bytes must be >= 1, got {max_event_bytes}")
         self._max_line_bytes = max_line_bytes
         self._max_event_bytes = max_event_bytes
+        #: Bytes fed at once that no cap can refuse (see _data_events).
+        self._fast_limit = min(max_line_bytes, max_event_bytes)
+        #: At an event boundary: nothing held, no field of an event pending, BOM decided.
+        self._clean = False
         #: Bytes after the last line end seen: a partial line, or a partial BOM at the start.
         self._buf = bytearray()
         #: Stream offset of ``_buf[0]``, for error messages.
@@ -146,10 +152,12 @@ class SSEDecoder:
             last_id = self._last_id
             return [_new_event(text, "message", last_id, None) for text in texts]
         try:
-            return self._feed(data)
+            events = self._feed(data)
         except ProtocolError:
             self._closed = True
             raise
+        self._clean = self._at_boundary()
+        return events
 
     def feed_data(self, data: bytes | bytearray) -> list[str]:
         """The data of the events ``data`` completes: :meth:`feed` for a reader that needs
@@ -160,20 +168,24 @@ class SSEDecoder:
         if texts is not None:
             return texts
         try:
-            return [event.data for event in self._feed(data)]
+            events = self._feed(data)
         except ProtocolError:
             self._closed = True
             raise
+        self._clean = self._at_boundary()
+        return [event.data for event in events]
+
+    def _at_boundary(self) -> bool:
+        return not (self._buf or self._data or self._at_start or self._skip_lf
+                    or self._event_type or self._retry is not None)
 
     def _data_events(self, data: bytes | bytearray) -> list[str] | None:
         """The common case at a third of the full algorithm's cost: whole events of one
         ``data: `` line each, LF-ended, fed at an event boundary (nothing held, no field
         pending, no cap in reach). ``None`` for anything else, which :meth:`_feed` decodes
         (and names the offset of a bad byte)."""
-        if (self._buf or self._data or self._at_start or self._skip_lf or self._event_type
-                or self._retry is not None or not data.startswith(b"data: ")
-                or not data.endswith(b"\n\n") or b"\r" in data
-                or len(data) > self._max_line_bytes or len(data) > self._max_event_bytes):
+        if (not self._clean or len(data) > self._fast_limit or not data.startswith(b"data: ")
+                or not data.endswith(b"\n\n") or b"\r" in data):
             return None
         try:
             text = data.decode("utf-8")

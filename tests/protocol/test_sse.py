@@ -586,15 +586,17 @@ def test_serialize_then_decode_round_trips(
 
 @st.composite
 def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
-    """What a chat stream sends: one-line ``data:`` events, now and then an ``id:``, an
-    ``event:`` or a comment between them, cut mostly at event boundaries (where whole events
-    take the decoder's short way) and sometimes anywhere."""
+    """What a chat stream sends: one-line ``data:`` events, now and then a field, a comment
+    or a first data line before one, cut mostly at line boundaries (where whole events take
+    the decoder's short way, unless a field is pending) and sometimes anywhere."""
     blocks: list[bytes] = []
     for _ in range(draw(st.integers(0, 8))):
-        extra = draw(st.sampled_from([b"", b"", b"", b"id: 7\n", b"event: x\n", b": ping\n"]))
+        extra = draw(st.sampled_from([b"", b"", b"", b"id: 7\n", b"event: x\n", b"retry: 5\n",
+                                      b": ping\n", b"data: 1\n"]))
         line = draw(st.text(st.characters(blacklist_categories=("Cs",),
                                           blacklist_characters="\r\n"), max_size=12))
-        blocks.append(extra + b"data: " + line.encode() + b"\n\n")
+        # A cut after the field line leaves the field pending at the next feed's start.
+        blocks += [extra, b"data: " + line.encode() + b"\n\n"]
     stream = b"".join(blocks)
     bounds = list(itertools.accumulate(len(block) for block in blocks))
     cuts = draw(st.lists(st.sampled_from(bounds) if bounds else st.just(0), max_size=6))
@@ -646,3 +648,10 @@ def test_an_invalid_byte_after_whole_data_events_is_named_at_its_stream_offset()
     decoder.feed_data(b"data: a\n\ndata: b\n\n")
     with pytest.raises(ProtocolError, match="byte offset 33"):
         decoder.feed_data(b"data: \xff\n\n")
+
+
+def test_bytes_after_a_held_partial_line_continue_that_line() -> None:
+    assert datas(decode(b"data: ab" + b"data: c\n\n")) == ["abdata: c"]
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: ab") == []
+    assert decoder.feed_data(b"data: c\n\n") == ["abdata: c"]
