@@ -101,8 +101,9 @@ class SSEDecoder:
         self._max_event_bytes = max_event_bytes
         #: Bytes fed at once that no cap can refuse (see _data_events).
         self._fast_limit = min(max_line_bytes, max_event_bytes)
-        #: At an event boundary: nothing held, no field of an event pending, BOM decided.
-        self._clean = False
+        #: At an event boundary: nothing held, no field of an event pending. (At the start the
+        #: BOM is undecided, but bytes that begin ``data: `` decide it.)
+        self._clean = True
         #: Bytes after the last line end seen: a partial line, or a partial BOM at the start.
         self._buf = bytearray()
         #: Stream offset of ``_buf[0]``, for error messages.
@@ -182,8 +183,9 @@ class SSEDecoder:
     def _data_events(self, data: bytes | bytearray) -> list[str] | None:
         """The common case at a third of the full algorithm's cost: whole events of one
         ``data: `` line each, LF-ended, fed at an event boundary (nothing held, no field
-        pending, no cap in reach). ``None`` for anything else, which :meth:`_feed` decodes
-        (and names the offset of a bad byte)."""
+        pending, no cap in reach), the first bytes of the stream included (they hold no
+        BOM). ``None`` for anything else, which :meth:`_feed` decodes (and names the offset
+        of a bad byte)."""
         if (not self._clean or len(data) > self._fast_limit or not data.startswith(b"data: ")
                 or not data.endswith(b"\n\n") or b"\r" in data):
             return None
@@ -199,6 +201,7 @@ class SSEDecoder:
                 return None
             texts[position] = event[6:]
         self._offset += len(data)
+        self._at_start = False
         return texts
 
     def _feed(self, data: bytes | bytearray) -> list[SSEEvent]:

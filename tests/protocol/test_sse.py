@@ -655,3 +655,12 @@ def test_bytes_after_a_held_partial_line_continue_that_line() -> None:
     decoder = SSEDecoder()
     assert decoder.feed_data(b"data: ab") == []
     assert decoder.feed_data(b"data: c\n\n") == ["abdata: c"]
+
+
+def test_whole_data_events_at_the_start_decide_that_no_bom_follows() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: a\n\n") == ["a"]
+    # Past the start a BOM is text: it makes the line's field name "\ufeffdata", unknown.
+    assert decoder.feed_data(BOM + b"data: b\n\n") == []
+    assert feed_pieces([b"data: a\n\n", BOM + b"data: b\n\n"]) == feed_pieces(
+        bytewise(b"data: a\n\n" + BOM + b"data: b\n\n"))
