@@ -101,8 +101,8 @@ class SSEDecoder:
         self._max_event_bytes = max_event_bytes
         #: Bytes fed at once that no cap can refuse (see _data_events).
         self._fast_limit = min(max_line_bytes, max_event_bytes)
-        #: At an event boundary: nothing held, no field of an event pending. (At the start the
-        #: BOM is undecided, but bytes that begin ``data: `` decide it.)
+        #: At an event boundary and open: nothing held, no field of an event pending. (At the
+        #: start the BOM is undecided, but bytes that begin ``data: `` decide it.)
         self._clean = True
         #: Bytes after the last line end seen: a partial line, or a partial BOM at the start.
         self._buf = bytearray()
@@ -146,35 +146,30 @@ class SSEDecoder:
         A ``ProtocolError`` (bad UTF-8, a cap exceeded) leaves the decoder closed: the stream
         cannot be trusted after it, so later calls to ``feed`` raise too.
         """
-        if self._closed:
-            raise ProtocolError("SSE decoder fed after close() or after a protocol error")
         texts = self._data_events(data)
-        if texts is not None:
-            last_id = self._last_id
-            return [_new_event(text, "message", last_id, None) for text in texts]
-        try:
-            events = self._feed(data)
-        except ProtocolError:
-            self._closed = True
-            raise
-        self._clean = self._at_boundary()
-        return events
+        if texts is None:
+            return self._full(data)
+        last_id = self._last_id
+        return [_new_event(text, "message", last_id, None) for text in texts]
 
     def feed_data(self, data: bytes | bytearray) -> list[str]:
         """The data of the events ``data`` completes: :meth:`feed` for a reader that needs
         only their data (a stream of chat chunks does), without an event object each."""
+        texts = self._data_events(data)
+        return [event.data for event in self._full(data)] if texts is None else texts
+
+    def _full(self, data: bytes | bytearray) -> list[SSEEvent]:
+        """The full algorithm (a closed decoder is never clean, so it gets here and raises)."""
         if self._closed:
             raise ProtocolError("SSE decoder fed after close() or after a protocol error")
-        texts = self._data_events(data)
-        if texts is not None:
-            return texts
         try:
             events = self._feed(data)
         except ProtocolError:
             self._closed = True
+            self._clean = False
             raise
         self._clean = self._at_boundary()
-        return [event.data for event in events]
+        return events
 
     def _at_boundary(self) -> bool:
         return not (self._buf or self._data or self._at_start or self._skip_lf
@@ -266,6 +261,7 @@ class SSEDecoder:
         if self._closed:
             return []
         self._closed = True
+        self._clean = False
         events: list[SSEEvent] = []
         data = self._data
         if data and not self._buf:

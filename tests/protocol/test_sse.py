@@ -664,3 +664,12 @@ def test_whole_data_events_at_the_start_decide_that_no_bom_follows() -> None:
     assert decoder.feed_data(BOM + b"data: b\n\n") == []
     assert feed_pieces([b"data: a\n\n", BOM + b"data: b\n\n"]) == feed_pieces(
         bytewise(b"data: a\n\n" + BOM + b"data: b\n\n"))
+
+
+def test_whole_data_events_after_close_raise() -> None:
+    decoder = SSEDecoder()
+    decoder.feed_data(b"data: a\n\n")
+    decoder.close()
+    for feed in (decoder.feed, decoder.feed_data):
+        with pytest.raises(ProtocolError, match="after close"):
+            feed(b"data: b\n\n")
