@@ -228,7 +228,7 @@ class DeltaChannel:
         """What a consumer that found nothing waiting awaits before it looks again: its own
         read of the open body when nobody reads it (which gives it the first delta read, the
         rest landing here, with no hand-off), else the actor's next hand-off (``None``: look
-        again). ``Stream.__anext__`` awaits it itself: a frame less per delta than awaiting
+        again). ``Stream`` awaits it itself: a frame less per delta than awaiting
         :meth:`get`."""
         reader = self._reader
         if reader is not None and not reader.ended:
