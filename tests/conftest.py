@@ -50,6 +50,14 @@ def events() -> Iterator[list[dict[str, Any]]]:
         set_logger(None)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``-m "not redis"`` leaves out every test that starts a redis-server: those that take
+    the ``redis_server`` fixture here (the docs' Redis examples are marked where defined)."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
 @pytest.fixture
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A fresh redis-server on a free loopback port (see tests/redis_server.py)."""

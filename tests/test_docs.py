@@ -48,7 +48,9 @@ def test_the_documents_have_examples() -> None:
     assert {"README.md", "testing.md", "tuning.md"} <= names
 
 
-@pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[where for where, _ in BLOCKS])
+@pytest.mark.parametrize(("where", "code"), [
+    pytest.param(where, code, id=where, marks=[pytest.mark.redis] if "REDIS_URL" in code else [])
+    for where, code in BLOCKS])
 async def test_the_example_runs_as_written(where: str, code: str, tmp_path: Path) -> None:
     name = _name(where)
     environ = {key: value for key, value in os.environ.items()
