@@ -245,11 +245,10 @@ class Stream:
 
     def __anext__(self) -> Awaitable[Delta]:
         # Nothing waiting and nobody reading the body: the consumer's own read is the
-        # awaitable, one coroutine per delta instead of two.
+        # awaitable, one coroutine per delta instead of two. (Only an entered stream's actor
+        # offers a body to read.)
         reader = self._channel.puller()
-        if reader is not None and self._task is not None:
-            return reader.pull(self._next)
-        return self._next()
+        return self._next() if reader is None else reader.pull(self._next)
 
     async def _next(self) -> Delta:
         if self._task is None:
