@@ -77,7 +77,8 @@ def _imported() -> bool:
     return "opentelemetry.trace" in modules or "opentelemetry.metrics" in modules
 
 
-__all__ = ["PROVIDER", "CallTelemetry", "attempt_span", "configured", "event", "register"]
+__all__ = ["PROVIDER", "QUIET_CALL", "CallTelemetry", "attempt_span", "configured", "event",
+           "register"]
 
 #: ``gen_ai.provider.name`` for Moonshot AI (Kimi), as the conventions spell it.
 PROVIDER = "moonshot_ai"
@@ -244,11 +245,12 @@ class CallTelemetry:
 
     def __init__(self, body: Mapping[str, Any], *, stream: bool, now: Callable[[], float],
                  server: str, port: int | None, tenant: str | None, priority: int,
-                 record_content: bool) -> None:
+                 record_content: bool, quiet: bool | None = None) -> None:
         self.body = body
         self.now = now
-        #: No provider is configured: nothing is recorded, at no cost.
-        self.quiet = not configured()
+        #: No provider is configured: nothing is recorded, at no cost. (``quiet=None`` asks
+        #: :func:`configured`.)
+        self.quiet = not configured() if quiet is None else quiet
         self._instruments = None if self.quiet else _get()
         self._span: Any = None
         self._token: Any = None
@@ -355,6 +357,12 @@ class CallTelemetry:
         span = self._span
         if span is not None and span.is_recording():
             span.add_event("kimi_actors.admission", {"kimi_actors.wait_s": waited})
+
+
+#: The telemetry of every call while no provider is configured: it records nothing and holds
+#: nothing of a call, so one instance serves them all (no object per call).
+QUIET_CALL = CallTelemetry({}, stream=False, now=lambda: 0.0, server="", port=None, tenant=None,
+                           priority=0, record_content=False, quiet=True)
 
 
 @contextmanager

@@ -16,7 +16,6 @@ from ..protocol.classify import (
     classify_response,
 )
 from ..protocol.tokens import admission_tokens
-from ..telemetry import CallTelemetry
 from ..transport import json_body
 from .runtime import Runtime
 
@@ -49,29 +48,31 @@ class RequestActor:
         rt = self._rt
         with rt.trace_call(self._body, stream=False, tenant=self._tenant,
                            priority=self._priority) as call:
-            return await self._run(call)
-
-    async def _run(self, call: CallTelemetry) -> ChatResult:
-        rt = self._rt
-        payload = json_body(self._body)
-        tokens = admission_tokens(self._body, rt.default_max_tokens)
-        rt.check(tokens, self._tenant)
-        since = rt.clock.now()
-        number = 0
-        while True:
-            number += 1
-            async with rt.attempt(tokens, priority=self._priority, first=number == 1,
-                                  deadline=self._deadline, tenant=self._tenant,
-                                  since=since, call=call, number=number) as attempt:
-                outcome, result = await self._send(payload, attempt.on_sent)
-                attempt.finish(outcome, usage=result.usage if result is not None else None,
-                               body=self._body, payload_size=len(payload))
-            if result is not None:
-                call.succeeded(result, number)
-                return result
-            verdict = rt.decide(outcome, AttemptState(attempt=number, failures=number),
-                                self._deadline)
-            await rt.follow(verdict, outcome, attempts=number)
+            payload = json_body(self._body)
+            tokens = admission_tokens(self._body, rt.default_max_tokens)
+            rt.check(tokens, self._tenant)
+            since = rt.clock.now()
+            number = 0
+            while True:
+                number += 1
+                attempt = await rt.admit_attempt(tokens, priority=self._priority,
+                                                 first=number == 1, deadline=self._deadline,
+                                                 tenant=self._tenant, since=since, call=call,
+                                                 number=number)
+                try:
+                    outcome, result = await self._send(payload, attempt.on_sent)
+                    attempt.finish(outcome, usage=result.usage if result is not None else None,
+                                   body=self._body, payload_size=len(payload))
+                except BaseException as exc:
+                    attempt.close(type(exc), exc, exc.__traceback__)
+                    raise
+                attempt.close()
+                if result is not None:
+                    call.succeeded(result, number)
+                    return result
+                verdict = rt.decide(outcome, AttemptState(attempt=number, failures=number),
+                                    self._deadline)
+                await rt.follow(verdict, outcome, attempts=number)
 
     async def _send(self, payload: bytes,
                     on_sent: Callable[[], None]) -> tuple[Outcome, ChatResult | None]:

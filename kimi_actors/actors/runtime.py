@@ -12,7 +12,7 @@ import asyncio
 import copy
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -51,7 +51,8 @@ from ..protocol.tokens import (
     requested_max_tokens,
     sent_max_tokens,
 )
-from ..telemetry import CallTelemetry, attempt_outcome, attempt_span
+from ..telemetry import QUIET_CALL, CallTelemetry, attempt_outcome, attempt_span
+from ..telemetry import configured as telemetry_configured
 from ..transport import TransportProtocol
 
 __all__ = ["Attempt", "AttemptScope", "CounterStats", "Counters", "Runtime", "settled_tokens"]
@@ -67,7 +68,7 @@ class Attempt:
     on the one attempt let through to test an account known to be bad.
     """
 
-    __slots__ = ("_runtime", "epoch", "finished", "permit", "probe", "span")
+    __slots__ = ("_runtime", "_scope", "epoch", "finished", "permit", "probe", "span")
 
     def __init__(self, runtime: Runtime, permit: Ticket, epoch: int, *, probe: bool) -> None:
         self._runtime = runtime
@@ -77,6 +78,18 @@ class Attempt:
         self.finished = False
         #: The attempt's OpenTelemetry span (None without one).
         self.span: Any = None
+        self._scope: AbstractContextManager[Any] | None = None
+
+    def close(self, exc_type: type[BaseException] | None = None,
+              exc: BaseException | None = None, tb: TracebackType | None = None) -> None:
+        """The attempt's block ended (with ``exc`` when it raised): an attempt left without
+        an outcome gives everything back, and its span ends."""
+        try:
+            if not self.finished:
+                self._runtime._abandon(self)
+        finally:
+            if self._scope is not None:
+                self._scope.__exit__(exc_type, exc, tb)
 
     def on_sent(self) -> None:
         """The request is on the wire: its rate units count from now."""
@@ -100,46 +113,24 @@ class Attempt:
 
 
 class AttemptScope:
-    """``async with rt.attempt(...) as attempt``: see :meth:`Runtime.attempt`. (A class, not
-    an ``asynccontextmanager``, whose generator costs every attempt a few µs.)"""
+    """``async with rt.attempt(...) as attempt``: :meth:`Runtime.admit_attempt` on entry,
+    :meth:`Attempt.close` on exit."""
 
-    __slots__ = ("_args", "_attempt", "_call", "_number", "_runtime", "_span", "_tokens")
+    __slots__ = ("_admit", "_attempt")
 
-    def __init__(self, runtime: Runtime, tokens: int, *, priority: int, first: bool,
-                 deadline: float | None, tenant: str | None, since: float | None,
-                 call: CallTelemetry | None, number: int) -> None:
-        self._runtime = runtime
-        self._tokens = tokens
-        self._args = (priority, first, deadline, tenant, since)
-        self._call = call
-        self._number = number
+    def __init__(self, admit: Coroutine[Any, Any, Attempt]) -> None:
+        self._admit = admit
         self._attempt: Attempt | None = None
-        self._span: AbstractContextManager[Any] | None = None
 
     async def __aenter__(self) -> Attempt:
-        rt = self._runtime
-        call = self._call
-        asked = rt.clock.now() if call is not None and not call.quiet else 0.0
-        priority, first, deadline, tenant, since = self._args
-        attempt = await rt._admit(self._tokens, priority=priority, first=first,
-                                  deadline=deadline, tenant=tenant, since=since)
-        self._attempt = attempt
-        if call is not None and not call.quiet:
-            call.admitted(rt.clock.now() - asked)
-            span = self._span = attempt_span(call, self._number)
-            attempt.span = span.__enter__()
+        attempt = self._attempt = await self._admit
         return attempt
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         attempt = self._attempt
         assert attempt is not None
-        try:
-            if not attempt.finished:
-                self._runtime._abandon(attempt)
-        finally:
-            if self._span is not None:
-                self._span.__exit__(exc_type, exc, tb)
+        attempt.close(exc_type, exc, tb)
 
 
 @dataclass(slots=True)
@@ -351,10 +342,12 @@ class Runtime:
     def trace_call(self, body: Mapping[str, Any], *, stream: bool, tenant: str | None,
                    priority: int) -> CallTelemetry:
         """The telemetry of one call, to enter for its whole run."""
+        if not telemetry_configured():
+            return QUIET_CALL
         return CallTelemetry(body, stream=stream, now=self.clock.now,
                              server=self.server_address, port=self.server_port, tenant=tenant,
                              priority=priority,
-                             record_content=self.telemetry.record_content)
+                             record_content=self.telemetry.record_content, quiet=False)
 
     def attempt(self, tokens: int, *, priority: int, first: bool,
                 deadline: float | None, tenant: str | None = None,
@@ -364,8 +357,33 @@ class Runtime:
         ends: an attempt the block did not ``finish`` gives everything back. ``since`` is when
         the request first arrived: a retry keeps its place in the queue. ``call`` traces the
         attempt as attempt ``number`` of that call."""
-        return AttemptScope(self, tokens, priority=priority, first=first, deadline=deadline,
-                            tenant=tenant, since=since, call=call, number=number)
+        return AttemptScope(self.admit_attempt(tokens, priority=priority, first=first,
+                                               deadline=deadline, tenant=tenant, since=since,
+                                               call=call, number=number))
+
+    def admit_attempt(self, tokens: int, *, priority: int, first: bool,
+                      deadline: float | None, tenant: str | None = None,
+                      since: float | None = None, call: CallTelemetry | None = None,
+                      number: int = 1) -> Coroutine[Any, Any, Attempt]:
+        """What :meth:`attempt` enters, for a caller that ends the attempt itself with
+        :meth:`Attempt.close` whatever happens (the request actor: no scope object and no
+        coroutine of its own on every call)."""
+        if call is None or call.quiet:
+            return self._admit(tokens, priority=priority, first=first, deadline=deadline,
+                               tenant=tenant, since=since)
+        return self._admit_traced(tokens, priority=priority, first=first, deadline=deadline,
+                                  tenant=tenant, since=since, call=call, number=number)
+
+    async def _admit_traced(self, tokens: int, *, priority: int, first: bool,
+                            deadline: float | None, tenant: str | None, since: float | None,
+                            call: CallTelemetry, number: int) -> Attempt:
+        asked = self.clock.now()
+        attempt = await self._admit(tokens, priority=priority, first=first, deadline=deadline,
+                                    tenant=tenant, since=since)
+        call.admitted(self.clock.now() - asked)
+        scope = attempt._scope = attempt_span(call, number)
+        attempt.span = scope.__enter__()
+        return attempt
 
     async def _admit(self, tokens: int, *, priority: int, first: bool,
                      deadline: float | None, tenant: str | None,
@@ -476,18 +494,22 @@ class Runtime:
             prompt, completion = self._plausible(usage, body, payload_size, sent)
             self.counters.prompt_tokens += prompt
             self.counters.completion_tokens += completion
-            settled = settled_tokens(prompt, requested_max_tokens(body, self.default_max_tokens)
-                                     if sent is None else sent)
+            settled = settled_tokens(prompt, sent if sent is not None
+                                     else requested_max_tokens(body, self.default_max_tokens))
         self.gate.settle(attempt.permit, settled)
 
     def _plausible(self, usage: Usage, body: Mapping[str, Any], payload_size: int,
                    sent: int | None) -> tuple[int, int]:
         """The prompt and completion tokens to count: what the server reported, each capped
         at what the request could have cost (``sent``: the completion budget it sent)."""
-        prompt_cap = prompt_token_ceiling(body, payload_size)
         completion_cap = MAX_CONTEXT_TOKENS if sent is None else sent
-        if usage.prompt_tokens <= prompt_cap and usage.completion_tokens <= completion_cap:
+        # The ceiling is at least the payload's size (or the context): below that, the full
+        # ceiling need not be computed.
+        if usage.completion_tokens <= completion_cap and (
+                usage.prompt_tokens <= min(payload_size, MAX_CONTEXT_TOKENS)
+                or usage.prompt_tokens <= prompt_token_ceiling(body, payload_size)):
             return usage.prompt_tokens, usage.completion_tokens
+        prompt_cap = prompt_token_ceiling(body, payload_size)
         self.counters.usage_anomalies += 1
         emit("warning", "usage_implausible", prompt_tokens=usage.prompt_tokens,
              completion_tokens=usage.completion_tokens, prompt_ceiling=prompt_cap,

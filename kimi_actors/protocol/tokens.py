@@ -157,10 +157,18 @@ def sent_max_tokens(body: Mapping[str, Any]) -> int | None:
     ``None`` when it sends neither."""
     budget: int | None = None
     for key in BUDGET_KEYS:
-        value = _budget_value(body, key)
-        if value is not None and (budget is None or value > budget):
+        value = body.get(key)
+        if value is None:
+            continue
+        if type(value) is not int or value < 0:  # the rare spellings: _budget_value judges
+            value = _budget_value(body, key)
+            if value is None:
+                continue
+        if budget is None or value > budget:
             budget = value
-    return None if budget is None else budget * _choices(body)
+    if budget is None:
+        return None
+    return budget if body.get("n") is None else budget * _choices(body)
 
 
 def requested_max_tokens(body: Mapping[str, Any], default: int = DEFAULT_MAX_TOKENS) -> int:
