@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ from yarl import URL
 
 from .errors import ConnectionFailedError, KimiError, ProtocolError, timeout_error
 from .policy import Timeouts
+from .protocol.results import slot_builder
 from .redaction import redact_text, redact_url
 
 if TYPE_CHECKING:
@@ -154,13 +162,18 @@ def _connect_reason(exc: aiohttp.ClientConnectorError) -> str:
 
 
 async def _read_body(content: aiohttp.StreamReader, limit: int, *, truncate: bool,
-                     deadline: _Deadline | None = None) -> bytes:
-    """The whole body. Past ``limit`` bytes: the first ``limit`` when ``truncate`` (an error
-    page), else ProtocolError. (``StreamReader.read(n)`` returns only what is buffered, so a
-    body arriving in pieces would be cut short.) ``deadline`` is re-armed before each read
-    that has to wait, not for bytes already buffered."""
-    parts: list[bytes] = []
-    size = 0
+                     deadline: _Deadline | None = None, first: bytes = b"") -> bytes:
+    """The whole body (after ``first``, its start already read). Past ``limit`` bytes: the
+    first ``limit`` when ``truncate`` (an error page), else ProtocolError.
+    (``StreamReader.read(n)`` returns only what is buffered, so a body arriving in pieces
+    would be cut short.) ``deadline`` is re-armed before each read that has to wait, not for
+    bytes already buffered."""
+    parts: list[bytes] = [first] if first else []
+    size = len(first)
+    if size > limit:
+        if truncate:
+            return first[:limit]
+        raise ProtocolError(f"the response body is larger than {limit} bytes")
     while True:
         data = content.read_nowait()
         if not data:
@@ -466,23 +479,29 @@ class Transport:
                 response = await self._open(method, path, body, headers=headers,
                                             deadline=deadline)
                 try:
-                    data = await _read_body(response.content, MAX_BODY_BYTES, truncate=False,
-                                            deadline=deadline)
+                    content = response.content
+                    # Mostly the whole answer is buffered with its headers: taken without a
+                    # reading coroutine.
+                    data = content.read_nowait()
+                    if not content.at_eof() or len(data) > MAX_BODY_BYTES:
+                        data = await _read_body(content, MAX_BODY_BYTES, truncate=False,
+                                                deadline=deadline, first=data)
                 finally:
                     _finish(response)
-            return RawResponse(status=response.status, headers=response.headers, body=data,
-                               content_type=response.content_type)
+            return _raw_response(response.status, response.headers, data,
+                                 response.content_type)
         except _TRANSPORT_ERRORS as exc:
             failure = deadline.error(exc)
         raise failure
 
-    async def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
-                   on_sent: Callable[[], None] | None = None) -> RawResponse:
+    def post(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+             on_sent: Callable[[], None] | None = None) -> Coroutine[Any, Any, RawResponse]:
         """POST and read the whole answer. The headers must come within
         ``non_stream_first_byte`` of sending (the answer is generated before them), the whole
         answer within ``response``. ``on_sent`` is called once the request goes out on its
-        connection (again for a redirect followed)."""
-        return await self._exchange("POST", path, body, headers=headers, on_sent=on_sent,
+        connection (again for a redirect followed). (The exchange's own coroutine is the
+        awaitable: one coroutine less on every call.)"""
+        return self._exchange("POST", path, body, headers=headers, on_sent=on_sent,
                                     first_byte=self._timeouts.non_stream_first_byte)
 
     async def get(self, path: str) -> RawResponse:
@@ -523,6 +542,12 @@ class Transport:
             yield StreamResponse(response, timeouts)
         finally:
             _finish(response)
+
+
+#: A RawResponse of (status, headers, body, content_type), built without the frozen
+#: constructor's keyword call (0.3 against 0.7 µs).
+_raw_response: Callable[[int, Mapping[str, str], bytes, str], RawResponse] = \
+    slot_builder(RawResponse)
 
 
 def _finish(response: aiohttp.ClientResponse) -> None:

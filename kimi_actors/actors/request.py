@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import KimiError
@@ -16,7 +16,7 @@ from ..protocol.classify import (
     classify_response,
 )
 from ..protocol.tokens import admission_tokens
-from ..transport import json_body
+from ..transport import RawResponse, json_body
 from .runtime import Runtime
 
 __all__ = ["CHAT_PATH", "RequestActor"]
@@ -60,7 +60,13 @@ class RequestActor:
                                                  tenant=self._tenant, since=since, call=call,
                                                  number=number)
                 try:
-                    outcome, result = await self._send(payload, attempt.on_sent)
+                    try:
+                        raw = await rt.transport.post(CHAT_PATH, payload, headers=self._headers,
+                                                      on_sent=attempt.on_sent)
+                    except KimiError as exc:
+                        outcome, result = classify_error(exc), None
+                    else:
+                        outcome, result = self._answer(raw)
                     attempt.finish(outcome, usage=result.usage if result is not None else None,
                                    body=self._body, payload_size=len(payload))
                 except BaseException as exc:
@@ -74,14 +80,8 @@ class RequestActor:
                                     self._deadline)
                 await rt.follow(verdict, outcome, attempts=number)
 
-    async def _send(self, payload: bytes,
-                    on_sent: Callable[[], None]) -> tuple[Outcome, ChatResult | None]:
-        """One HTTP exchange: its outcome, and the parsed result when it succeeded."""
-        try:
-            raw = await self._rt.transport.post(CHAT_PATH, payload, headers=self._headers,
-                                                on_sent=on_sent)
-        except KimiError as exc:
-            return classify_error(exc), None
+    def _answer(self, raw: RawResponse) -> tuple[Outcome, ChatResult | None]:
+        """One HTTP answer's outcome, and the parsed result when it succeeded."""
         outcome = classify_response(raw.status, raw.headers, raw.body,
                                     wall_now=self._rt.clock.wall())
         if outcome.action is not Action.SUCCESS:

@@ -86,9 +86,6 @@ class _Entry:
         #: Still in its tenant's queued counts (the deadline's bound reads them).
         self.counted = True
 
-    def __lt__(self, other: _Entry) -> bool:
-        return (self.key, self.seq) < (other.key, other.seq)
-
 
 class _Tenant:
     """One tenant's queue, its place in the fair queue and its sub-limits."""
@@ -99,7 +96,8 @@ class _Tenant:
     def __init__(self, name: str | None, policy: TenantPolicy, margin: float) -> None:
         self.name = name
         self.weight = policy.weight
-        self.heap: list[_Entry] = []
+        #: ``(key, seq, entry)``: ordered by tuples, compared in C.
+        self.heap: list[tuple[float, int, _Entry]] = []
         self.finish = 0.0
         self.admitted = 0
         self.tokens = 0
@@ -114,18 +112,18 @@ class _Tenant:
 
     def head(self) -> _Entry | None:
         heap = self.heap
-        while heap and heap[0].future.done():
-            self.forget(heapq.heappop(heap))
-        return heap[0] if heap else None
+        while heap and heap[0][2].future.done():
+            self.forget(heapq.heappop(heap)[2])
+        return heap[0][2] if heap else None
 
     def push(self, entry: _Entry) -> None:
-        heapq.heappush(self.heap, entry)
+        heapq.heappush(self.heap, (entry.key, entry.seq, entry))
         counts = self.queued_at.setdefault(entry.priority, [0, 0])
         counts[0] += 1
         counts[1] += entry.tokens
 
     def pop(self) -> _Entry:
-        entry = heapq.heappop(self.heap)
+        entry = heapq.heappop(self.heap)[2]
         self.forget(entry)
         return entry
 

@@ -449,10 +449,19 @@ def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
     if type(message) is not dict and not isinstance(message, Mapping):
         raise ProtocolError(f"choices[{position}].message must be an object, got "
                             f"{type(message).__name__}")
-    role = _text_field(message, "role", position) or "assistant"
-    content = _text_field(message, "content", position)
-    reasoning = _text_field(message, "reasoning_content", position)
-    raw_tools = message.get("tool_calls")
+    # A string is the common case, taken without a call; _text_field judges the rest.
+    get = message.get
+    role = get("role")
+    if type(role) is not str:
+        role = _text_field(message, "role", position)
+    content = get("content")
+    if type(content) is not str:
+        content = _text_field(message, "content", position)
+    reasoning = get("reasoning_content")
+    if type(reasoning) is not str:
+        reasoning = _text_field(message, "reasoning_content", position)
+    role = role or "assistant"
+    raw_tools = get("tool_calls")
     tool_calls: tuple[ToolCall, ...] = ()
     if raw_tools is not None:
         if not isinstance(raw_tools, list):
