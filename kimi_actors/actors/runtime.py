@@ -440,6 +440,14 @@ class Runtime:
         ``attempt`` is None for ungoverned side calls, which the breaker does not see."""
         now = self.clock.now()
         error = outcome.error
+        if error is None and attempt is not None:  # a success: what every answer takes
+            self.gate.succeeded()
+            closed = self.breaker.record_success(now, epoch=attempt.epoch)
+            if closed is not None or self.breaker.transitions_pending:
+                self._log_transitions(closed)
+            if attempt.probe:
+                self._account_answered(attempt, outcome)
+            return
         transition: Transition | None = None
         trips = outcome.trips_breaker
         if attempt is not None and error is not None and error.pushback == "overload":

@@ -91,7 +91,7 @@ class _Tenant:
     """One tenant's queue, its place in the fair queue and its sub-limits."""
 
     __slots__ = ("admitted", "finish", "heap", "level", "name", "queued_at", "token_windows",
-                 "tokens", "weight", "windows")
+                 "tokens", "unlimited", "weight", "windows")
 
     def __init__(self, name: str | None, policy: TenantPolicy, margin: float) -> None:
         self.name = name
@@ -107,6 +107,8 @@ class _Tenant:
         self.token_windows = tuple((dimension, self.windows[dimension])
                                    for dimension in (Dimension.TPM, Dimension.TPD)
                                    if dimension in self.windows)
+        #: No sub-limit of its own (every tenant of a policy without ``limits``).
+        self.unlimited = not self.windows and limits.concurrency is None
         #: Queued requests and tokens by priority, for the deadline's lower bound.
         self.queued_at: dict[int, list[int]] = {}
 
@@ -295,16 +297,17 @@ class Gate:
     def _let_through(self, owner: _Tenant, tokens: int, now: float) -> Ticket | None:
         """Reserve the gate's units for one attempt of ``owner`` if they fit now."""
         rpm = self._rpm
-        if owner.delay(tokens, now) != 0 or (rpm is not None and rpm.delay(1, now) > 0):
-            return None
         held: list[tuple[RollingWindow, Reservation]] = []
-        owner.reserve(tokens, now, held)
+        if not owner.unlimited or rpm is not None:  # else nothing of the gate's own can wait
+            if owner.delay(tokens, now) != 0 or (rpm is not None and rpm.delay(1, now) > 0):
+                return None
+            owner.reserve(tokens, now, held)
+            if rpm is not None:
+                reservation = rpm.reserve(1, now)
+                assert reservation is not None
+                held.append((rpm, reservation))
         taken = owner.level.try_acquire()
         assert taken, "delay() said its tenant has a slot"
-        if rpm is not None:
-            reservation = rpm.reserve(1, now)
-            assert reservation is not None
-            held.append((rpm, reservation))
         self._passing += 1
         start = max(self._virtual, owner.finish)
         self._virtual = start
