@@ -427,8 +427,13 @@ class _Reader:
             data = events[position]
             position += 1
             self._position = position
-            if actor._probe is None:
-                batch += assembler.feed_data(data)  # StreamActor._feed's common case
+            if actor._probe is None:  # StreamActor._feed's common case
+                mark = len(batch)
+                try:
+                    assembler.feed_data_into(data, batch)
+                except BaseException:
+                    del batch[mark:]  # a chunk that fails delivers none of its deltas
+                    raise
             else:
                 actor._feed(assembler, data, batch)
             if len(batch) >= cap or assembler.done:  # what follows [DONE] is ignored

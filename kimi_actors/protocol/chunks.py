@@ -169,9 +169,16 @@ class ChunkAssembler:
 
     def feed_data(self, data: str) -> list[Delta]:
         """The deltas one SSE event's data carries (see :meth:`SSEDecoder.feed_data`)."""
+        deltas: list[Delta] = []
+        self.feed_data_into(data, deltas)
+        return deltas
+
+    def feed_data_into(self, data: str, deltas: list[Delta]) -> None:
+        """:meth:`feed_data`, appending the deltas to ``deltas`` (a stream's reader collects
+        a read's deltas in one list: no list per chunk)."""
         if data.strip() == DONE:
             self._done = True
-            return []
+            return
         try:
             chunk = jsontext.loads(data)
         except ValueError as exc:
@@ -182,16 +189,20 @@ class ChunkAssembler:
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")
         # The deltas and the answer keep the text, not the parsed chunk (see Delta.raw).
-        return self._feed(chunk, data)
+        self._feed(chunk, data, deltas)
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         """The deltas one parsed chunk carries, after adding them to the assembled answer."""
         if type(chunk) is not dict and not isinstance(chunk, Mapping):
             raise ProtocolError(f"a stream chunk must be a JSON object, got "
                                 f"{type(chunk).__name__}")
-        return self._feed(chunk, chunk)
+        deltas: list[Delta] = []
+        self._feed(chunk, chunk, deltas)
+        return deltas
 
-    def _feed(self, chunk: Mapping[str, Any], source: Mapping[str, Any] | str) -> list[Delta]:
+    def _feed(self, chunk: Mapping[str, Any], source: Mapping[str, Any] | str,
+              deltas: list[Delta]) -> None:
+        """Add the chunk to the answer and its deltas to ``deltas``."""
         if chunk.get("error"):
             raise error_from_payload(200, chunk)
         if self._done:
@@ -203,27 +214,29 @@ class ChunkAssembler:
         top_usage = Usage.from_dict(raw_usage) if raw_usage is not None else None
         if top_usage is not None:
             self._top_usage = top_usage
-        deltas: list[Delta] = []
+        start = len(deltas)
         choices = chunk.get("choices")
         carried_text = False
         if choices:
             if not isinstance(choices, list):
                 raise ProtocolError(f"chunk 'choices' must be a list, got "
                                     f"{type(choices).__name__}")
-            for position, entry in enumerate(choices):
-                if self._feed_choice(source, position, entry, deltas):
-                    carried_text = True
+            if len(choices) == 1:  # nearly every chunk
+                carried_text = self._feed_choice(source, 0, choices[0], deltas)
+            else:
+                for position, entry in enumerate(choices):
+                    if self._feed_choice(source, position, entry, deltas):
+                        carried_text = True
         if carried_text:
             self._chunks += 1
-        if top_usage is not None and all(delta.usage is None for delta in deltas):
-            if deltas:
-                first = deltas[0]
-                deltas[0] = parsed_delta(first.index, first.role, first.content,
-                                         first.reasoning_content, first.tool_calls,
-                                         first.finish_reason, top_usage, source)
+        if top_usage is not None and all(delta.usage is None for delta in deltas[start:]):
+            if len(deltas) > start:
+                first = deltas[start]
+                deltas[start] = parsed_delta(first.index, first.role, first.content,
+                                             first.reasoning_content, first.tool_calls,
+                                             first.finish_reason, top_usage, source)
             else:
                 deltas.append(parsed_delta(0, None, "", "", (), None, top_usage, source))
-        return deltas
 
     def _read_identity(self, chunk: Mapping[str, Any]) -> None:
         """Take id, model and created from the first chunk that has a valid one of each."""
