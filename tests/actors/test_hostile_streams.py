@@ -297,6 +297,34 @@ async def test_a_stream_chunk_with_a_huge_number_is_read() -> None:
     assert result.content == "big number"
 
 
+async def test_a_chunk_that_fails_delivers_none_of_its_deltas() -> None:
+    """One network read: a good chunk, then a chunk whose first choice is fine and whose
+    second is malformed. Every attempt delivers the good chunk's delta and none of the
+    failing chunk's (the reader cuts back what it appended), then the stream ends with the
+    typed error (each attempt's failure is retried from the start, up to the resume
+    limit)."""
+    bad = json.loads(chunk("half")[len(b"data: "):])
+    bad["choices"].append({"index": 1, "delta": "not an object", "finish_reason": None})
+    event = b"data: " + json.dumps(bad).encode() + b"\n\n"
+
+    async def fails_mid_read(request: web.Request) -> web.StreamResponse:
+        response = await start_stream(request)
+        await response.write(chunk("ok ", role="assistant") + event + DONE)
+        return response
+
+    texts: list[str] = []
+    async with serve(fails_mid_read) as base_url, \
+            Supervisor(api_key=KEY, base_url=base_url, retry=ONCE) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION) as stream:
+        with pytest.raises(ProtocolError) as info:
+            async for delta in stream:
+                if not delta.restart:
+                    texts.append(delta.content)
+    assert texts
+    assert set(texts) == {"ok "}
+    assert "choices[1].delta must be an object" in str(info.value)
+
+
 async def test_truncated_json_says_precisely_what_is_wrong() -> None:
     async def truncated(request: web.Request) -> web.Response:
         return web.Response(text='{"id": "x", "choices": [{"index": 0,',

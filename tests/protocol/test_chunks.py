@@ -852,3 +852,22 @@ def test_slot_builders_make_what_the_constructors_make(
         slot_builder(Usage, nonsense=1)
     with pytest.raises(TypeError):
         slot_builder(Usage)(1, 2)  # every field is given, or none is left unset
+
+
+def test_feed_data_into_appends_what_feed_data_returns() -> None:
+    """A reader collects a read's deltas in one list: each chunk's deltas are appended, and
+    a chunk's top-level usage goes on that chunk's own first delta, not the list's."""
+    bodies = [chunk(choice(role="assistant", content="Hel")), chunk(choice(content="lo")),
+              chunk(choice(finish_reason="stop"), usage=USAGE)]
+    one_by_one = ChunkAssembler()
+    expected = [delta for body in bodies for delta in one_by_one.feed_data(json.dumps(body))]
+    into = ChunkAssembler()
+    collected: list[Delta] = []
+    for body in bodies:
+        into.feed_data_into(json.dumps(body), collected)
+    assert collected == expected
+    assert [delta.usage for delta in collected] == [None, None, Usage(**USAGE)]
+    into.feed_data_into("[DONE]", collected)
+    assert into.done
+    assert len(collected) == 3
+    assert into.result().content == "Hello"
