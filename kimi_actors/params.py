@@ -9,7 +9,7 @@ sent as it is, with one warning per key and process: a deliberate extension belo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Required, TypedDict
 
 from .observe import emit
@@ -56,8 +56,10 @@ CHAT_KEYS = frozenset(ChatParams.__required_keys__ | ChatParams.__optional_keys_
 _warned: set[str] = set()
 
 
-def warn_unknown_keys(keys: Iterable[str]) -> None:
+def warn_unknown_keys(keys: Collection[str]) -> None:
     """Warn once per process for each key that is not a chat completion parameter."""
+    if CHAT_KEYS.issuperset(keys):  # every call of a caller that spells the keys right
+        return
     for key in keys:
         if key not in CHAT_KEYS and key not in _warned:
             _warned.add(key)
