@@ -188,13 +188,18 @@ class SSEDecoder:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        texts = text.split("\n\n")
-        texts.pop()
-        for position, event in enumerate(texts):
-            # A line end inside is a second line; an empty part, an extra blank line.
-            if not event.startswith(_DATA_PREFIX) or "\n" in event:
-                return None
-            texts[position] = event[6:]
+        if text.count("\n") == 2:
+            # One event, its data line and the blank line: what a stream sent token by token
+            # brings per read.
+            texts = [text[6:-2]]
+        else:
+            texts = text.split("\n\n")
+            texts.pop()
+            for position, event in enumerate(texts):
+                # A line end inside is a second line; an empty part, an extra blank line.
+                if not event.startswith(_DATA_PREFIX) or "\n" in event:
+                    return None
+                texts[position] = event[6:]
         self._offset += len(data)
         self._at_start = False
         return texts
