@@ -463,18 +463,17 @@ def _parse_choice(position: int, raw: Any) -> tuple[Choice, Usage | None]:
         raise ProtocolError(f"choices[{position}].message must be an object, got "
                             f"{type(message).__name__}")
     # A string is the common case, taken without a call; _text_field judges the rest.
-    get = message.get
-    role = get("role")
+    role = message.get("role")
     if type(role) is not str:
         role = _text_field(message, "role", position)
-    content = get("content")
+    content = message.get("content")
     if type(content) is not str:
         content = _text_field(message, "content", position)
-    reasoning = get("reasoning_content")
+    reasoning = message.get("reasoning_content")
     if type(reasoning) is not str:
         reasoning = _text_field(message, "reasoning_content", position)
     role = role or "assistant"
-    raw_tools = get("tool_calls")
+    raw_tools = message.get("tool_calls")
     tool_calls: tuple[ToolCall, ...] = ()
     if raw_tools is not None:
         if not isinstance(raw_tools, list):

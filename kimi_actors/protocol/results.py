@@ -72,21 +72,20 @@ class Usage:
             return None
         # A whole number is the common case, taken without a call; _token_count judges the
         # rest.
-        get = data.get
-        prompt = get("prompt_tokens")
+        prompt = data.get("prompt_tokens")
         if type(prompt) is not int or prompt < 0:
             prompt = _token_count(prompt)
-        completion = get("completion_tokens")
+        completion = data.get("completion_tokens")
         if type(completion) is not int or completion < 0:
             completion = _token_count(completion)
-        total = get("total_tokens")
+        total = data.get("total_tokens")
         if type(total) is not int or total < 0:
             total = _token_count(total)
         if prompt is None and completion is None and total is None:
             return None
         prompt = prompt or 0
         completion = completion or 0
-        cached = get("cached_tokens")
+        cached = data.get("cached_tokens")
         if cached is not None and (type(cached) is not int or cached < 0):
             cached = _token_count(cached)
         if cached is None:
