@@ -511,13 +511,14 @@ class Runtime:
         """The prompt and completion tokens to count: what the server reported, each capped
         at what the request could have cost (``sent``: the completion budget it sent)."""
         completion_cap = MAX_CONTEXT_TOKENS if sent is None else sent
-        # The ceiling is at least the payload's size (or the context): below that, the full
-        # ceiling need not be computed.
-        if usage.completion_tokens <= completion_cap and (
-                usage.prompt_tokens <= min(payload_size, MAX_CONTEXT_TOKENS)
-                or usage.prompt_tokens <= prompt_token_ceiling(body, payload_size)):
+        # The ceiling is at least the payload's size (or the context): below that, it need
+        # not be worked out.
+        if usage.completion_tokens <= completion_cap \
+                and usage.prompt_tokens <= min(payload_size, MAX_CONTEXT_TOKENS):
             return usage.prompt_tokens, usage.completion_tokens
         prompt_cap = prompt_token_ceiling(body, payload_size)
+        if usage.prompt_tokens <= prompt_cap and usage.completion_tokens <= completion_cap:
+            return usage.prompt_tokens, usage.completion_tokens
         self.counters.usage_anomalies += 1
         emit("warning", "usage_implausible", prompt_tokens=usage.prompt_tokens,
              completion_tokens=usage.completion_tokens, prompt_ceiling=prompt_cap,
