@@ -90,7 +90,8 @@ class Usage:
             cached = _token_count(cached)
         if cached is None:
             details = data.get("prompt_tokens_details")
-            if isinstance(details, Mapping):
+            # None (Kimi sends no details) is told apart before the Mapping ABC's slow check.
+            if details is not None and isinstance(details, Mapping):
                 cached = _token_count(details.get("cached_tokens"))
         if cls is not Usage:
             return cls(prompt_tokens=prompt, completion_tokens=completion,
