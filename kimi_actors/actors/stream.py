@@ -740,7 +740,9 @@ class StreamActor:
         policy = rt.resume
         body: dict[str, Any] = self._original
         attempts = retries = failures = recoveries = continuations = 0
-        rt.check(admission_tokens(body, rt.default_max_tokens), self._tenant)
+        tokens = admission_tokens(body, rt.default_max_tokens)
+        rt.check(tokens, self._tenant)
+        counted = body  # the body ``tokens`` were estimated for (a resume sends another)
         since = rt.clock.now()
         while True:
             attempts += 1
@@ -748,8 +750,10 @@ class StreamActor:
             chunks_before = self._assembler.chunks
             resuming = self._probe is not None
             payload = json_body(body)
-            async with rt.attempt(admission_tokens(body, rt.default_max_tokens),
-                                  priority=self._priority, first=attempts == 1,
+            if body is not counted:
+                tokens = admission_tokens(body, rt.default_max_tokens)
+                counted = body
+            async with rt.attempt(tokens, priority=self._priority, first=attempts == 1,
                                   deadline=self._deadline, tenant=self._tenant,
                                   since=since, call=call, number=attempts) as attempt:
                 outcome, usage = await self._attempt(payload, attempt.on_sent)
