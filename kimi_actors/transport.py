@@ -17,15 +17,15 @@ import asyncio
 import ipaddress
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
     Mapping,
 )
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import aiohttp
@@ -517,31 +517,54 @@ class Transport:
         return await self._exchange(method, path, body, headers=headers, on_sent=None,
                                     first_byte=self._timeouts.non_stream_first_byte)
 
-    @asynccontextmanager
-    async def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
-                     on_sent: Callable[[], None] | None = None
-                     ) -> AsyncIterator[StreamResponse]:
+    def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
+               on_sent: Callable[[], None] | None = None) -> _Streaming:
         """POST and hold the response open for streaming. Headers must come within
         ``first_byte`` of sending; after that, ``read()`` waits ``read_idle`` at most per
         read, and ``read_chunk()`` leaves the gaps to its reader (the stream actor bounds the
         gap between complete events, and the whole stream).
         Leaving the block closes the connection unless the body was read to its end."""
-        timeouts = self._timeouts
+        return _Streaming(self, path, body, headers, on_sent)
+
+
+class _Streaming:
+    """``async with transport.stream(...) as response``. (A class, not an
+    ``asynccontextmanager``: its generator costs every stream a few µs, and registers with
+    the loop's async generators.)"""
+
+    __slots__ = ("_body", "_headers", "_on_sent", "_path", "_response", "_transport")
+
+    def __init__(self, transport: Transport, path: str, body: bytes,
+                 headers: Mapping[str, str] | None,
+                 on_sent: Callable[[], None] | None) -> None:
+        self._transport = transport
+        self._path = path
+        self._body = body
+        self._headers = headers
+        self._on_sent = on_sent
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> StreamResponse:
+        timeouts = self._transport.timeouts
         deadline = _Deadline(timeouts, first_byte=timeouts.first_byte, total=None,
-                             on_sent=on_sent)
+                             on_sent=self._on_sent)
         failure: KimiError | None = None
         try:
             async with deadline.scope:
-                response = await self._open("POST", path, body, headers=headers,
-                                            deadline=deadline)
+                response = await self._transport._open("POST", self._path, self._body,
+                                                       headers=self._headers,
+                                                       deadline=deadline)
         except _TRANSPORT_ERRORS as exc:
             failure = deadline.error(exc)
         if failure is not None:
             raise failure
-        try:
-            yield StreamResponse(response, timeouts)
-        finally:
-            _finish(response)
+        self._response = response
+        return StreamResponse(response, timeouts)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._response is not None:
+            _finish(self._response)
 
 
 #: A RawResponse of (status, headers, body, content_type), built without the frozen
