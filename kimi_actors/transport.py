@@ -518,7 +518,8 @@ class Transport:
                                     first_byte=self._timeouts.non_stream_first_byte)
 
     def stream(self, path: str, body: bytes, *, headers: Mapping[str, str] | None = None,
-               on_sent: Callable[[], None] | None = None) -> _Streaming:
+               on_sent: Callable[[], None] | None = None
+               ) -> AbstractAsyncContextManager[StreamResponse]:
         """POST and hold the response open for streaming. Headers must come within
         ``first_byte`` of sending; after that, ``read()`` waits ``read_idle`` at most per
         read, and ``read_chunk()`` leaves the gaps to its reader (the stream actor bounds the
