@@ -24,6 +24,7 @@ from collections.abc import (
     Coroutine,
     Iterable,
     Mapping,
+    Sequence,
 )
 from dataclasses import dataclass
 from types import TracebackType
@@ -618,7 +619,7 @@ class Supervisor:
         else:
             finished.put_nowait(MapSuccess(index=index, request=body, result=result))
 
-    async def estimate_tokens(self, *, model: str, messages: list[Mapping[str, Any]],
+    async def estimate_tokens(self, *, model: str, messages: Sequence[Mapping[str, Any]],
                               **body: Any) -> int:
         """Kimi's own prompt token count for a chat body (``/tokenizers/estimate-token-count``).
         Not governed: it is a cheap side call, not a completion."""
