@@ -26,11 +26,8 @@ trickles bytes or keep-alive comments without completing an event times out afte
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import re
-import sys
-import types
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, overload
 
@@ -50,7 +47,13 @@ from ..protocol.classify import (
 from ..protocol.sse import DONE, SSEDecoder
 from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
 from ..telemetry import CallTelemetry
-from ..transport import StreamLike, StreamResponse, json_body
+from ..transport import (
+    EMPTY_CONTEXT,
+    StreamLike,
+    StreamResponse,
+    current_task_of,
+    json_body,
+)
 from .request import CHAT_PATH
 from .runtime import Runtime
 
@@ -60,7 +63,6 @@ __all__ = ["AwayCheck", "DeltaChannel", "StreamActor"]
 #: continuation is taken for a restart from scratch.
 PROBE_CHARS = 16
 _PARTIAL_REFUSED = re.compile(r"\bpartial\b", re.IGNORECASE)
-_NO_CONTEXT = contextvars.Context()
 
 
 class AwayCheck:
@@ -79,7 +81,7 @@ class AwayCheck:
         readers.append(reader)
         if len(readers) == 1:
             # An explicit context: the call copies none.
-            asyncio.get_running_loop().call_soon(self._check, context=_NO_CONTEXT)
+            asyncio.get_running_loop().call_soon(self._check, context=EMPTY_CONTEXT)
 
     def _check(self) -> None:
         readers, self._readers = self._readers, []
@@ -334,16 +336,6 @@ class _Watchdog:
         self._expired = None
 
 
-def _current_task_of(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Task[Any] | None]:
-    """``asyncio.current_task`` for ``loop``, as a C call: before 3.12 it is Python code, a
-    frame on every read of every stream; its table can be read directly."""
-    if sys.version_info < (3, 12) and type(asyncio.current_task) is types.FunctionType:
-        tasks = getattr(asyncio.tasks, "_current_tasks", None)
-        if isinstance(tasks, dict):
-            return functools.partial(tasks.get, loop)
-    return asyncio.current_task
-
-
 _CONSUMER = "consumer"
 _ACTOR = "actor"
 _NO_EVENTS: list[str] = []
@@ -389,7 +381,7 @@ class _Reader:
             self._failure = response.read_failure
         else:
             self._next = read_chunk
-        self._current_task = _current_task_of(asyncio.get_running_loop())
+        self._current_task = functools.partial(current_task_of, asyncio.get_running_loop())
         self._decoder = SSEDecoder()
         #: The data of the events decoded and not yet parsed.
         self._pending: list[str] = []
