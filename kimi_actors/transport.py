@@ -242,14 +242,19 @@ class _Deadline:
 
     def stop(self) -> bool:
         """Stop the timer; whether it interrupted the task, its cancellation taken back (a
-        cancellation by anybody else stays). Idempotent."""
+        cancellation by anybody else stays). Idempotent.
+
+        It lets go of the task and of ``on_sent``: the connection made during the exchange
+        keeps a copy of the context that held this deadline (its socket's reader callback
+        runs in it), for as long as the connection lives in the pool."""
         handle = self._handle
         if handle is not None:
             self._handle = None
             handle.cancel()
-        if not self.expired or self._task is None:
-            return False
         task, self._task = self._task, None
+        self._on_sent = None
+        if not self.expired or task is None:
+            return False
         return task.uncancel() <= self._cancelling
 
     def _fire(self) -> None:

@@ -5,12 +5,18 @@ in tests/actors/test_hostile_streams.py and tests/actors/test_edges.py.)"""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
+from aiohttp import web
+from hostile import completion, serve
 
 from kimi_actors import Timeouts
 from kimi_actors.errors import FirstByteTimeoutError, ReadIdleTimeoutError
-from kimi_actors.transport import _Deadline
+from kimi_actors.transport import Transport, _Deadline
+
+KEY = "sk-deadline-test-000000000000"
 
 SAFETY = 5.0  # every wait here ends long before this
 
@@ -145,3 +151,31 @@ async def test_a_deadline_needs_a_task() -> None:
 
     loop.call_soon(outside_any_task)
     assert "inside a task" in str(await raised)
+
+
+async def test_a_pooled_connection_does_not_keep_the_finished_exchange_alive() -> None:
+    # The connection's socket callback runs in a copy of the context the exchange ran in,
+    # which held the deadline; the deadline must not hold the task or on_sent after it.
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(completion("pooled"))
+
+    class Sent:
+        def __call__(self) -> None:
+            pass
+
+    async with serve(answer) as base_url:
+        transport = Transport(base_url=base_url, api_key=KEY, timeouts=Timeouts())
+        try:
+            on_sent = Sent()
+            task = asyncio.create_task(
+                transport.post("/chat/completions", b"{}", on_sent=on_sent))
+            raw = await task
+            assert raw.status == 200
+            finished, sent = weakref.ref(task), weakref.ref(on_sent)
+            del task, on_sent
+            await asyncio.sleep(0)  # the loop lets go of the callback that resumed this task
+            gc.collect()
+            assert finished() is None
+            assert sent() is None
+        finally:
+            await transport.close()
