@@ -119,11 +119,13 @@ class AttemptScope:
     __slots__ = ("_admit", "_attempt")
 
     def __init__(self, admit: Coroutine[Any, Any, Attempt]) -> None:
-        self._admit = admit
+        self._admit: Coroutine[Any, Any, Attempt] | None = admit
         self._attempt: Attempt | None = None
 
     async def __aenter__(self) -> Attempt:
-        attempt = self._attempt = await self._admit
+        admit, self._admit = self._admit, None  # a finished coroutine: not kept for the attempt
+        assert admit is not None
+        attempt = self._attempt = await admit
         return attempt
 
     async def __aexit__(self, exc_type: type[BaseException] | None,

@@ -356,7 +356,7 @@ class _Reader:
     what follows: the outcome, a retry, a resume.
     """
 
-    __slots__ = ("_actor", "_chunks", "_current_task", "_decoder", "_failure", "_interrupted",
+    __slots__ = ("_actor", "_chunks", "_decoder", "_failure", "_interrupted", "_loop",
                  "_next", "_pending", "_position", "_pulled", "_raw_errors", "_reading",
                  "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
                  "holder", "leftover", "watchdog")
@@ -381,7 +381,7 @@ class _Reader:
             self._failure = response.read_failure
         else:
             self._next = read_chunk
-        self._current_task = functools.partial(current_task_of, asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
         self._decoder = SSEDecoder()
         #: The data of the events decoded and not yet parsed.
         self._pending: list[str] = []
@@ -491,7 +491,7 @@ class _Reader:
         self.holder = _CONSUMER
         if self.watchdog.overdue:
             self.watchdog.recheck()
-        task = self._reading = self._current_task()
+        task = self._reading = current_task_of(self._loop)
         batch: list[Delta] = []
         try:
             # read()'s loop and _must_read, inline: the consumer's path, once per delta.
@@ -533,7 +533,7 @@ class _Reader:
         self.holder = _ACTOR
         if self.watchdog.overdue:
             self.watchdog.recheck()
-        task = self._reading = self._current_task()
+        task = self._reading = current_task_of(self._loop)
         batch: list[Delta] = []
         try:
             while not self.ended:
@@ -722,86 +722,95 @@ class StreamActor:
     # -- the attempt loop --------------------------------------------------------------------
 
     async def run(self) -> ChatResult:
+        """The attempts, until one ends the stream. (One coroutine, and an attempt admitted and
+        closed without a scope object: every open stream holds this frame.)"""
         with self._call as call:
-            result = await self._run(call)
-            call.succeeded(result, self._attempts)
-            return result
+            rt = self._rt
+            policy = rt.resume
+            body: dict[str, Any] = self._original
+            attempts = retries = failures = recoveries = continuations = 0
+            tokens = admission_tokens(body, rt.default_max_tokens)
+            rt.check(tokens, self._tenant)
+            counted = body  # the body ``tokens`` were estimated for (a resume sends another)
+            since = rt.clock.now()
+            while True:
+                attempts += 1
+                self._attempts = attempts
+                chunks_before = self._assembler.chunks
+                resuming = self._probe is not None
+                payload = json_body(body)
+                if body is not counted:
+                    tokens = admission_tokens(body, rt.default_max_tokens)
+                    counted = body
+                attempt = await rt.admit_attempt(tokens, priority=self._priority,
+                                                 first=attempts == 1, deadline=self._deadline,
+                                                 tenant=self._tenant, since=since, call=call,
+                                                 number=attempts)
+                try:
+                    outcome, usage = await self._attempt(payload, attempt.on_sent)
+                    attempt.finish(outcome, usage=usage, body=body, payload_size=len(payload))
+                except BaseException as exc:
+                    attempt.close(type(exc), exc, exc.__traceback__)
+                    raise
+                attempt.close()
+                if outcome.action is Action.SUCCESS:
+                    result = self._assembler.result(request_id=self.request_id)
+                    if (result.finish_reason == "length"
+                            and continuations < policy.continue_on_length
+                            and self._resumable(body)):
+                        continuations += 1
+                        rt.count("length_continuations")
+                        self._allowance_start = self._assembler.chunks
+                        body = self._continue_body()
+                        self._assembler.begin_continuation()
+                        continue
+                    return self._succeeded(call, result)
 
-    async def _run(self, call: CallTelemetry) -> ChatResult:
-        rt = self._rt
-        policy = rt.resume
-        body: dict[str, Any] = self._original
-        attempts = retries = failures = recoveries = continuations = 0
-        tokens = admission_tokens(body, rt.default_max_tokens)
-        rt.check(tokens, self._tenant)
-        counted = body  # the body ``tokens`` were estimated for (a resume sends another)
-        since = rt.clock.now()
-        while True:
-            attempts += 1
-            self._attempts = attempts
-            chunks_before = self._assembler.chunks
-            resuming = self._probe is not None
-            payload = json_body(body)
-            if body is not counted:
-                tokens = admission_tokens(body, rt.default_max_tokens)
-                counted = body
-            async with rt.attempt(tokens, priority=self._priority, first=attempts == 1,
-                                  deadline=self._deadline, tenant=self._tenant,
-                                  since=since, call=call, number=attempts) as attempt:
-                outcome, usage = await self._attempt(payload, attempt.on_sent)
-                attempt.finish(outcome, usage=usage, body=body, payload_size=len(payload))
-            if outcome.action is Action.SUCCESS:
-                result = self._assembler.result(request_id=self.request_id)
-                if (result.finish_reason == "length" and continuations < policy.continue_on_length
-                        and self._resumable(body)):
-                    continuations += 1
-                    rt.count("length_continuations")
-                    self._allowance_start = self._assembler.chunks
-                    body = self._continue_body()
+                if resuming and self._refuses_partial(outcome):
+                    outcome = Outcome(action=Action.RETRY, error=outcome.error)
+                progressed = self._assembler.chunks > chunks_before
+                failures = 1 if progressed else failures + 1
+                delivered = self._assembler.chunks > 0
+                if not delivered:
+                    retries += 1
+                # Before anything reached the consumer, only the attempts that delivered nothing
+                # count toward max_attempts; after, every attempt does.
+                number = attempts if delivered else retries
+                verdict = rt.decide(outcome, AttemptState(
+                    attempt=number, failures=failures, delivered=delivered, recoveries=recoveries,
+                    resumable=self._resumable(body), allowance_spent=self._allowance_spent(body)),
+                    self._deadline)
+                if verdict.step is Step.FINISH_LOCALLY:
+                    # Only the finish chunk was lost: asking for more would overshoot the budget.
+                    await self._finish_locally("length")
+                    return self._succeeded(
+                        call, self._assembler.result(request_id=self.request_id))
+                await rt.follow(verdict, outcome, attempts=number)
+                if verdict.step is Step.RETRY:
                     self._assembler.begin_continuation()
                     continue
-                return result
+                recoveries += 1
+                error = outcome.error
+                if verdict.step is Step.RESUME:
+                    rt.count("resumes")
+                    emit("info", "stream_resumed", received_chars=len(self._assembler.content(0)),
+                         error_type=type(error).__name__, request_id=self.request_id)
+                    self._probe = _ResumeProbe(self._assembler.content(0))
+                    body = self._continue_body()
+                    self._assembler.begin_continuation()
+                else:
+                    rt.count("restarts")
+                    emit("info", "stream_restarted", error_type=type(error).__name__,
+                         request_id=self.request_id)
+                    await self._deliver([Delta(restart=True)])
+                    self._assembler = ChunkAssembler()
+                    self._allowance_start = 0
+                    self._probe = None
+                    body = self._original
 
-            if resuming and self._refuses_partial(outcome):
-                outcome = Outcome(action=Action.RETRY, error=outcome.error)
-            progressed = self._assembler.chunks > chunks_before
-            failures = 1 if progressed else failures + 1
-            delivered = self._assembler.chunks > 0
-            if not delivered:
-                retries += 1
-            # Before anything reached the consumer, only the attempts that delivered nothing
-            # count toward max_attempts; after, every attempt does.
-            number = attempts if delivered else retries
-            verdict = rt.decide(outcome, AttemptState(
-                attempt=number, failures=failures, delivered=delivered, recoveries=recoveries,
-                resumable=self._resumable(body), allowance_spent=self._allowance_spent(body)),
-                self._deadline)
-            if verdict.step is Step.FINISH_LOCALLY:
-                # Only the finish chunk was lost: asking for more would overshoot the budget.
-                await self._finish_locally("length")
-                return self._assembler.result(request_id=self.request_id)
-            await rt.follow(verdict, outcome, attempts=number)
-            if verdict.step is Step.RETRY:
-                self._assembler.begin_continuation()
-                continue
-            recoveries += 1
-            error = outcome.error
-            if verdict.step is Step.RESUME:
-                rt.count("resumes")
-                emit("info", "stream_resumed", received_chars=len(self._assembler.content(0)),
-                     error_type=type(error).__name__, request_id=self.request_id)
-                self._probe = _ResumeProbe(self._assembler.content(0))
-                body = self._continue_body()
-                self._assembler.begin_continuation()
-            else:
-                rt.count("restarts")
-                emit("info", "stream_restarted", error_type=type(error).__name__,
-                     request_id=self.request_id)
-                await self._deliver([Delta(restart=True)])
-                self._assembler = ChunkAssembler()
-                self._allowance_start = 0
-                self._probe = None
-                body = self._original
+    def _succeeded(self, call: CallTelemetry, result: ChatResult) -> ChatResult:
+        call.succeeded(result, self._attempts)
+        return result
 
     def _refuses_partial(self, outcome: Outcome) -> bool:
         """A resume request that failed because of Partial Mode itself: the continuation

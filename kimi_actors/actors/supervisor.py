@@ -228,8 +228,13 @@ class Stream:
             await asyncio.wait([task])
 
     async def _run(self) -> None:
+        # Supervisor._guarded written out: one coroutine less held by every open stream.
+        runtime = self._supervisor._runtime
+        runtime.counters.submitted += 1
         try:
-            self._result = await self._supervisor._guarded(self._actor.run(), self._timeout)
+            run = self._actor.run()
+            self._result = await (run if self._timeout is None
+                                  else self._supervisor._within(run, self._timeout))
         except asyncio.CancelledError:
             self._error = SupervisorClosedError("the supervisor closed before the stream ended")
             raise
@@ -237,6 +242,9 @@ class Stream:
             self._error = exc
             if not isinstance(exc, Exception):
                 raise
+            runtime.failed(exc)
+        else:
+            runtime.counters.completed += 1
         finally:
             self._finished = True
             self._channel.close()
