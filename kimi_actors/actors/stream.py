@@ -462,21 +462,6 @@ class _Reader:
         self._position = 0
         return self._parse(batch)
 
-    async def read(self) -> list[Delta]:
-        """The deltas of the next network read (at most about ``cap`` at a time; the rest
-        wait here). Empty only once the body ended; an error ends it after the deltas parsed
-        before it, which are returned."""
-        batch: list[Delta] = []
-        try:
-            if self._must_read(batch):
-                while not self._received(await self._next(), batch):
-                    pass
-        except KimiError as exc:
-            self._end(exc)
-        except self._raw_errors as exc:
-            self._end(self._mapped(exc))
-        return batch
-
     @overload
     async def pull(self) -> Delta | None: ...
 
@@ -485,7 +470,7 @@ class _Reader:
 
     async def pull(self, otherwise: Callable[[], Awaitable[Delta]] | None = None,
                    ) -> Delta | None:
-        """:meth:`read`, in the consumer's task: the first delta read (the rest go into the
+        """One network read, in the consumer's task: the first delta read (the rest go into the
         channel); when the read gave none, what ``otherwise`` gives (``None`` without it).
         ``Stream.__anext__`` returns this coroutine itself: one coroutine per delta."""
         self.holder = _CONSUMER
@@ -494,7 +479,7 @@ class _Reader:
         task = self._reading = current_task_of(self._loop)
         batch: list[Delta] = []
         try:
-            # read()'s loop and _must_read, inline: the consumer's path, once per delta.
+            # _must_read, inline: the consumer's path, once per delta.
             if (self._position == len(self._pending) and not self.ended) \
                     or not self._parse(batch):
                 while not self._received(await self._next(), batch):
@@ -528,8 +513,8 @@ class _Reader:
         return channel.take_first(batch)
 
     async def read_ahead(self) -> None:
-        """:meth:`read` in the actor's task, into the channel, until the consumer waits for
-        it (or the body ends)."""
+        """Network reads in the actor's task, into the channel, until the consumer waits for
+        them (or the body ends). (Each read inline: a coroutine less while the actor reads.)"""
         self.holder = _ACTOR
         if self.watchdog.overdue:
             self.watchdog.recheck()
@@ -537,7 +522,17 @@ class _Reader:
         batch: list[Delta] = []
         try:
             while not self.ended:
-                batch = await self.read()
+                # One read's deltas (about ``cap`` at most; the rest wait in _pending), none
+                # once the body ended; an error ends it after the deltas parsed before it.
+                batch = []
+                try:
+                    if self._must_read(batch):
+                        while not self._received(await self._next(), batch):
+                            pass
+                except KimiError as exc:
+                    self._end(exc)
+                except self._raw_errors as exc:
+                    self._end(self._mapped(exc))
                 await self._actor._deliver(batch, self.watchdog)
                 if self.handoff:
                     self.handoff = False
@@ -880,8 +875,24 @@ class StreamActor:
                     return outcome, usage
                 cap = self._channel.limit if self._channel is not None else 1 << 30
                 reader = _Reader(self, response, rt.clock, rt.transport.timeouts, cap)
+                channel = self._channel
                 try:
-                    await self._read(reader)
+                    # Until the body ends: the consumer reads it when it waits, the actor
+                    # when it is away (or when nobody consumes the deltas).
+                    if channel is None:
+                        await reader.read_ahead()
+                    else:
+                        channel.attach(reader)
+                        try:
+                            await reader.read_ahead()
+                            while await reader.wait():
+                                if reader.holder is None:  # the consumer may be back already
+                                    await reader.read_ahead()
+                        except BaseException:
+                            reader.abort()
+                            raise
+                        finally:
+                            channel.attach(None)
                 finally:
                     await reader.aclose()
                     batch = reader.leftover
@@ -909,25 +920,6 @@ class StreamActor:
             if exc.request_id is None:  # every error raised in here is this stream's
                 exc.request_id = self.request_id
             return classify_error(exc, mid_stream=flowing), usage
-
-    async def _read(self, reader: _Reader) -> None:
-        """Until the body ends: the consumer reads it when it waits, the actor when it is
-        away (or when nobody consumes the deltas)."""
-        channel = self._channel
-        if channel is None:
-            await reader.read_ahead()
-            return
-        channel.attach(reader)
-        try:
-            await reader.read_ahead()
-            while await reader.wait():
-                if reader.holder is None:  # the consumer may have come back meanwhile
-                    await reader.read_ahead()
-        except BaseException:
-            reader.abort()
-            raise
-        finally:
-            channel.attach(None)
 
     def _feed(self, assembler: ChunkAssembler, data: str, batch: list[Delta]) -> None:
         if assembler.done:
