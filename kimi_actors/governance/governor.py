@@ -141,7 +141,7 @@ class Governor:
         self._slots = Level(limits.concurrency)
         self._concurrency_paused_until = -math.inf
         self._windows = rate_windows(limits, window_margin)
-        self._token_windows = self._windows_of(_TOKEN_DIMENSIONS)
+        self._index_windows()
         self._queue: list[tuple[int, int, _Waiter]] = []
         self._seq = itertools.count()
         self._bell = Doorbell(clock)
@@ -157,12 +157,15 @@ class Governor:
 
     # -- admission ---------------------------------------------------------------------------
 
-    def _windows_of(self, dimensions: tuple[Dimension, ...]
-                    ) -> tuple[tuple[Dimension, RollingWindow], ...]:
-        """The windows of ``dimensions`` that are governed (kept so that the hot paths do
-        not hash an enum member per lookup)."""
-        return tuple((dimension, self._windows[dimension]) for dimension in dimensions
-                     if dimension in self._windows)
+    def _index_windows(self) -> None:
+        """Tuples of the governed windows for the hot paths, which then hash no enum member
+        per lookup: the token windows, and every rate window with the units one request
+        takes in it (``None``: its tokens)."""
+        windows = self._windows
+        self._token_windows = tuple((dimension, windows[dimension])
+                                    for dimension in _TOKEN_DIMENSIONS if dimension in windows)
+        self._rate_windows = tuple((dimension, window, 1 if dimension is Dimension.RPM else None)
+                                   for dimension, window in windows.items())
 
     def check(self, tokens: int) -> None:
         """Raise :class:`LimitExceededError` when ``tokens`` can never fit a window."""
@@ -217,8 +220,8 @@ class Governor:
         Admission may precede sending by a connection setup; the server counts arrival."""
         if permit.reservations:
             now = self._clock.now()
-            for dimension, reservation in permit.reservations.items():
-                self._windows[dimension].restamp(reservation, now)
+            for reservation in permit.reservations.values():
+                reservation._owner.restamp(reservation, now)
 
     def wait_bound(self, requests: int, tokens: int) -> float:
         """Seconds before the rate windows (and pauses) could hold ``requests`` more requests
@@ -281,7 +284,7 @@ class Governor:
             if window is None and server_limit is not None:
                 span = self._limits.window(dimension)
                 window = self._windows[dimension] = RollingWindow(server_limit, span)
-                self._token_windows = self._windows_of(_TOKEN_DIMENSIONS)
+                self._index_windows()
                 adopted = server_limit
             if window is not None:
                 if retry_after:
@@ -366,11 +369,12 @@ class Governor:
     def _try_grant(self, tokens: int, now: float) -> Permit | None:
         if now < self._concurrency_paused_until or not self._slot_free():
             return None
-        for dimension, window in self._windows.items():
-            if not window.fits(1 if dimension is Dimension.RPM else tokens, now):
+        rate_windows = self._rate_windows
+        for _, window, units in rate_windows:
+            if not window.fits(units or tokens, now):
                 return None
-        reservations = {dimension: window._admit(1 if dimension is Dimension.RPM else tokens, now)
-                        for dimension, window in self._windows.items()}
+        reservations = {dimension: window._admit(units or tokens, now)
+                        for dimension, window, units in rate_windows}
         acquired = self._slots.try_acquire()
         assert acquired
         self._admitted += 1
