@@ -458,6 +458,21 @@ class _Reader:
             return False
         self.watchdog.saw_event()
         self.flowing = True
+        actor = self._actor
+        if len(events) == 1 and actor._probe is None:
+            # One event per read (a stream sent token by token): _parse without its loop.
+            # Nothing decoded waits in _pending (it is read only once that is exhausted).
+            assembler = actor._assembler
+            mark = len(batch)
+            try:
+                assembler.feed_data_into(events[0], batch)
+            except BaseException:
+                del batch[mark:]  # a chunk that fails delivers none of its deltas
+                raise
+            if assembler.done:
+                self._end(None)
+                return True
+            return bool(batch) or self.ended
         self._pending = events
         self._position = 0
         return self._parse(batch)

@@ -261,10 +261,18 @@ class ChunkAssembler:
         state = self._choices.get(index)
         if state is None:
             state = self._choices[index] = _ChoiceState()
+        delta = entry.get("delta")
+        if type(delta) is dict and len(delta) == 1 \
+                and type(content := delta.get("content")) is str and content \
+                and entry.get("finish_reason") is None and entry.get("usage") is None:
+            # Nearly every chunk: one piece of content and nothing else (what the general
+            # path below does with it).
+            state.content.append(content)
+            deltas.append(parsed_delta(index, None, content, "", (), None, None, source))
+            return True
         role: str | None = None
         content = reasoning = ""
         fragments: tuple[Mapping[str, Any], ...] = ()
-        delta = entry.get("delta")
         if delta:
             if type(delta) is not dict and not isinstance(delta, Mapping):
                 raise ProtocolError(f"choices[{position}].delta must be an object, got "

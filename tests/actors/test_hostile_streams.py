@@ -325,6 +325,36 @@ async def test_a_chunk_that_fails_delivers_none_of_its_deltas() -> None:
     assert "choices[1].delta must be an object" in str(info.value)
 
 
+async def test_a_chunk_that_fails_alone_in_its_read_delivers_none_of_its_deltas() -> None:
+    """As above, with the failing chunk in a network read of its own (the reader's path for
+    a stream sent event by event): the server sends it only once the consumer has the good
+    chunk's delta."""
+    bad = json.loads(chunk("half")[len(b"data: "):])
+    bad["choices"].append({"index": 1, "delta": "not an object", "finish_reason": None})
+    event = b"data: " + json.dumps(bad).encode() + b"\n\n"
+    received = asyncio.Event()
+
+    async def fails_in_its_own_read(request: web.Request) -> web.StreamResponse:
+        response = await start_stream(request)
+        await response.write(chunk("ok ", role="assistant"))
+        await received.wait()
+        await response.write(event)  # alone: it ends the stream before any [DONE]
+        return response
+
+    texts: list[str] = []
+    async with serve(fails_in_its_own_read) as base_url, \
+            Supervisor(api_key=KEY, base_url=base_url, retry=ONCE) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION) as stream:
+        with pytest.raises(ProtocolError) as info:
+            async for delta in stream:
+                if not delta.restart:
+                    texts.append(delta.content)
+                    received.set()
+    assert texts
+    assert set(texts) == {"ok "}
+    assert "choices[1].delta must be an object" in str(info.value)
+
+
 async def test_truncated_json_says_precisely_what_is_wrong() -> None:
     async def truncated(request: web.Request) -> web.Response:
         return web.Response(text='{"id": "x", "choices": [{"index": 0,',
