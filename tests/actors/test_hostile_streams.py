@@ -13,6 +13,7 @@ from hostile import (
     DONE,
     MODEL,
     QUESTION,
+    Handler,
     chunk,
     completion,
     error_body,
@@ -297,41 +298,54 @@ async def test_a_stream_chunk_with_a_huge_number_is_read() -> None:
     assert result.content == "big number"
 
 
-async def test_a_chunk_that_fails_delivers_none_of_its_deltas() -> None:
-    """One network read: a good chunk, then a chunk whose first choice is fine and whose
-    second is malformed. Every attempt delivers the good chunk's delta and none of the
-    failing chunk's (the reader cuts back what it appended), then the stream ends with the
-    typed error (each attempt's failure is retried from the start, up to the resume
-    limit)."""
+def _chunk_failing_at_its_second_choice() -> bytes:
+    """An event whose first choice is fine ("half") and whose second is malformed."""
     bad = json.loads(chunk("half")[len(b"data: "):])
     bad["choices"].append({"index": 1, "delta": "not an object", "finish_reason": None})
-    event = b"data: " + json.dumps(bad).encode() + b"\n\n"
+    return b"data: " + json.dumps(bad).encode() + b"\n\n"
 
-    async def fails_mid_read(request: web.Request) -> web.StreamResponse:
-        response = await start_stream(request)
-        await response.write(chunk("ok ", role="assistant") + event + DONE)
-        return response
 
+async def _texts_until_the_error(handler: Handler, received: asyncio.Event | None = None,
+                                 ) -> tuple[list[str], ProtocolError]:
+    """The texts a stream from ``handler`` delivers before its ProtocolError (``received``
+    is set at each one)."""
     texts: list[str] = []
-    async with serve(fails_mid_read) as base_url, \
+    async with serve(handler) as base_url, \
             Supervisor(api_key=KEY, base_url=base_url, retry=ONCE) as sup, \
             sup.stream(model=MODEL, messages=QUESTION) as stream:
         with pytest.raises(ProtocolError) as info:
             async for delta in stream:
                 if not delta.restart:
                     texts.append(delta.content)
+                    if received is not None:
+                        received.set()
+    return texts, info.value
+
+
+async def test_a_chunk_that_fails_delivers_none_of_its_deltas() -> None:
+    """One network read: a good chunk, then a chunk whose first choice is fine and whose
+    second is malformed. Every attempt delivers the good chunk's delta and none of the
+    failing chunk's (the reader cuts back what it appended), then the stream ends with the
+    typed error (each attempt's failure is retried from the start, up to the resume
+    limit)."""
+    event = _chunk_failing_at_its_second_choice()
+
+    async def fails_mid_read(request: web.Request) -> web.StreamResponse:
+        response = await start_stream(request)
+        await response.write(chunk("ok ", role="assistant") + event + DONE)
+        return response
+
+    texts, error = await _texts_until_the_error(fails_mid_read)
     assert texts
     assert set(texts) == {"ok "}
-    assert "choices[1].delta must be an object" in str(info.value)
+    assert "choices[1].delta must be an object" in str(error)
 
 
 async def test_a_chunk_that_fails_alone_in_its_read_delivers_none_of_its_deltas() -> None:
     """As above, with the failing chunk in a network read of its own (the reader's path for
     a stream sent event by event): the server sends it only once the consumer has the good
     chunk's delta."""
-    bad = json.loads(chunk("half")[len(b"data: "):])
-    bad["choices"].append({"index": 1, "delta": "not an object", "finish_reason": None})
-    event = b"data: " + json.dumps(bad).encode() + b"\n\n"
+    event = _chunk_failing_at_its_second_choice()
     received = asyncio.Event()
 
     async def fails_in_its_own_read(request: web.Request) -> web.StreamResponse:
@@ -341,18 +355,10 @@ async def test_a_chunk_that_fails_alone_in_its_read_delivers_none_of_its_deltas(
         await response.write(event)  # alone: it ends the stream before any [DONE]
         return response
 
-    texts: list[str] = []
-    async with serve(fails_in_its_own_read) as base_url, \
-            Supervisor(api_key=KEY, base_url=base_url, retry=ONCE) as sup, \
-            sup.stream(model=MODEL, messages=QUESTION) as stream:
-        with pytest.raises(ProtocolError) as info:
-            async for delta in stream:
-                if not delta.restart:
-                    texts.append(delta.content)
-                    received.set()
+    texts, error = await _texts_until_the_error(fails_in_its_own_read, received)
     assert texts
     assert set(texts) == {"ok "}
-    assert "choices[1].delta must be an object" in str(info.value)
+    assert "choices[1].delta must be an object" in str(error)
 
 
 async def test_truncated_json_says_precisely_what_is_wrong() -> None:
