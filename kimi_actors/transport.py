@@ -238,7 +238,7 @@ class _Deadline:
         if task is None:
             raise RuntimeError("a transport exchange must run inside a task")
         self._cancelling = task.cancelling()
-        self._handle = self._loop.call_at(self._at, self._fire, context=EMPTY_CONTEXT)
+        self._set_timer(self._at)
 
     def stop(self) -> bool:
         """Stop the timer; whether it interrupted the task, its cancellation taken back (a
@@ -262,8 +262,7 @@ class _Deadline:
             return
         now = self._loop.time()
         if now < self._when:
-            self._at = self._when
-            self._handle = self._loop.call_at(self._when, self._fire, context=EMPTY_CONTEXT)
+            self._set_timer(self._when)
             return
         self._handle = None
         self.expired = True
@@ -284,8 +283,11 @@ class _Deadline:
         self._when = when
         if when < self._at and self._handle is not None:
             self._handle.cancel()
-            self._at = when
-            self._handle = self._loop.call_at(when, self._fire, context=EMPTY_CONTEXT)
+            self._set_timer(when)
+
+    def _set_timer(self, when: float) -> None:
+        self._at = when
+        self._handle = self._loop.call_at(when, self._fire, context=EMPTY_CONTEXT)
 
     def sent(self) -> None:
         """The connection is ready and the request goes out now: the headers' wait starts,
