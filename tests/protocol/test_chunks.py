@@ -854,6 +854,39 @@ def test_slot_builders_make_what_the_constructors_make(
         slot_builder(Usage)(1, 2)  # every field is given, or none is left unset
 
 
+def test_a_slot_builder_refuses_a_class_without_the_layout_it_relies_on() -> None:
+    """The builder fills a twin of the class's slots and then swaps its class: a class with
+    a __dict__, or slots of a base, is refused when the builder is made, not on first use."""
+    from dataclasses import dataclass
+
+    from kimi_actors.protocol.results import slot_builder
+
+    @dataclass(frozen=True)
+    class WithDict:
+        value: int
+
+    @dataclass(frozen=True, slots=True)
+    class Base:
+        value: int
+
+    @dataclass(frozen=True, slots=True)
+    class Derived(Base):
+        other: int
+
+    @dataclass(frozen=True, slots=True)
+    class Clashing:
+        _cls: int
+
+    for cls in (WithDict, Derived):
+        with pytest.raises(TypeError, match="not a slots dataclass"):
+            slot_builder(cls)
+    with pytest.raises(TypeError, match="_cls"):
+        slot_builder(Clashing)
+    built = slot_builder(Base)(3)
+    assert type(built) is Base
+    assert built == Base(3)
+
+
 def test_feed_data_into_appends_what_feed_data_returns() -> None:
     """A reader collects a read's deltas in one list: each chunk's deltas are appended, and
     a chunk's top-level usage goes on that chunk's own first delta, not the list's."""
