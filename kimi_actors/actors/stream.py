@@ -453,19 +453,22 @@ class _Reader:
                 self._actor._feed(self._actor._assembler, event.data, batch)
             self._end(None)
             return True
-        events = self._decoder.feed_data(data)
-        if not events:
-            return False
+        decoder = self._decoder
+        events: str | list[str] | None = decoder.feed_simple(data)
+        if events is None:
+            events = decoder.feed_data(data)
+            if not events:
+                return False
         self.watchdog.saw_event()
         self.flowing = True
         actor = self._actor
-        if len(events) == 1 and actor._probe is None:
+        if type(events) is str and actor._probe is None:
             # One event per read (a stream sent token by token): _parse without its loop.
             # Nothing decoded waits in _pending (it is read only once that is exhausted).
             assembler = actor._assembler
             mark = len(batch)
             try:
-                assembler.feed_data_into(events[0], batch)
+                assembler.feed_data_into(events, batch)
             except BaseException:
                 del batch[mark:]  # a chunk that fails delivers none of its deltas
                 raise
@@ -473,7 +476,7 @@ class _Reader:
                 self._end(None)
                 return True
             return bool(batch) or self.ended
-        self._pending = events
+        self._pending = [events] if isinstance(events, str) else events
         self._position = 0
         return self._parse(batch)
 

@@ -673,3 +673,15 @@ def test_whole_data_events_after_close_raise() -> None:
     for feed in (decoder.feed, decoder.feed_data):
         with pytest.raises(ProtocolError, match="after close"):
             feed(b"data: b\n\n")
+
+
+def test_feed_simple_gives_one_event_as_text_and_consumes_nothing_it_refuses() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_simple(b'data: {"a":1}\n\n') == '{"a":1}'
+    assert decoder.feed_simple(b"data: a\n\ndata: b\n\n") == ["a", "b"]
+    # A CR line end, a second data line, a field: the full algorithm's, and still there.
+    for refused, data in [(b"data: x\r\n\r\n", ["x"]), (b"data: 1\ndata: 2\n\n", ["1\n2"]),
+                          (b"data: y\nid: 3\n\n", ["y"])]:
+        assert decoder.feed_simple(refused) is None
+        assert decoder.feed_data(refused) == data
+    assert decoder.last_event_id == "3"
