@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import IncompleteStreamError, ProtocolError
 from . import jsontext
 from .classify import error_from_payload
@@ -90,6 +92,20 @@ class _ChoiceState:
                       reasoning_content="".join(self.reasoning),
                       tool_calls=tuple(tools[i].build(i) for i in sorted(tools)),
                       finish_reason=self.finish_reason)
+
+
+_orjson_loads = orjson.loads
+
+
+def _refused_chunk(data: str) -> Any:
+    """What orjson refused in a chunk: jsontext reads what the standard library can (a
+    number beyond a double), else says why it is not JSON."""
+    try:
+        return jsontext.loads(data)
+    except ValueError as exc:
+        shown = data if len(data) <= 200 else data[:200] + "..."
+        raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") \
+            from None
 
 
 def _joined(parts: list[str]) -> str:
@@ -180,12 +196,10 @@ class ChunkAssembler:
             self._done = True
             return
         try:
-            chunk = jsontext.loads(data)
-        except ValueError as exc:
-            shown = data if len(data) <= 200 else data[:200] + "..."
-            raise ProtocolError(f"stream event data is not valid JSON ({exc}): {shown!r}") \
-                from None
-        if not isinstance(chunk, dict):
+            chunk = _orjson_loads(data)  # jsontext.loads' first step, without its frame
+        except (orjson.JSONDecodeError, RecursionError):
+            chunk = _refused_chunk(data)
+        if type(chunk) is not dict:
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")
         # The deltas and the answer keep the text, not the parsed chunk (see Delta.raw).
@@ -211,11 +225,25 @@ class ChunkAssembler:
         if self._identity_missing:
             self._read_identity(chunk)
         raw_usage = chunk.get("usage")
+        choices = chunk.get("choices")
+        if raw_usage is None and type(choices) is list and len(choices) == 1:
+            entry = choices[0]
+            if type(entry) is dict and type(delta := entry.get("delta")) is dict \
+                    and len(delta) == 1 and type(content := delta.get("content")) is str \
+                    and content and entry.get("finish_reason") is None \
+                    and entry.get("usage") is None \
+                    and type(index := entry.get("index", 0)) is int \
+                    and (state := self._choices.get(index)) is not None:
+                # Nearly every chunk: one piece of content for a choice already seen (so its
+                # index was checked), and nothing else: what the general path does with it.
+                state.content.append(content)
+                self._chunks += 1
+                deltas.append(parsed_delta(index, None, content, "", (), None, None, source))
+                return
         top_usage = Usage.from_dict(raw_usage) if raw_usage is not None else None
         if top_usage is not None:
             self._top_usage = top_usage
         start = len(deltas)
-        choices = chunk.get("choices")
         carried_text = False
         if choices:
             if not isinstance(choices, list):
@@ -262,14 +290,6 @@ class ChunkAssembler:
         if state is None:
             state = self._choices[index] = _ChoiceState()
         delta = entry.get("delta")
-        if type(delta) is dict and len(delta) == 1 \
-                and type(content := delta.get("content")) is str and content \
-                and entry.get("finish_reason") is None and entry.get("usage") is None:
-            # Nearly every chunk: one piece of content and nothing else (what the general
-            # path below does with it).
-            state.content.append(content)
-            deltas.append(parsed_delta(index, None, content, "", (), None, None, source))
-            return True
         role: str | None = None
         content = reasoning = ""
         fragments: tuple[Mapping[str, Any], ...] = ()

@@ -547,6 +547,18 @@ def test_malformed_chunks(body: dict[str, Any], match: str) -> None:
         ChunkAssembler().feed(body)
 
 
+@pytest.mark.parametrize("index", [True, 1.0, "1"])
+def test_a_content_chunk_for_a_choice_seen_before_still_checks_its_index(index: Any) -> None:
+    """Content-only chunks of a known choice take a short path; an index equal to a known
+    one but not an int (True == 1) must not pass as that choice."""
+    assembler = ChunkAssembler()
+    assembler.feed(chunk(choice(index=0, content="a"), choice(index=1, content="b")))
+    assert assembler.feed_data('{"choices": [{"index": 1, "delta": {"content": "c"}}]}')
+    with pytest.raises(ProtocolError, match=r"choices\[0\]\.index"):
+        assembler.feed({"choices": [{"index": index, "delta": {"content": "d"}}]})
+    assert assembler.content(1) == "bc"
+
+
 def test_feed_rejects_non_mapping() -> None:
     with pytest.raises(ProtocolError, match="JSON object"):
         ChunkAssembler().feed(["x"])  # type: ignore[arg-type]
