@@ -420,12 +420,7 @@ class _Reader:
             position += 1
             self._position = position
             if actor._probe is None:  # StreamActor._feed's common case
-                mark = len(batch)
-                try:
-                    assembler.feed_data_into(data, batch)
-                except BaseException:
-                    del batch[mark:]  # a chunk that fails delivers none of its deltas
-                    raise
+                assembler.feed_data_into(data, batch)
             else:
                 actor._feed(assembler, data, batch)
             if len(batch) >= cap or assembler.done:  # what follows [DONE] is ignored
@@ -466,12 +461,7 @@ class _Reader:
             # One event per read (a stream sent token by token): _parse without its loop.
             # Nothing decoded waits in _pending (it is read only once that is exhausted).
             assembler = actor._assembler
-            mark = len(batch)
-            try:
-                assembler.feed_data_into(events, batch)
-            except BaseException:
-                del batch[mark:]  # a chunk that fails delivers none of its deltas
-                raise
+            assembler.feed_data_into(events, batch)
             if assembler.done:
                 self._end(None)
                 return True

@@ -191,7 +191,7 @@ class ChunkAssembler:
 
     def feed_data_into(self, data: str, deltas: list[Delta]) -> None:
         """:meth:`feed_data`, appending the deltas to ``deltas`` (a stream's reader collects
-        a read's deltas in one list: no list per chunk)."""
+        a read's deltas in one list: no list per chunk); a chunk that fails appends none."""
         if data.strip() == DONE:
             self._done = True
             return
@@ -203,7 +203,12 @@ class ChunkAssembler:
             raise ProtocolError(f"stream event data must be a JSON object, got "
                                 f"{type(chunk).__name__}")
         # The deltas and the answer keep the text, not the parsed chunk (see Delta.raw).
-        self._feed(chunk, data, deltas)
+        mark = len(deltas)
+        try:
+            self._feed(chunk, data, deltas)
+        except BaseException:
+            del deltas[mark:]  # a chunk that fails delivers none of its deltas
+            raise
 
     def feed(self, chunk: Mapping[str, Any]) -> list[Delta]:
         """The deltas one parsed chunk carries, after adding them to the assembled answer."""
