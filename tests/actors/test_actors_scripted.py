@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sized
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -57,25 +57,32 @@ async def supervisor(transport: ScriptedTransport, clock: FakeClock,
         yield sup
 
 
-#: Loop turns autojump gives ready work before it moves the clock: a hand-off between two
-#: tasks (the actor waking its consumer) takes a turn of its own.
-QUIET_TURNS = 3
+async def settle() -> None:
+    """Return once the loop has nothing ready to run but this task: every task is waiting (on
+    the fake clock, a future, a transport's gap). Two quiet turns in a row, since a callback
+    run in one turn may schedule the next. (``_ready`` is asyncio's run queue: a test harness
+    may look, as trio's autojump clock looks at its own scheduler.)"""
+    loop = asyncio.get_running_loop()
+    ready: Sized = loop._ready  # type: ignore[attr-defined]
+    quiet = 0
+    while quiet < 2:
+        await asyncio.sleep(0)
+        quiet = quiet + 1 if not ready else 0
 
 
 async def autojump(clock: FakeClock, awaitable: Awaitable[T], *, steps: int = 10_000) -> T:
-    """Run ``awaitable``, jumping the clock to its next timer whenever the work that is ready
-    has run (as trio's autojump clock does): backoffs pass at once, and in order."""
+    """Run ``awaitable``, jumping the clock to its next timer whenever nothing is ready to run
+    (as trio's autojump clock does): backoffs pass at once, and in order."""
     task = asyncio.ensure_future(awaitable)
     for _ in range(steps):
-        for _ in range(QUIET_TURNS):  # time does not pass
-            await asyncio.sleep(0)
+        await settle()  # time does not pass while work is ready
         if task.done():
             return task.result()
         deadline = clock.next_deadline()
         if deadline is not None:
             clock.advance(max(0.0, deadline - clock.now()))
     task.cancel()
-    raise AssertionError(f"not finished after {steps} loop turns")
+    raise AssertionError(f"not finished after {steps} clock jumps")
 
 
 async def read(sup: Supervisor, **body: Any) -> tuple[str, int]:
