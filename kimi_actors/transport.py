@@ -48,6 +48,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "MAX_SAME_ORIGIN_REDIRECTS",
     "ChunkReader",
+    "NowaitReader",
     "RawResponse",
     "StreamLike",
     "StreamResponse",
@@ -373,6 +374,18 @@ class StreamResponse:
             failure = self.read_failure(exc)
         raise failure
 
+    def read_nowait(self) -> bytes | None:
+        """The body bytes already received, without waiting: ``b""`` at the end, ``None`` when
+        a read would wait for the network; a failure already known is raised as ours."""
+        content = self._response.content
+        try:
+            data = content.read_nowait()
+        except _TRANSPORT_ERRORS as exc:
+            failure = self.read_failure(exc)
+        else:
+            return data if data or content.at_eof() else None
+        raise failure
+
     def direct_read(self) -> tuple[Callable[[], Awaitable[bytes]], tuple[type[Exception], ...]]:
         """:meth:`read_chunk` taken apart, for a reader that calls it for every delta: the
         read itself (a coroutine less per read) and the errors it raises, which
@@ -423,6 +436,19 @@ class ChunkReader(Protocol):
 
     async def read_chunk(self) -> bytes:
         """The next body bytes, ``b""`` at the end; transport failures as our errors."""
+        ...
+
+
+@runtime_checkable
+class NowaitReader(Protocol):
+    """What a stream may offer besides :class:`ChunkReader`: a read that never waits. The
+    actor then reads only what has arrived, and leaves the wait for the next bytes to a
+    consumer waiting for a delta, which reads them in its own task (no hand-off between
+    two tasks). Both of this package's transports offer it."""
+
+    def read_nowait(self) -> bytes | None:
+        """The bytes already received, ``b""`` at the end, ``None`` when a read would wait;
+        transport failures as our errors."""
         ...
 
 

@@ -101,7 +101,7 @@ class DeltaChannel:
     """
 
     __slots__ = ("_away", "_batches", "_buffered", "_closed", "_getter", "_limit",
-                 "_position", "_putter", "_reader", "_wanted")
+                 "_position", "_putter", "_reader", "_wanted", "_woken")
 
     def __init__(self, limit: int, away: AwayCheck | None = None) -> None:
         if limit < 1:
@@ -117,6 +117,8 @@ class DeltaChannel:
         self._wanted = 0
         self._closed = False
         self._getter: asyncio.Future[Delta | None] | None = None
+        #: A hand-off woke the consumer, which has not yet come back with the channel empty.
+        self._woken = False
         self._putter: asyncio.Future[None] | None = None
         self._reader: _Reader | None = None
 
@@ -157,7 +159,10 @@ class DeltaChannel:
                 del batch[:wanted]
             self._batches.append(piece)
             self._buffered += wanted
-            _wake(self._getter)
+            getter = self._getter
+            if getter is not None and not getter.done():
+                getter.set_result(None)
+                self._woken = True
 
     def close(self) -> None:
         self._closed = True
@@ -200,6 +205,7 @@ class DeltaChannel:
     def _drained(self) -> None:
         """The consumer took the last delta. If it does not come back for more by the next
         turn of the loop, the actor reads ahead."""
+        self._woken = False
         reader = self._reader
         if reader is not None and reader.holder is None and not reader.ended:
             self._away.add(reader)
@@ -232,6 +238,7 @@ class DeltaChannel:
         rest landing here, with no hand-off), else the actor's next hand-off (``None``: look
         again). ``Stream`` awaits it itself: a frame less per delta than awaiting
         :meth:`get`."""
+        self._woken = False
         reader = self._reader
         if reader is not None and not reader.ended:
             if reader.holder is None:
@@ -240,6 +247,23 @@ class DeltaChannel:
             reader.handoff = True
         self._getter = future = asyncio.get_running_loop().create_future()
         return future
+
+    def takes_over(self, reader: _Reader) -> bool:
+        """The actor's next read would wait for the network: whether the consumer waits for
+        it instead, and then reads it in its own task (no hand-off between two tasks). It
+        does when it waits for a delta (woken now to look again) or was woken for the ones
+        just handed over (it comes back for more)."""
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        elif self._woken:
+            self._woken = False  # once: the check below decides for the consumer away
+        else:
+            return False
+        # Checked after the consumer's step, scheduled first: should it not come back for
+        # more (cancelled, or away with deltas left), the actor reads ahead as usual.
+        asyncio.get_running_loop().call_soon(reader.consumer_away, context=EMPTY_CONTEXT)
+        return True
 
     def take_first(self, batch: list[Delta]) -> Delta:
         """The first of the deltas the consumer read itself, keeping the rest (nobody to
@@ -344,10 +368,13 @@ _NO_EVENTS: list[str] = []
 class _Reader:
     """One attempt's SSE body, read by whichever task needs its deltas next.
 
-    The actor reads first, into the channel. A consumer that finds the channel empty while
-    the actor reads asks for the reading (``handoff``): the actor hands that read over and
-    stops. From then on a consumer waiting for a delta reads it in its own task (:meth:`pull`):
-    no hand-off and no task switch between the socket and the consumer. When the consumer
+    The actor reads first, into the channel: what has arrived, and what comes next unless a
+    consumer waits for a delta (or was just woken for one), which then waits for the next
+    bytes itself (a stream without ``read_nowait``: the actor waits). A consumer that finds
+    the channel empty while the actor reads asks for the reading (``handoff``): the actor
+    hands that read over and stops. From then on a consumer waiting for a delta reads it in
+    its own task (:meth:`pull`): no hand-off and no task switch between the socket and the
+    consumer. When the consumer
     took its last delta and has not come back by the next turn of the loop, the actor reads
     ahead again, up to the channel's bound. ``holder`` says who reads; two never do at once.
     The watchdog interrupts whichever task reads (cancel, then uncancel, as asyncio.timeout
@@ -357,7 +384,7 @@ class _Reader:
     """
 
     __slots__ = ("_actor", "_chunks", "_decoder", "_failure", "_interrupted", "_loop",
-                 "_next", "_pending", "_position", "_pulled", "_raw_errors", "_reading",
+                 "_next", "_nowait", "_pending", "_position", "_pulled", "_raw_errors", "_reading",
                  "_wakeup", "aborted", "ahead", "cap", "ended", "error", "flowing", "handoff",
                  "holder", "leftover", "watchdog")
 
@@ -373,6 +400,9 @@ class _Reader:
         self._raw_errors: tuple[type[Exception], ...] = ()
         self._failure: Callable[[BaseException], KimiError] | None = None
         self._next: Callable[[], Awaitable[bytes]]
+        #: A read that never waits, if the stream offers one (with read_chunk only: never
+        #: beside a generator's read).
+        self._nowait: Callable[[], bytes | None] | None = None
         if read_chunk is None:
             self._chunks = response.chunks()
             self._next = functools.partial(anext, self._chunks, b"")
@@ -381,6 +411,8 @@ class _Reader:
             self._failure = response.read_failure
         else:
             self._next = read_chunk
+        if read_chunk is not None:
+            self._nowait = getattr(response, "read_nowait", None)
         self._loop = asyncio.get_running_loop()
         self._decoder = SSEDecoder()
         #: The data of the events decoded and not yet parsed.
@@ -470,6 +502,17 @@ class _Reader:
         self._position = 0
         return self._parse(batch)
 
+    def _received_nowait(self, batch: list[Delta]) -> bool:
+        """Decode and parse what has arrived, without waiting; whether the read is over (as
+        :meth:`_received`: not when nothing more has arrived)."""
+        nowait = self._nowait
+        if nowait is None:
+            return False
+        while (data := nowait()) is not None:
+            if self._received(data, batch):
+                return True
+        return False
+
     @overload
     async def pull(self) -> Delta | None: ...
 
@@ -527,6 +570,7 @@ class _Reader:
         if self.watchdog.overdue:
             self.watchdog.recheck()
         task = self._reading = current_task_of(self._loop)
+        channel = self._actor._channel
         batch: list[Delta] = []
         try:
             while not self.ended:
@@ -534,7 +578,9 @@ class _Reader:
                 # once the body ended; an error ends it after the deltas parsed before it.
                 batch = []
                 try:
-                    if self._must_read(batch):
+                    if self._must_read(batch) and not self._received_nowait(batch):
+                        if channel is not None and channel.takes_over(self):
+                            break  # nothing read: the consumer waits for the next bytes
                         while not self._received(await self._next(), batch):
                             pass
                 except KimiError as exc:

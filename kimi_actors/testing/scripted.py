@@ -153,6 +153,18 @@ class _ScriptedStream:
     async def read_chunk(self) -> bytes:
         """The next event (``b""`` at the end). Cancelled, it loses nothing: a gap it was
         waiting out ends when it would have."""
+        clock = self._transport.clock
+        while (data := self.read_nowait()) is None:
+            if self._gap_ends is None:  # a stall: the connection stays open and silent
+                await asyncio.get_running_loop().create_future()
+            else:
+                await clock.sleep(max(0.0, self._gap_ends - clock.now()))
+        return data
+
+    def read_nowait(self) -> bytes | None:
+        """The next event if it is due now, without waiting: ``b""`` at the end, ``None`` when
+        a gap (which starts when a read first reaches it) or a stall is still to pass; a
+        scripted drop is raised."""
         step = self._step
         events = step.events or (step.body,)
         clock = self._transport.clock
@@ -161,7 +173,8 @@ class _ScriptedStream:
             if isinstance(event, Gap):
                 if self._gap_ends is None:
                     self._gap_ends = clock.now() + event.seconds
-                await clock.sleep(max(0.0, self._gap_ends - clock.now()))
+                if clock.now() < self._gap_ends:
+                    return None
                 self._gap_ends = None
                 self._position += 1
                 continue
@@ -171,9 +184,7 @@ class _ScriptedStream:
                 return event
         if step.then is Then.DROP:
             raise ConnectionFailedError("the connection broke during the read idle (scripted)")
-        if step.then is Then.STALL:
-            await asyncio.get_running_loop().create_future()
-        return b""
+        return None if step.then is Then.STALL else b""
 
     def _took(self) -> None:
         self._transport.events_read += 1

@@ -4,9 +4,11 @@ or send numbers a fast JSON parser refuses."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from hostile import (
@@ -18,6 +20,8 @@ from hostile import (
     completion,
     error_body,
     partial_prefix,
+    raw_server,
+    read_request,
     serve,
     start_stream,
 )
@@ -25,6 +29,7 @@ from hostile import (
 from kimi_actors import (
     BreakerPolicy,
     FirstByteTimeoutError,
+    KimiError,
     Limits,
     ProtocolError,
     ReadIdleTimeoutError,
@@ -574,3 +579,50 @@ async def test_settle_and_429s_absorb_an_estimate_that_errs(kind: str) -> None:
     assert server.peak_tpm <= limits.tpm
     assert stats.rate_limited <= 6
     assert stats.governor.tokens_settled == sum(counts) + 24 * 16
+
+
+@pytest.mark.parametrize("ending", ["end", "reset"])
+async def test_a_read_that_never_waits_gives_what_arrived_and_nothing_more(ending: str) -> None:
+    """``read_nowait``: the bytes already received, ``None`` while the server is silent,
+    ``b""`` at the end, and a broken connection as our error."""
+    go = asyncio.Event()
+    first, rest = chunk("one", role="assistant"), chunk("two", finish="stop") + DONE
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        # A length the reset falls short of: the body is cut, not ended.
+        length = len(first + rest) + (100 if ending == "reset" else 0)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % length + first)
+        await writer.drain()
+        await go.wait()
+        writer.write(rest)
+        await writer.drain()
+        if ending == "reset":
+            writer.transport.abort()
+
+    async with raw_server(respond) as base_url:
+        transport = Transport(base_url=base_url, api_key=KEY, timeouts=Timeouts())
+        try:
+            async with transport.stream("chat/completions", b'{"stream": true}') as response:
+                received = b""
+                while len(received) < len(first):
+                    received += await response.read_chunk()
+                assert received == first
+                assert response.read_nowait() is None  # the server waits: so would a read
+                go.set()
+                content = response._response.content
+                if ending == "end":
+                    await content.wait_eof()  # everything arrived, nothing taken
+                    assert response.read_nowait() == rest
+                    assert response.read_nowait() == b""
+                    assert response.read_nowait() == b""
+                else:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        await content.wait_eof()  # the cut arrived
+                    with pytest.raises(KimiError) as info:
+                        for _ in range(3):  # what arrived before the cut may come first
+                            response.read_nowait()
+                    assert KEY not in repr(info.value)
+        finally:
+            await transport.close()

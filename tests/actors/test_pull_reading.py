@@ -1,5 +1,6 @@
-"""Who reads a stream's body: the actor until the consumer waits for it, then the consumer in
-its own task (no task switch per delta), and the actor again while the consumer is away."""
+"""Who reads a stream's body: the consumer in its own task whenever it waits for a delta (no
+task switch per delta), from the first event when it waited as the body opened; the actor
+until a late consumer waits, and again while the consumer is away."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
-from test_actors_scripted import MODEL, QUESTION, autojump, supervisor
+from test_actors_scripted import MODEL, QUESTION, autojump, settle, supervisor
 
 from kimi_actors import RetryPolicy, Supervisor
 from kimi_actors.testing import FakeClock, Gap, Respond, ScriptedTransport, Then, chunk_events
@@ -47,10 +48,71 @@ async def test_a_consumer_that_keeps_up_reads_the_body_in_its_own_task() -> None
     assert text == "".join(PIECES)
     readers = transport.readers
     assert len(readers) == len(PIECES) + 2  # the pieces, the finish and [DONE]
+    # The actor read the first event, there with the headers, and left the wait for the next
+    # to the consumer, waiting for its first delta: no hand-off asked for...
+    assert readers[0] != "the-consumer"
+    # ... and every later event was read by the consumer itself.
+    assert set(readers[1:]) == {"the-consumer"}
+
+
+async def test_a_consumer_waiting_when_the_body_opens_reads_it_from_the_first_event() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(Respond.stream([Gap(1.0), *(spaced(PIECES).events or ())]),
+                                  clock=clock)
+    async with supervisor(transport, clock) as sup:
+        async def consume() -> str:
+            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
+                return "".join([delta.content async for delta in stream])
+
+        consumer = asyncio.ensure_future(consume())
+        consumer.set_name("the-consumer")
+        text = await autojump(clock, consumer)
+    assert text == "".join(PIECES)
+    assert len(transport.readers) == len(PIECES) + 2
+    assert set(transport.readers) == {"the-consumer"}
+
+
+async def test_a_consumer_that_comes_late_takes_over_the_actors_read() -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(spaced(PIECES), clock=clock)
+    async with supervisor(transport, clock) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION) as stream:
+        await settle()  # the body opened with nobody waiting: the actor reads
+
+        async def consume() -> str:
+            return "".join([delta.content async for delta in stream])
+
+        consumer = asyncio.ensure_future(consume())
+        consumer.set_name("the-consumer")
+        text = await autojump(clock, consumer)
+    assert text == "".join(PIECES)
+    readers = transport.readers
+    assert len(readers) == len(PIECES) + 2
     # The actor read the first event and the one the consumer asked it to hand over...
     assert "the-consumer" not in readers[:2]
     # ... and every later one was read by the consumer itself.
     assert set(readers[2:]) == {"the-consumer"}
+
+
+async def test_a_consumer_gone_before_it_read_the_body_it_was_offered_leaves_it_to_the_actor(
+        ) -> None:
+    clock = FakeClock()
+    transport = ScriptedTransport(spaced(PIECES), clock=clock, send_delay=1.0)
+    async with supervisor(transport, clock) as sup, \
+            sup.stream(model=MODEL, messages=QUESTION, buffer=64) as stream:
+        first = asyncio.ensure_future(anext(stream))
+        await settle()  # the consumer waits for its first delta, the request to be sent
+        clock.advance(1.0)  # the body opens on the next turn and is offered to the consumer,
+        asyncio.get_running_loop().call_soon(first.cancel)  # which is cancelled before it reads
+        await settle()
+        assert first.cancelled()
+        # Nobody consumes: the actor reads the body ahead, as for a consumer that went away
+        # (not only when the watchdog's read_idle finds nobody reading).
+        await autojump(clock, clock.sleep(len(PIECES) + 1.0))
+        assert transport.events_read == len(PIECES) + 2
+        assert stream.buffered >= len(PIECES)
+        text = "".join([delta.content async for delta in stream])
+    assert text == "".join(PIECES)
 
 
 async def test_the_actor_reads_ahead_while_the_consumer_is_away() -> None:
