@@ -374,13 +374,12 @@ class _Reader:
     the channel empty while the actor reads asks for the reading (``handoff``): the actor
     hands that read over and stops. From then on a consumer waiting for a delta reads it in
     its own task (:meth:`pull`): no hand-off and no task switch between the socket and the
-    consumer. When the consumer
-    took its last delta and has not come back by the next turn of the loop, the actor reads
-    ahead again, up to the channel's bound. ``holder`` says who reads; two never do at once.
-    The watchdog interrupts whichever task reads (cancel, then uncancel, as asyncio.timeout
-    does, without a scope's cost on every read). The body's end (``[DONE]``, the
-    connection's end, an error, the watchdog) sets ``ended`` and wakes the actor, which owns
-    what follows: the outcome, a retry, a resume.
+    consumer. When the consumer took its last delta and has not come back by the next turn
+    of the loop, the actor reads ahead again, up to the channel's bound. ``holder`` says who
+    reads; two never do at once. The watchdog interrupts whichever task reads (cancel, then
+    uncancel, as asyncio.timeout does, without a scope's cost on every read). The body's end
+    (``[DONE]``, the connection's end, an error, the watchdog) sets ``ended`` and wakes the
+    actor, which owns what follows: the outcome, a retry, a resume.
     """
 
     __slots__ = ("_actor", "_chunks", "_decoder", "_failure", "_interrupted", "_loop",
