@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from test_actors_scripted import MODEL, QUESTION, autojump, settle, supervisor
 
 from kimi_actors import RetryPolicy, Supervisor
@@ -33,9 +34,18 @@ def spaced(pieces: list[str], *, then: Then = Then.END, done: bool = True) -> Re
     return Respond.stream(events[:-1], then=then)
 
 
-async def test_a_consumer_that_keeps_up_reads_the_body_in_its_own_task() -> None:
+@pytest.mark.parametrize("first_event", ["with the headers", "a second later"])
+async def test_a_consumer_that_keeps_up_reads_the_body_in_its_own_task(first_event: str,
+                                                                     ) -> None:
+    """An event there with the headers the actor reads (it has arrived), leaving the wait for
+    the next to the consumer, waiting for its first delta: no hand-off asked for. An event
+    still to come, the consumer reads too."""
+    script = spaced(PIECES)
+    by_actor = 1
+    if first_event == "a second later":
+        script, by_actor = Respond.stream([Gap(1.0), *(script.events or ())]), 0
     clock = FakeClock()
-    transport = ScriptedTransport(spaced(PIECES), clock=clock)
+    transport = ScriptedTransport(script, clock=clock)
     async with supervisor(transport, clock) as sup:
         async def consume() -> str:
             async with sup.stream(model=MODEL, messages=QUESTION) as stream:
@@ -48,28 +58,8 @@ async def test_a_consumer_that_keeps_up_reads_the_body_in_its_own_task() -> None
     assert text == "".join(PIECES)
     readers = transport.readers
     assert len(readers) == len(PIECES) + 2  # the pieces, the finish and [DONE]
-    # The actor read the first event, there with the headers, and left the wait for the next
-    # to the consumer, waiting for its first delta: no hand-off asked for...
-    assert readers[0] != "the-consumer"
-    # ... and every later event was read by the consumer itself.
-    assert set(readers[1:]) == {"the-consumer"}
-
-
-async def test_a_consumer_waiting_when_the_body_opens_reads_it_from_the_first_event() -> None:
-    clock = FakeClock()
-    transport = ScriptedTransport(Respond.stream([Gap(1.0), *(spaced(PIECES).events or ())]),
-                                  clock=clock)
-    async with supervisor(transport, clock) as sup:
-        async def consume() -> str:
-            async with sup.stream(model=MODEL, messages=QUESTION) as stream:
-                return "".join([delta.content async for delta in stream])
-
-        consumer = asyncio.ensure_future(consume())
-        consumer.set_name("the-consumer")
-        text = await autojump(clock, consumer)
-    assert text == "".join(PIECES)
-    assert len(transport.readers) == len(PIECES) + 2
-    assert set(transport.readers) == {"the-consumer"}
+    assert "the-consumer" not in readers[:by_actor]
+    assert set(readers[by_actor:]) == {"the-consumer"}
 
 
 async def test_a_consumer_that_comes_late_takes_over_the_actors_read() -> None:
