@@ -87,11 +87,12 @@ class _ChoiceState:
         self.usage: Usage | None = None
 
     def build(self, index: int) -> Choice:
+        """The assembled choice (``index`` checked when its first chunk was fed)."""
         tools = self.tools
-        return Choice(index=index, role=self.role or "assistant", content="".join(self.content),
-                      reasoning_content="".join(self.reasoning),
-                      tool_calls=tuple(tools[i].build(i) for i in sorted(tools)),
-                      finish_reason=self.finish_reason)
+        return parsed_choice(index, self.role or "assistant", _joined(self.content),
+                             _joined(self.reasoning),
+                             tuple(tools[i].build(i) for i in sorted(tools)) if tools else (),
+                             self.finish_reason)
 
 
 _orjson_loads = orjson.loads
@@ -421,6 +422,9 @@ class ChunkAssembler:
         if self._top_usage is not None:
             return self._top_usage
         choices = self._choices
+        if len(choices) == 1:  # nearly every stream
+            for state in choices.values():
+                return state.usage
         return combine_choice_usages(
             [usage for i in sorted(choices) if (usage := choices[i].usage) is not None])
 
@@ -448,12 +452,9 @@ class ChunkAssembler:
     def snapshot(self, *, request_id: str | None = None) -> ChatResult:
         """What has been assembled so far, complete or not."""
         choices = self._choices
-        last = self._last_chunk
-        if type(last) is str:
-            last = self._last_chunk = jsontext.loads(last)
-        return ChatResult(id=self._id, model=self._model, created=self._created,
-                          choices=tuple(choices[i].build(i) for i in sorted(choices)),
-                          usage=self._total_usage(), request_id=request_id, raw=last)
+        built = tuple(choices[i].build(i) for i in sorted(choices))  # distinct and sorted
+        return parsed_chat_result(self._id, self._model, self._created, built,
+                                  self._total_usage(), request_id, self._last_chunk)
 
 
 def _implicit_tool_index(state: _ChoiceState, tool_id: Any) -> int:

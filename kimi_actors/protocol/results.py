@@ -240,6 +240,8 @@ class ChatResult:
         if indices != sorted(set(indices)):
             raise ValueError("ChatResult.choices must be sorted by index without duplicates, "
                              f"got indices {indices}")
+        if isinstance(_result_raw_get(self), str):
+            raise TypeError("ChatResult.raw must be a parsed body, not a str")
 
     @property
     def content(self) -> str:
@@ -304,25 +306,31 @@ class Delta:
             raise TypeError("Delta.raw must be a mapping or None, got a str")
 
 
-# A stream's deltas keep their chunk's JSON text and parse it into ``raw`` when it is first
-# read: the parsed chunk is four containers per delta which, alive until the consumer takes
-# the delta, drove the cyclic collector (two thirds of the p99 delay at 1,000 streams). Only
-# the assembler stores text (through ``parsed_delta``; the constructor refuses a str), and
-# only text it has parsed as a JSON object, so the parse here cannot fail.
-_raw_slot = Delta.__dict__["raw"]
-_raw_slot_get = _raw_slot.__get__
-_raw_slot_set = _raw_slot.__set__
+# A stream's deltas, and its result, keep their chunk's JSON text and parse it into ``raw``
+# when it is first read: the parsed chunk is four containers per delta which, alive until
+# the consumer takes the delta, drove the cyclic collector (two thirds of the p99 delay at
+# 1,000 streams); most results' raw is never read. Only the assembler stores text (through
+# ``parsed_delta`` and ``parsed_chat_result``; the constructors refuse a str), and only text
+# it has parsed as a JSON object, so the parse here cannot fail.
+def _lazy_raw(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any, Any], None]]:
+    """Make ``cls.raw`` parse stored JSON text when first read; its slot's getter and setter."""
+    slot = cls.__dict__["raw"]
+    slot_get: Callable[[Any], Any] = slot.__get__
+    slot_set: Callable[[Any, Any], None] = slot.__set__
+
+    def raw(instance: Any) -> Any:
+        value = slot_get(instance)
+        if type(value) is str:
+            value = jsontext.loads(value)
+            slot_set(instance, value)
+        return value
+
+    cls.raw = property(raw, slot_set)
+    return slot_get, slot_set
 
 
-def _delta_raw(delta: Delta) -> Mapping[str, Any] | None:
-    value = _raw_slot_get(delta)
-    if type(value) is str:
-        value = jsontext.loads(value)
-        _raw_slot_set(delta, value)
-    return value  # type: ignore[no-any-return]
-
-
-Delta.raw = property(_delta_raw, _raw_slot_set)  # type: ignore[assignment,misc]
+_raw_slot_get, _ = _lazy_raw(Delta)
+_result_raw_get, _ = _lazy_raw(ChatResult)
 
 
 def delta_source(delta: Delta) -> object:

@@ -471,6 +471,22 @@ def test_a_stream_result_keeps_the_last_event_as_a_parsed_chunk() -> None:
     assert type(assembler.result().raw) is dict
 
 
+def test_a_stream_result_holds_the_last_event_as_text_until_raw_is_read() -> None:
+    import gc
+
+    assembler = ChunkAssembler()
+    last = chunk(choice(content="y", finish_reason="stop"), id="c9", extra={"deep": [{}]})
+    feed_all(assembler, chunk(choice(content="x")), last)
+    result = assembler.result()
+    assert not [item for item in gc.get_referents(result)
+                if gc.is_tracked(item) and isinstance(item, dict)]
+    assert result.raw == last
+    assert result.raw is result.raw  # parsed once
+    assert result.to_dict()["choices"][0]["message"]["content"] == "xy"
+    with pytest.raises(TypeError, match="not a str"):
+        ChatResult(raw='{"id": "x"}')
+
+
 def test_chunk_with_nothing_gives_no_delta() -> None:
     assembler = ChunkAssembler()
     assert assembler.feed(chunk(choice())) == []
