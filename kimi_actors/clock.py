@@ -7,6 +7,7 @@ instead of sleeping, and tells them when tasks are waiting on it, so no test wai
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import time
@@ -34,8 +35,16 @@ class Clock(Protocol):
     async def sleep(self, seconds: float) -> None: ...
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
-        """Run ``callback`` (in the running loop) once ``seconds`` have passed."""
+        """Run ``callback`` (in the running loop) once ``seconds`` have passed, in an empty
+        context shared by every timer: it sees none of the caller's context variables and
+        must set none. (The runtime's timers only wake and cancel; a copy of the context per
+        timer would cost every stream an object the collector tracks.)"""
         ...
+
+
+#: An empty context for loop callbacks that read no context variable (``call_soon`` and
+#: ``call_at`` would otherwise copy the running one).
+EMPTY_CONTEXT = contextvars.Context()
 
 
 class MonotonicClock:
@@ -52,7 +61,8 @@ class MonotonicClock:
         await asyncio.sleep(max(0.0, seconds))
 
     def call_later(self, seconds: float, callback: Callable[[], object]) -> TimerHandle:
-        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback,
+                                                     context=EMPTY_CONTEXT)
 
     def __repr__(self) -> str:
         return "MonotonicClock()"

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from .clock import EMPTY_CONTEXT
 from .errors import ConnectionFailedError, KimiError, ProtocolError, timeout_error
 from .policy import Timeouts
 from .protocol.results import slot_builder
@@ -309,11 +310,6 @@ class _Deadline:
     def error(self, exc: BaseException) -> KimiError:
         return _map_error(exc, phase="response" if self.headers else "first_byte",
                           timeouts=self._timeouts)
-
-
-#: An empty context for loop callbacks that read no context variable (``call_soon`` and
-#: ``call_at`` would otherwise copy the running one).
-EMPTY_CONTEXT = contextvars.Context()
 
 
 def _task_lookup() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:

@@ -256,6 +256,23 @@ async def test_the_monotonic_clock_is_real_time() -> None:
     assert repr(clock) == "MonotonicClock()"
 
 
+async def test_a_timer_runs_without_the_callers_context() -> None:
+    import contextvars
+
+    variable: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+    variable.set("the caller's")
+    seen: list[str] = []
+    fired = asyncio.Event()
+
+    def callback() -> None:
+        seen.append(variable.get())
+        fired.set()
+
+    MonotonicClock().call_later(0, callback)
+    await fired.wait()
+    assert seen == ["none"]
+
+
 def test_an_injected_random_source_makes_backoff_reproducible() -> None:
     from kimi_actors.governance.backoff import backoff_delay
 

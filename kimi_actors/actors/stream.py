@@ -31,7 +31,7 @@ import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, overload
 
-from ..clock import Clock, TimerHandle
+from ..clock import EMPTY_CONTEXT, Clock, TimerHandle
 from ..errors import BadRequestError, IncompleteStreamError, KimiError, timeout_error
 from ..governance.decide import AttemptState, Step
 from ..observe import emit
@@ -48,7 +48,6 @@ from ..protocol.sse import DONE, SSEDecoder
 from ..protocol.tokens import admission_tokens, budget_keys, completion_budget
 from ..telemetry import CallTelemetry
 from ..transport import (
-    EMPTY_CONTEXT,
     StreamLike,
     StreamResponse,
     current_task_of,
@@ -760,7 +759,6 @@ class StreamActor:
                                    if key not in ("role", "content", "partial")}
         else:
             self._partial_extra = {}
-        self._budget_keys = budget_keys(body)
         self._max_tokens = completion_budget(body)
         self._assembler = ChunkAssembler()
         self._allowance_start = 0
@@ -902,7 +900,7 @@ class StreamActor:
         body = {**self._original, "messages": [*self._base_messages, partial]}
         if self._max_tokens is not None:
             remaining = max(1, self._max_tokens - (self._assembler.chunks - self._allowance_start))
-            for key in self._budget_keys:
+            for key in budget_keys(self._original):  # the spellings the caller used
                 body[key] = remaining
         return body
 

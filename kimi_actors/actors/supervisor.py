@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias, TypeVar, Unpack
 
 from .. import telemetry
-from ..clock import Clock, MonotonicClock
+from ..clock import EMPTY_CONTEXT, Clock, MonotonicClock
 from ..errors import (
     DeadlineExceededError,
     ProtocolError,
@@ -451,7 +451,7 @@ class Supervisor:
         assert self._group is not None
         task = self._group.create_task(coro)
         self._actors.add(task)
-        task.add_done_callback(self._actors.discard)
+        task.add_done_callback(self._actors.discard, context=EMPTY_CONTEXT)
         return task
 
     def _deadline(self, timeout: float | None) -> float | None:
