@@ -166,6 +166,8 @@ def test_partial_refund_and_clamping() -> None:
     assert reservation.amount == 4
     window.refund(reservation, 100)  # more than held: clamped, never negative
     assert window.used(0.0) == 0
+    with pytest.raises(ValueError, match="amount must be an int >= 0"):
+        window.refund(reservation, -1)
     assert reservation.amount == 0
     window.refund(reservation)  # nothing left: harmless
     assert window.used(0.0) == 0
@@ -188,6 +190,7 @@ def test_refund_of_an_expired_reservation_is_ignored() -> None:
     assert old is not None
     assert window.reserve(5, 60.0) is not None  # expires the first slot
     window.refund(old)
+    window.refund(old, 3)
     assert window.used(60.0) == 5
     assert window.reserve(1, 60.0) is not None
     assert window.reserve(5, 60.0) is None
@@ -248,6 +251,8 @@ def test_reservations_belong_to_their_window() -> None:
     assert reservation is not None
     with pytest.raises(ValueError, match="another RollingWindow"):
         second.refund(reservation)
+    with pytest.raises(ValueError, match="another RollingWindow"):
+        second.refund(reservation, 1)
     with pytest.raises(ValueError, match="another RollingWindow"):
         second.charge(reservation, 1, 0.0)
     with pytest.raises(ValueError, match="amount must be an int"):
