@@ -16,7 +16,7 @@ The active profile is printed in the pytest header.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -39,7 +39,7 @@ def pytest_report_header() -> str:
 
 
 @pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
+def events() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every event kimi_actors emits while the test runs, as structlog event dicts (after the
     ``redact`` processor), in order."""
     capture = structlog.testing.LogCapture()

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import httpx2
 import openai
 import pytest
 from aiohttp import web
-from hostile import QUESTION, chunk, error_body, serve, start_stream
+from hostile import QUESTION as ASKED
+from hostile import chunk, error_body, serve, start_stream
+from openai.types.chat import ChatCompletionMessageParam
 
 from kimi_actors import (
     AuthenticationError,
@@ -41,7 +43,11 @@ MODEL = "kimi-k2-turbo-preview"
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.2, max_attempts=16, budget_ratio=1.0)
 
 
-def ask(i: int) -> list[dict[str, Any]]:
+#: The hostile servers' question, as the SDK types its messages.
+QUESTION = cast(list[ChatCompletionMessageParam], ASKED)
+
+
+def ask(i: int) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": f"Question {i}: 你好, what is {i} + {i}?"}]
 
 
@@ -117,6 +123,7 @@ async def test_streams_and_calls_through_faults_arrive_whole_once_and_within_the
     assert served.faults["server_error"] > 0
     assert served.rejected["rpm"] == served.rejected["concurrency"] == 0
     assert stats.rate_limited == 0
+    assert limits.rpm is not None
     assert served.peak_rpm <= limits.rpm
     assert clean <= served.completion_tokens_billed <= clean * 1.01
 
@@ -198,7 +205,9 @@ async def test_the_sdks_own_exception_classes_with_ours_as_the_cause() -> None:
                 await client.chat.completions.create(model="kimi-nonexistent", messages=ask(1))
             with pytest.raises(openai.BadRequestError) as bad:
                 await client.chat.completions.create(
-                    model=MODEL, messages=[{"role": "wizard", "content": "hi"}])
+                    model=MODEL,
+                    messages=cast(list[ChatCompletionMessageParam],
+                                  [{"role": "wizard", "content": "hi"}]))
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="kimi-nonexistent",
                                                      messages=ask(1), stream=True)

@@ -42,7 +42,12 @@ async def test_a_bound_moved_later_fires_at_the_new_bound_not_the_first_timer() 
     loop = asyncio.get_running_loop()
     deadline = _Deadline(Timeouts(connect=5.0), first_byte=0.05, total=None, on_sent=None)
     sent_at = loop.create_future()
-    loop.call_later(0.03, lambda: (deadline.sent(), sent_at.set_result(loop.time())))
+
+    def send() -> None:
+        deadline.sent()
+        sent_at.set_result(loop.time())
+
+    loop.call_later(0.03, send)
     async with asyncio.timeout(SAFETY):
         took = await _interrupted(deadline, loop.create_future())
     assert took >= 0.03 + 0.05

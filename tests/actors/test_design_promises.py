@@ -887,7 +887,7 @@ async def test_map_reads_ahead_sixteen_requests_at_a_concurrency_of_one() -> Non
     transport = ScriptedTransport(Respond.stream([], then=Then.STALL))
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
         items = sup.map(bodies(), stream=True)
-        first = asyncio.create_task(anext(aiter(items)))
+        first = asyncio.ensure_future(anext(aiter(items)))
         for _ in range(20):
             await asyncio.sleep(0)
         assert pulled == 16  # the window: max(16, twice the concurrency)
@@ -951,7 +951,7 @@ async def test_map_applies_its_timeout_and_priority_to_every_item() -> None:
     clock = FakeClock()
     transport = ScriptedTransport(Respond.stream([], then=Then.STALL), completion("direct"))
     async with supervisor(transport, clock, limits=Limits(concurrency=1)) as sup:
-        mapped = asyncio.create_task(anext(aiter(sup.map(
+        mapped = asyncio.ensure_future(anext(aiter(sup.map(
             [{"model": MODEL, "messages": QUESTION}], stream=True, timeout=5.0,
             priority=3))))
         await clock.wait_for_sleepers(1)
@@ -1009,17 +1009,18 @@ def stalling(timeouts: Timeouts) -> ScriptedTransport:
 async def _read_two(sup: Supervisor, clock: FakeClock, step: float) -> tuple[list[str], float]:
     """Read a stream that stalls after "a"; move the clock by ``step`` until it resumes."""
     texts: list[str] = []
+    resumed_at: float | None = None
     async with sup.stream(model=MODEL, messages=QUESTION) as stream:
         async for delta in stream:
             texts.append(delta.content)
             if delta.content == "a":
-                resumed_at = None
                 while resumed_at is None:
                     await clock.wait_for_sleepers(1)
                     clock.advance(step)
                     await turns()
                     if len(sup._runtime.transport.requests) == 2:  # type: ignore[attr-defined]
                         resumed_at = clock.now()
+    assert resumed_at is not None, f"the stream never resumed: {texts}"
     return texts, resumed_at
 
 
@@ -1371,7 +1372,7 @@ async def test_map_reads_ahead_twice_the_concurrency_and_at_least_sixteen(
     transport = ScriptedTransport(*[stall] * window)
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=concurrency)) as sup:
         items = sup.map(bodies(), stream=True)
-        first = asyncio.create_task(anext(aiter(items)))
+        first = asyncio.ensure_future(anext(aiter(items)))
         for _ in range(30):
             await asyncio.sleep(0)
         assert pulled == window
@@ -2038,7 +2039,7 @@ async def test_calls_without_a_priority_go_before_priority_one(stream: bool) -> 
     step = (Respond.stream(chunk_events(["x"], finish="stop")) if stream else completion("x"))
     transport = ScriptedTransport(step, step)
     async with supervisor(transport, FakeClock(), limits=Limits(concurrency=1)) as sup:
-        async def call(name: str, **priority: int) -> None:
+        async def call(name: str, **priority: Any) -> None:
             if stream:
                 async with sup.stream(model=MODEL, messages=QUESTION, **priority) as reading:
                     await reading.collect()

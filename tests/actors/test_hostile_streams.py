@@ -509,7 +509,8 @@ async def test_continue_on_length_keeps_the_budget_in_either_spelling(spelling: 
     async with FakeKimi() as fake, \
             Supervisor(api_key=fake.api_key, base_url=fake.base_url,
                        resume=ResumePolicy(continue_on_length=2)) as sup:
-        async with sup.stream(model=MODEL, messages=_question(1), **{spelling: 5}) as stream:
+        budget: dict[str, Any] = {spelling: 5}
+        async with sup.stream(model=MODEL, messages=_question(1), **budget) as stream:
             result = await stream.collect()
         partials = fake.statistics().partial_requests
     assert sup.statistics().length_continuations == 2
@@ -576,6 +577,7 @@ async def test_settle_and_429s_absorb_an_estimate_that_errs(kind: str) -> None:
                                          for m in bodies))
         stats, server = sup.statistics(), fake.statistics()
     assert len(results) == 24
+    assert limits.tpm is not None
     assert server.peak_tpm <= limits.tpm
     assert stats.rate_limited <= 6
     assert stats.governor.tokens_settled == sum(counts) + 24 * 16

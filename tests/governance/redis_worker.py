@@ -55,10 +55,12 @@ async def main(spec: dict[str, Any]) -> None:
             for number in range(spec["requests"]):
                 group.create_task(one(number))
         stats = sup.statistics()
+        shared = stats.governor.shared
+        assert shared is not None  # a Redis governor
         print(json.dumps({"answered": len(answered), "wrong": wrong, "errors": errors,
                           "rate_limited": stats.rate_limited,
                           "times": answered,
-                          "round_trips": stats.governor.shared.round_trips}), flush=True)
+                          "round_trips": shared.round_trips}), flush=True)
 
 
 async def hold(sup: Supervisor, count: int) -> None:

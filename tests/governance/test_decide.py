@@ -129,7 +129,7 @@ def test_the_attempt_state_is_validated() -> None:
 @pytest.mark.parametrize("state", [{"attempt": 1, "failures": 0},
                                    {"attempt": 1, "failures": 1, "recoveries": -1},
                                    {"attempt": 0, "failures": 1}])
-def test_every_field_of_the_attempt_state_is_checked(state: dict[str, int]) -> None:
+def test_every_field_of_the_attempt_state_is_checked(state: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="AttemptState needs"):
         AttemptState(**state)
 

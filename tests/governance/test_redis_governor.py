@@ -18,8 +18,7 @@ from redis_server import RedisServer
 
 from kimi_actors import Dimension, LimitExceededError, Limits, MonotonicClock
 from kimi_actors.errors import SharedGovernorError
-from kimi_actors.governance.governor import Permit
-from kimi_actors.governance.redis import RedisGovernor
+from kimi_actors.governance.redis import RedisGovernor, _SharedPermit
 from kimi_actors.governance.shared import RedisConfig, account_tag
 
 ACCOUNT = "test-account"
@@ -74,7 +73,15 @@ async def _holds(condition: Callable[[], Any]) -> bool:
 async def window_sum(client: aioredis.Redis, dimension: str) -> int:
     """What the window holds by its own slots (not by its running sum)."""
     fields = await client.hgetall(key(dimension))
-    return sum(int(units) for slot, units in fields.items() if slot.lstrip("-").isdigit())
+    return sum(int(units) for slot, units in fields.items()
+               if isinstance(slot, str) and slot.lstrip("-").isdigit())
+
+
+async def hash_int(client: aioredis.Redis, name: str, field: str) -> int:
+    """A whole number field of a hash (the client decodes responses)."""
+    value = await client.hget(name, field)
+    assert isinstance(value, str), f"{name} has no {field}: {value!r}"
+    return int(value)
 
 
 def busiest_window(times: list[float], window: float) -> int:
@@ -152,7 +159,7 @@ async def test_settling_refunds_and_charges_the_admissions_own_slot(
         gov.settle(over, 1)      # settled once
         await gov.sync()
         assert await window_sum(client, "tpm") == 120 + 450
-        assert int(await client.hget(key("tpm"), "sum")) == 570
+        assert await hash_int(client, key("tpm"), "sum") == 570
         assert gov.statistics().dimensions["tpm"].limit == 1000
 
 
@@ -181,10 +188,10 @@ async def test_a_refund_after_the_window_rolled_gives_nothing_back_twice(
         gov.settle(old, 0)  # its units expired already: refunding them would go negative
         await gov.sync()
         assert await window_sum(client, "tpm") == 80
-        assert int(await client.hget(key("tpm"), "sum")) == 80
+        assert await hash_int(client, key("tpm"), "sum") == 80
         gov.settle(second, 30)
         await gov.sync()
-        assert int(await client.hget(key("tpm"), "sum")) == 30
+        assert await hash_int(client, key("tpm"), "sum") == 30
         assert await window_sum(client, "tpm") == 30
 
 
@@ -303,8 +310,9 @@ async def test_a_failing_script_fails_the_request_instead_of_limiting_locally(
         redis_server: RedisServer, events: list[dict[str, Any]]) -> None:
     # Bug report: a silent fallback to per-process limits when a script failed.
     async with raw(redis_server.url) as client:
-        await client.execute_command("ACL", "SETUSER", "noscripts", "on", ">secret-pw", "~*",
-                                     "&*", "+@all", "-evalsha", "-eval")
+        await client.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "noscripts", "on", ">secret-pw", "~*", "&*", "+@all", "-evalsha",
+            "-eval")
     url = redis_server.url.replace("redis://", "redis://noscripts:secret-pw@")
     async with governors(url, Limits(concurrency=2), count=1,
                          unreachable="fallback") as (gov,):
@@ -354,7 +362,7 @@ async def test_redis_unreachable_with_fallback_admits_a_share_locally(
         gov.release(local[0])
         gov.release(await third)
         shared = await gov.admit(1)  # through Redis again
-        assert isinstance(shared, Permit)
+        assert isinstance(shared, _SharedPermit)
         assert shared.lease is not None
     unreachable = [event for event in events if event["event"] == "redis_unreachable"]
     assert len(unreachable) == 1

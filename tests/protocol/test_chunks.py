@@ -63,7 +63,7 @@ def feed_all(assembler: ChunkAssembler, *bodies: Any, done: bool = True) -> list
     return deltas
 
 
-USAGE = {"prompt_tokens": 19, "completion_tokens": 13, "total_tokens": 32}
+USAGE: dict[str, Any] = {"prompt_tokens": 19, "completion_tokens": 13, "total_tokens": 32}
 
 
 def test_plain_stream() -> None:
@@ -860,7 +860,7 @@ def test_slot_builders_make_what_the_constructors_make(
     usage = Usage.from_dict({"prompt_tokens": prompt, "completion_tokens": completion,
                              "cached_tokens": cached})
     assert usage is not None
-    built = [
+    built: list[tuple[Any, Any]] = [
         (usage, Usage(prompt_tokens=prompt, completion_tokens=completion,
                       total_tokens=prompt + completion, cached_tokens=cached, raw=raw)),
         (parsed_choice(index, "assistant", text, "", (), finish),

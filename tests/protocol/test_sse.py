@@ -593,8 +593,8 @@ def chat_streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     for _ in range(draw(st.integers(0, 8))):
         extra = draw(st.sampled_from([b"", b"", b"", b"id: 7\n", b"event: x\n", b"retry: 5\n",
                                       b": ping\n", b"data: 1\n"]))
-        line = draw(st.text(st.characters(blacklist_categories=("Cs",),
-                                          blacklist_characters="\r\n"), max_size=12))
+        line = draw(st.text(st.characters(exclude_categories=["Cs"],
+                                          exclude_characters="\r\n"), max_size=12))
         # A cut after the field line leaves the field pending at the next feed's start.
         blocks += [extra, b"data: " + line.encode() + b"\n\n"]
     stream = b"".join(blocks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,8 @@ def test_certain_faults_always_happen_and_rejections_exclude_stream_faults() -> 
 @pytest.mark.parametrize("name", ["overload", "server_error", "html_error", "drop", "stall",
                                   "malformed", "invalid_utf8"])
 def test_fault_frequency_follows_its_probability(name: str) -> None:
-    faults = replace(Faults(), **{name: 0.2})
+    probability: dict[str, Any] = {name: 0.2}
+    faults = replace(Faults(), **probability)
     hits = 0
     for number in range(1, 2001):
         plan = plan_faults(faults, 3, number)

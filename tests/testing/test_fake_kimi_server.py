@@ -209,7 +209,8 @@ async def test_partial_mode_continues_the_full_reply(client: Client) -> None:
             len(full.content) // 2, len(full.content)]
     for cut in cuts:
         prefix = full.content[:cut]
-        resumed = [*messages, {"role": "assistant", "content": prefix, "partial": True}]
+        resumed: list[dict[str, Any]] = [
+            *messages, {"role": "assistant", "content": prefix, "partial": True}]
         stream = await client.chat({"model": MODEL, "messages": resumed, "stream": True})
         deltas = [event["choices"][0]["delta"] for event in stream.events()[1:-2]]
         assert prefix + "".join(d["content"] for d in deltas) == full.content

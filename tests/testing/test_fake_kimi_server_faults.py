@@ -34,7 +34,8 @@ async def clean_stream(make_client: Any, body: dict[str, Any], requests_before: 
         client = make_client(reference)
         for _ in range(requests_before):
             await client.chat(chat_body("warm-up"))
-        return (await client.chat(body)).body
+        data: bytes = (await client.chat(body)).body
+        return data
 
 
 @pytest.mark.parametrize(("faults", "status", "message", "error_type", "name"), [
