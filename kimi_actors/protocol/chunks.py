@@ -423,8 +423,7 @@ class ChunkAssembler:
             return self._top_usage
         choices = self._choices
         if len(choices) == 1:  # nearly every stream
-            for state in choices.values():
-                return state.usage
+            return next(iter(choices.values())).usage
         return combine_choice_usages(
             [usage for i in sorted(choices) if (usage := choices[i].usage) is not None])
 

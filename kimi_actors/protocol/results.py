@@ -312,8 +312,8 @@ class Delta:
 # 1,000 streams); most results' raw is never read. Only the assembler stores text (through
 # ``parsed_delta`` and ``parsed_chat_result``; the constructors refuse a str), and only text
 # it has parsed as a JSON object, so the parse here cannot fail.
-def _lazy_raw(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any, Any], None]]:
-    """Make ``cls.raw`` parse stored JSON text when first read; its slot's getter and setter."""
+def _lazy_raw(cls: type[Any]) -> Callable[[Any], Any]:
+    """Make ``cls.raw`` parse stored JSON text when first read; returns its slot's getter."""
     slot = cls.__dict__["raw"]
     slot_get: Callable[[Any], Any] = slot.__get__
     slot_set: Callable[[Any, Any], None] = slot.__set__
@@ -326,11 +326,11 @@ def _lazy_raw(cls: type[Any]) -> tuple[Callable[[Any], Any], Callable[[Any, Any]
         return value
 
     cls.raw = property(raw, slot_set)
-    return slot_get, slot_set
+    return slot_get
 
 
-_raw_slot_get, _ = _lazy_raw(Delta)
-_result_raw_get, _ = _lazy_raw(ChatResult)
+_raw_slot_get = _lazy_raw(Delta)
+_result_raw_get = _lazy_raw(ChatResult)
 
 
 def delta_source(delta: Delta) -> object:
