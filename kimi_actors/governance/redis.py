@@ -660,7 +660,8 @@ class RedisGovernor:
                 failures += 1
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # Untyped before redis-py 8.2, typed since: either passes.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 except (RedisError, *_OUTAGE_ERRORS):
                     pass
             await self._clock.sleep(_retry_delay(failures))
